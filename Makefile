@@ -1,0 +1,38 @@
+# Every target installs what it needs into .venv on first use; later runs reuse it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_DISABLE_TELEMETRY := 1
+export DS_ACCELERATOR ?= cpu
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-fast lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,demo]'
+	$(PY) -m pip install -q --no-build-isolation -c constraints.txt deepspeed
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mprm-hf demo-pipeline
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -n 2 --timeout 900
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -n 2 -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache embedded

@@ -1,0 +1,50 @@
+"""`mprm-hf` subcommands. Each one lives in the module of its concept; this file only dispatches."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from mprm_hf.errors import MPRMError
+
+# name -> (module exposing `main(argv) -> int | None`, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("mprm_hf.data.synthetic", "write a synthetic VisualPRM400K corpus and VisualProcessBench"),
+    "select": ("mprm_hf.selection.cli", "score rollouts (BIS and baselines) and write or push a subset"),
+    "train": ("mprm_hf.train", "train a process reward model from a YAML recipe"),
+    "evaluate": ("mprm_hf.evaluation", "score a checkpoint on VisualProcessBench"),
+    "score": ("mprm_hf.scoring", "print the reward of every step of one reasoning trace"),
+    "rerank": ("mprm_hf.rerank", "pick the best of N candidate traces per question"),
+    "push": ("mprm_hf.hub", "push a subset or a checkpoint folder to the Hub with its card"),
+    "demo": ("mprm_hf.demo", "run the whole pipeline on the embedded default (synth, select, train, evaluate)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
+    return f"usage: mprm-hf <command> [options]\n\ncommands:\n{rows}\n\nRun `mprm-hf <command> --help` for its options."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"mprm-hf: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except MPRMError as error:
+        print(f"mprm-hf {name}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mprm-hf {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
