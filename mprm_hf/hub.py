@@ -1,0 +1,485 @@
+"""Cards, staging and pushing: everything that leaves this machine for the Hub goes through this module.
+
+A subset or a checkpoint is first *staged*: written completely (files + `README.md` card) into a
+temporary folder that is renamed into place only when everything succeeded, so a crash or a refusal
+never leaves a half-written folder. Pushing then uploads a staged folder as one commit. Tokens come
+from the environment or `hf auth login` only; they are never logged, and every card and staged file
+is checked so that a token can never be published by accident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import re
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub
+from huggingface_hub import (
+    DatasetCard,
+    DatasetCardData,
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    RepoCard,
+)
+from huggingface_hub.utils import get_stored_tokens
+
+from mprm_hf.errors import MPRMError
+
+CARDS_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
+BASE_TAGS = ("process-reward-model", "multimodal", "mprm-hf")
+REPO_TYPES = ("model", "dataset")
+DEFAULT_BENCHMARK = "OpenGVLab/VisualProcessBench"
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Hub user access tokens: "hf_" followed by 34 letters/digits; a few more are allowed for safety.
+_TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+_BALANCE_KEYS = ("steps", "positive", "negative", "positive_fraction")
+_SIZE_BOUNDS = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
+_SIZE_BOUNDS += [(10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets
+# ---------------------------------------------------------------------------------------------
+def known_tokens() -> list[str]:
+    """Every Hub token this process could use: the environment's and the ones `hf auth login` stored."""
+    candidates = {
+        os.environ.get("HF_TOKEN"),
+        os.environ.get("HUGGING_FACE_HUB_TOKEN"),
+        huggingface_hub.get_token(),
+    }
+    candidates.update(get_stored_tokens().values())
+    return sorted(token for token in candidates if token and len(token) >= 8)
+
+
+def ensure_no_secrets(text: str, *, where: str) -> None:
+    """Refuse text that contains a Hub token (ours, or anything shaped like one) before it is written."""
+    if any(token in text for token in known_tokens()) or _TOKEN_PATTERN.search(text):
+        raise MPRMError(f"{where}: contains a Hugging Face access token; refusing to write or push it")
+
+
+def _file_contains(path: Path, needles: Iterable[bytes]) -> bool:
+    """Search a file of any size without reading it into memory (checkpoints can be many GB)."""
+    if path.stat().st_size == 0:
+        return False
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return any(data.find(needle) != -1 for needle in needles)
+
+
+def ensure_folder_has_no_secrets(folder: Path) -> None:
+    """Check every file (a pickled `training_args.bin` can hold a `hub_token`) and the card's text."""
+    needles = [token.encode() for token in known_tokens()]
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if needles and _file_contains(path, needles):
+            raise MPRMError(f"{path}: contains a Hugging Face access token; refusing to write or push it")
+    readme = folder / "README.md"
+    if readme.is_file():
+        ensure_no_secrets(readme.read_text(encoding="utf-8"), where=str(readme))
+
+
+def _scrub(message: str) -> str:
+    """Error messages from HTTP libraries must not echo a token back to the terminal or a log."""
+    for token in known_tokens():
+        message = message.replace(token, "***")
+    return _TOKEN_PATTERN.sub("***", message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cards
+# ---------------------------------------------------------------------------------------------
+def hub_repo_id(value: str | os.PathLike[str] | None) -> str | None:
+    """`value` when it names a Hub repository; None for local paths, which do not belong in metadata."""
+    if value is None:
+        return None
+    text = str(value)
+    if not _REPO_ID.match(text) or Path(text).exists():
+        return None
+    return text
+
+
+def _command_text(command: str | Sequence[str]) -> str:
+    return command if isinstance(command, str) else shlex.join(command)
+
+
+def _tags(tags: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys([*BASE_TAGS, *tags]))
+
+
+def _size_category(n_rows: int) -> str:
+    return next((label for bound, label in _SIZE_BOUNDS if n_rows < bound), "n>1B")
+
+
+def _template(name: str) -> str:
+    path = CARDS_DIR / name
+    if not path.is_file():
+        raise MPRMError(f"{path}: card template not found (the hub_cards/ folder ships with mprm-hf)")
+    return str(path)
+
+
+def _require_keys(rows: Iterable[Mapping[str, Any]], keys: Sequence[str], *, where: str) -> None:
+    for index, row in enumerate(rows):
+        missing = [key for key in keys if key not in row]
+        if missing:
+            raise MPRMError(f"{where}[{index}]: field {missing[0]!r} is missing (needs {', '.join(keys)})")
+
+
+def render_dataset_card(
+    *,
+    pretty_name: str,
+    command: str | Sequence[str],
+    selector: str,
+    selector_params: Mapping[str, Any],
+    source_corpus: str | os.PathLike[str],
+    source_revision: str | None,
+    per_source: Sequence[Mapping[str, Any]],
+    label_balance_before: Mapping[str, Any],
+    label_balance_after: Mapping[str, Any],
+    n_rollouts_kept: int,
+    n_rollouts_total: int,
+    histogram_path: str | None = None,
+    license: str | None = None,
+    tags: Iterable[str] = (),
+    repo_id: str | None = None,
+) -> DatasetCard:
+    """The card of a selected subset: how it was chosen, from what, and what it keeps, per source."""
+    _require_keys(per_source, ("source", "kept", "total"), where="per_source")
+    _require_keys([label_balance_before], _BALANCE_KEYS, where="label_balance_before")
+    _require_keys([label_balance_after], _BALANCE_KEYS, where="label_balance_after")
+    source_repo = hub_repo_id(source_corpus)
+    card_data = DatasetCardData(
+        pretty_name=pretty_name,
+        license=license or "unknown",
+        language=["en"],
+        tags=_tags(tags),
+        task_categories=["image-text-to-text"],
+        size_categories=[_size_category(n_rollouts_kept)],
+        source_datasets=[source_repo] if source_repo else None,
+    )
+    card = DatasetCard.from_template(
+        card_data,
+        template_path=_template("dataset_card.md"),
+        command=_command_text(command),
+        selector=selector,
+        selector_params=dict(selector_params),
+        source_corpus=str(source_corpus),
+        source_revision=source_revision,
+        per_source=[dict(row) for row in per_source],
+        label_balance_before=dict(label_balance_before),
+        label_balance_after=dict(label_balance_after),
+        n_rollouts_kept=n_rollouts_kept,
+        n_rollouts_total=n_rollouts_total,
+        histogram_path=histogram_path,
+        repo_id=repo_id,
+    )
+    ensure_no_secrets(str(card), where="dataset card")
+    return card
+
+
+def eval_results_from_metrics(
+    metrics: Mapping[str, Any],
+    *,
+    dataset: str = DEFAULT_BENCHMARK,
+    split: str = "test",
+    threshold: float = 0.5,
+) -> list[EvalResult]:
+    """`model-index` entries from the VisualProcessBench metric's output (overall and per source)."""
+    dataset_name = Path(dataset).name if hub_repo_id(dataset) is None else dataset
+    common = {
+        "task_type": "process-reward-modeling",
+        "task_name": "Process reward modeling (step correctness)",
+        "dataset_type": dataset_name,
+        "dataset_name": dataset_name.split("/")[-1],
+        "dataset_split": split,
+    }
+    thresholded = {"metric_args": {"threshold": threshold}}
+    overall = [
+        ("overall", "overall_micro_f1", "Overall (micro average of per-source macro-F1)"),
+        ("macro_f1_pooled", "macro_f1", "Pooled macro-F1"),
+        ("f1_positive", "f1", "F1 (correct steps)"),
+        ("f1_negative", "f1", "F1 (incorrect steps)"),
+        ("auc", "roc_auc", "ROC-AUC"),
+    ]
+    results = [
+        EvalResult(
+            metric_type=metric_type,
+            metric_name=name,
+            metric_value=float(metrics[key]),
+            **common,
+            **({} if key == "auc" else thresholded),  # ROC-AUC does not depend on the threshold
+        )
+        for key, metric_type, name in overall
+        if metrics.get(key) is not None
+    ]
+    per_source = [
+        ("macro_f1", "macro_f1", "Macro-F1"),
+        ("f1_positive", "f1", "F1 (correct steps)"),
+        ("f1_negative", "f1", "F1 (incorrect steps)"),
+    ]
+    for source, row in (metrics.get("per_source") or {}).items():
+        for key, metric_type, name in per_source:
+            if row.get(key) is not None:
+                results.append(
+                    EvalResult(
+                        metric_type=metric_type,
+                        metric_name=f"{name}, {source}",
+                        metric_value=float(row[key]),
+                        dataset_config=str(source),
+                        **common,
+                        **thresholded,
+                    )
+                )
+    return results
+
+
+def render_model_card(
+    *,
+    model_name: str,
+    base_model: str | os.PathLike[str],
+    datasets: str | os.PathLike[str] | Sequence[str],
+    selector: str,
+    selector_params: Mapping[str, Any],
+    hyperparameters: Mapping[str, Any],
+    step_format: str,
+    command: str | Sequence[str],
+    evaluation: Mapping[str, Any] | None = None,
+    evaluation_dataset: str = DEFAULT_BENCHMARK,
+    evaluation_split: str = "test",
+    evaluation_threshold: float = 0.5,
+    license: str | None = None,
+    tags: Iterable[str] = (),
+    library_name: str = "transformers",
+    pipeline_tag: str = "image-text-to-text",
+    repo_id: str | None = None,
+) -> ModelCard:
+    """The card of a trained PRM: base model, training subset and selector, hyperparameters, scores.
+
+    `evaluation` is the VisualProcessBench metric's output; it becomes `model-index` metadata, which
+    the Hub shows as evaluation results. Local paths stay in the card's text, never in its metadata.
+    """
+    dataset_list = [str(datasets)] if isinstance(datasets, (str, os.PathLike)) else [str(d) for d in datasets]
+    dataset_ids = [repo for repo in map(hub_repo_id, dataset_list) if repo]
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=hub_repo_id(base_model),
+        datasets=dataset_ids or None,
+        library_name=library_name,
+        pipeline_tag=pipeline_tag,
+        license=license or "unknown",
+        tags=_tags(tags),
+        eval_results=(
+            eval_results_from_metrics(
+                evaluation, dataset=evaluation_dataset, split=evaluation_split, threshold=evaluation_threshold
+            )
+            if evaluation
+            else None
+        ),
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=_template("model_card.md"),
+        model_name=model_name,
+        base_model=str(base_model),
+        train_data=", ".join(dataset_list),
+        selector=selector,
+        selector_params=dict(selector_params),
+        hyperparameters=dict(hyperparameters),
+        step_format=step_format,
+        command=_command_text(command),
+        evaluation=dict(evaluation) if evaluation else None,
+        evaluation_dataset=evaluation_dataset,
+        evaluation_threshold=evaluation_threshold,
+        repo_id=repo_id,
+    )
+    ensure_no_secrets(str(card), where="model card")
+    return card
+
+
+# ---------------------------------------------------------------------------------------------
+# Staging
+# ---------------------------------------------------------------------------------------------
+FileSource = str | bytes | os.PathLike[str]
+
+
+def _safe_relative(name: str) -> Path:
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise MPRMError(f"staged file name {name!r} must be a relative path inside the folder")
+    return relative
+
+
+def _copy_into(staging: Path, name: str, source: FileSource) -> None:
+    target = staging / _safe_relative(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, bytes):
+        target.write_bytes(source)
+    elif isinstance(source, str):
+        target.write_text(source, encoding="utf-8")
+    elif Path(source).is_dir():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    elif Path(source).is_file():
+        shutil.copy2(source, target)
+    else:
+        raise MPRMError(f"{source}: file to stage not found (for {name!r})")
+
+
+def stage_folder(
+    destination: str | os.PathLike[str],
+    card: RepoCard,
+    *,
+    files: Mapping[str, FileSource | Path] | None = None,
+    write: Callable[[Path], None] | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write `card` as README.md plus `files` into `destination` all at once, or not at all.
+
+    `files` maps a path inside the folder to a source file or folder (a `Path`, copied), or to
+    content (`str` text or `bytes`); use `"."` to copy a whole folder's contents in (a checkpoint).
+    `write(folder)` may add more (e.g. `dataset.to_parquet(folder / "data/train.parquet")`). Everything
+    lands in a hidden sibling folder first and is renamed into place after the token check passed.
+    """
+    destination = Path(destination)
+    if destination.exists() and not overwrite:
+        raise MPRMError(f"{destination}: already exists (pass overwrite=True to replace it)")
+    ensure_no_secrets(str(card), where=f"{destination / 'README.md'}")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.staging-", dir=destination.parent))
+    try:
+        for name, source in (files or {}).items():
+            if name == ".":
+                shutil.copytree(source, staging, dirs_exist_ok=True)
+            else:
+                _copy_into(staging, name, source if isinstance(source, (str, bytes)) else Path(source))
+        if write is not None:
+            write(staging)
+        card.save(staging / "README.md")  # last, so the card wins over a README.md copied in
+        ensure_folder_has_no_secrets(staging)
+        if destination.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+            os.replace(destination, retired / destination.name)
+            os.replace(staging, destination)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
+
+
+# ---------------------------------------------------------------------------------------------
+# Pushing
+# ---------------------------------------------------------------------------------------------
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return _scrub(lines[0] if lines else type(error).__name__)
+
+
+def _load_card(folder: Path, repo_type: str) -> RepoCard:
+    readme = folder / "README.md"
+    if not readme.is_file():
+        raise MPRMError(f"{readme}: no card; stage the folder first (e.g. `mprm-hf select ... --dry-run`)")
+    card_class = DatasetCard if repo_type == "dataset" else ModelCard
+    try:
+        return card_class.load(readme)
+    except Exception as error:  # a YAML error in the header: report it as the user's file's problem
+        raise MPRMError(f"{readme}: card metadata does not parse: {_one_line(error)}") from None
+
+
+def push_folder(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    repo_type: str,
+    private: bool = False,
+    commit_message: str | None = None,
+    revision: str | None = None,
+) -> str:
+    """Upload a staged folder (card included) as one commit; returns the commit's URL.
+
+    Every check that can fail without the network (card, token scan, offline mode, login) runs
+    before the first request, and reaching the Hub is checked with `whoami` before the repository is
+    created, so an offline or logged-out push creates nothing.
+    """
+    folder = Path(folder)
+    if repo_type not in REPO_TYPES:
+        raise MPRMError(f"repo_type {repo_type!r} is not one of {', '.join(REPO_TYPES)}")
+    if not folder.is_dir():
+        raise MPRMError(f"{folder}: folder to push not found")
+    if not _REPO_ID.match(repo_id):
+        raise MPRMError(f"repo id {repo_id!r} is not of the form 'owner/name'")
+    _load_card(folder, repo_type)
+    ensure_folder_has_no_secrets(folder)
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise MPRMError(
+            f"cannot push {folder} to {repo_id}: the Hub is offline (HF_HUB_OFFLINE=1); the folder is kept"
+        )
+    if huggingface_hub.get_token() is None:
+        raise MPRMError(
+            f"cannot push {folder} to {repo_id}: not logged in (set HF_TOKEN or run `hf auth login`)"
+        )
+    api = HfApi()
+    try:
+        api.whoami()
+    except Exception as error:
+        raise MPRMError(
+            f"cannot push {folder}: the Hub at {api.endpoint} is unreachable or refused the token: {_one_line(error)}"
+        ) from None
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=folder,
+            repo_id=repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            commit_message=commit_message or f"Upload {repo_type} staged by mprm-hf",
+        )
+    except Exception as error:
+        raise MPRMError(f"push of {folder} to {repo_id} failed: {_one_line(error)}") from None
+    return str(commit)
+
+
+def _infer_repo_type(folder: Path) -> str:
+    """Our dataset cards always carry `size_categories`; model cards never do."""
+    return "dataset" if "size_categories" in _load_card(folder, "model").data.to_dict() else "model"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mprm-hf push",
+        description="Push a staged subset or checkpoint folder (with its README.md card) to the Hub.",
+    )
+    parser.add_argument(
+        "folder", type=Path, help="a folder written by `select --dry-run` or `train` (README.md inside)"
+    )
+    parser.add_argument("--repo-id", required=True, help="owner/name of the repository to create or update")
+    parser.add_argument(
+        "--repo-type", choices=REPO_TYPES, help="default: read from the card (dataset or model)"
+    )
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", help="branch to push to (created if missing); default: main")
+    parser.add_argument("--commit-message", help="default: 'Upload <type> staged by mprm-hf'")
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        raise MPRMError(f"{args.folder}: folder to push not found")
+    repo_type = args.repo_type or _infer_repo_type(args.folder)
+    url = push_folder(
+        args.folder,
+        args.repo_id,
+        repo_type=repo_type,
+        private=args.private,
+        commit_message=args.commit_message,
+        revision=args.revision,
+    )
+    print(f"pushed {args.folder} to {repo_type} {args.repo_id}: {url}")
+    return 0
