@@ -1,0 +1,287 @@
+"""Load a vision-language model + processor (Hub id, local folder, LoRA adapter) and build the tiny
+offline Qwen2-VL / Qwen2.5-VL that the embedded default trains.
+
+The tiny model is a real Qwen2-VL (or Qwen2.5-VL) built from a config with random weights, a byte-level
+BPE tokenizer trained here with `tokenizers`, the PIL image processor and a ChatML chat template, so the
+whole pipeline (collation, training, scoring, saving, loading) runs the same code a 7B model runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2VLImageProcessorPil,
+    Qwen2VLProcessor,
+)
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+from mprm_hf.errors import MPRMError
+
+Arch = Literal["qwen2_vl", "qwen2_5_vl"]
+
+# The special tokens of Qwen2-VL's tokenizer (same spelling, so real chat templates and processors work).
+QWEN2_VL_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# The step marker of the `prm-token` format: an added special token so that step text can never produce it.
+PRM_MARKER_TOKEN = "<prm>"
+# Tokens that must be single tokens of the vocabulary: the reward tokens of both step formats.
+SINGLE_TOKEN_WORDS = ("Yes", "No", "+", "-")
+
+TINY_VOCAB_SIZE = 768
+# Images are resized to between 28x28 and 56x56 pixels: a 64x64 image gives 4 x 4 patches of 14 px,
+# merged 2 x 2 into 4 image tokens, which keeps a CPU training step at a few hundredths of a second.
+TINY_MIN_PIXELS = 28 * 28
+TINY_MAX_PIXELS = 56 * 56
+
+# ChatML, as Qwen2-VL writes it, without a default system turn; images render as vision blocks.
+TINY_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+# Text the tokenizer always learns from, whatever else is available: the step formats' own words, so
+# that their pieces get merges of their own and `Yes` / `No` become single tokens.
+_BUILTIN_TEXT = (
+    "Question: What is the colour of the circle in the image?\nProcess: The circle is red.\n\n"
+    "### Question:\nHow many squares are there?\n\n### Solution Process:\nThere are 3 squares.\n"
+    "You are a process reward model. Judge whether each step of the solution is correct.\n"
+    "Step 1: The triangle is on the left. Step 2: Therefore the answer is B.\n"
+    "Yes\nNo\n+\n-\nYes No Yes No + - + -\n"
+    "The answer is 0 1 2 3 4 5 6 7 8 9 10 12 16 24 32.\n"
+    "red green blue yellow purple orange black white circle square triangle star left right top bottom\n"
+    "system user assistant image images step steps correct incorrect answer question solution\n"
+)
+
+
+class Qwen2VLImageTextProcessor(Qwen2VLProcessor):
+    """Qwen2-VL's processor for images and text only.
+
+    `Qwen2VLProcessor` also owns a video processor, which needs torchvision; PRMs score images, so this
+    subclass drops it and works with the PIL image processor alone. It is registered with
+    `AutoProcessor` below, so `AutoProcessor.from_pretrained` rebuilds it from a saved folder without
+    `trust_remote_code` once `mprm_hf.modeling` is imported.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(
+            image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs
+        )
+
+
+# Keyed by a name of our own (not by Qwen2VLConfig) so that real Qwen2-VL checkpoints keep their own
+# processor; `AutoProcessor` finds ours by the `processor_class` saved in `processor_config.json`.
+PROCESSOR_MAPPING.register("mprm_hf_qwen2_vl_image_text", Qwen2VLImageTextProcessor, exist_ok=True)
+
+
+def _training_texts(seed: int) -> list[str]:
+    """The synthetic world's text (when that module is present) plus the built-in text."""
+    texts = [_BUILTIN_TEXT] * 20
+    try:
+        from mprm_hf.data.synthetic import sample_texts
+    except ImportError:
+        return texts
+    return texts + list(sample_texts(2000, seed=seed))
+
+
+def build_tiny_tokenizer(*, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (every string encodes) with Qwen2-VL's special tokens and `<prm>`."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    special_tokens = [*QWEN2_VL_SPECIAL_TOKENS, PRM_MARKER_TOKEN]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_training_texts(seed), trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=special_tokens,
+        padding_side="right",
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+    )
+    for word in SINGLE_TOKEN_WORDS:
+        ids = wrapped.encode(word, add_special_tokens=False)
+        if len(ids) != 1:
+            raise RuntimeError(f"tiny tokenizer: {word!r} is not a single token ({ids})")
+    return wrapped
+
+
+def build_tiny_processor(*, seed: int = 0) -> Qwen2VLImageTextProcessor:
+    """Tokenizer + PIL image processor + chat template, small images."""
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS)
+    return Qwen2VLImageTextProcessor(
+        image_processor=image_processor,
+        tokenizer=build_tiny_tokenizer(seed=seed),
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+
+
+def tiny_model_config(arch: Arch, tokenizer: PreTrainedTokenizerFast) -> Any:
+    """About 190k parameters: 2 text layers of width 64, one vision block of width 32."""
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _VISION_TOKEN_NAMES.items()}
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        # head_dim 16: the multimodal rotary sections (time, height, width) split its 8 frequencies.
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if arch == "qwen2_vl":
+        from transformers import Qwen2VLConfig
+
+        vision_config = {"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2}
+        config_class = Qwen2VLConfig
+    elif arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig
+
+        vision_config = {
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+        }
+        config_class = Qwen2_5_VLConfig
+    else:
+        raise MPRMError(f"unknown tiny model architecture {arch!r} (choose 'qwen2_vl' or 'qwen2_5_vl')")
+    return config_class(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **ids)
+
+
+_VISION_TOKEN_NAMES = {
+    "image_token_id": "<|image_pad|>",
+    "video_token_id": "<|video_pad|>",
+    "vision_start_token_id": "<|vision_start|>",
+    "vision_end_token_id": "<|vision_end|>",
+}
+
+
+def create_tiny_model(*, arch: Arch = "qwen2_vl", seed: int = 0) -> tuple[Any, Qwen2VLImageTextProcessor]:
+    """The tiny model and its processor in memory (random weights drawn under `seed`)."""
+    processor = build_tiny_processor(seed=seed)
+    config = tiny_model_config(arch, processor.tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    return model.eval(), processor
+
+
+def build_tiny_model(out_dir: str | os.PathLike, *, arch: Arch = "qwen2_vl", seed: int = 0) -> Path:
+    """Build the tiny model offline, save model + processor to `out_dir`, return that folder.
+
+    Deterministic under `seed`: the same seed gives the same tokenizer and the same weights.
+    """
+    out = Path(out_dir)
+    model, processor = create_tiny_model(arch=arch, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """Hub ids are `name` or `owner/name`; anything else that does not exist is a missing folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def load_model_and_processor(
+    name_or_path: str | os.PathLike, *, adapter: str | os.PathLike | None = None, dtype: Any = None
+) -> tuple[Any, Any]:
+    """Load an `AutoModelForImageTextToText` and its processor from a Hub id or a folder, in eval mode.
+
+    `adapter` is a PEFT (LoRA) adapter folder applied on top; when it carries its own processor (training
+    added the step marker token), that processor is used and the base embeddings are resized to it.
+    `dtype` is a torch dtype or its name ("bfloat16", "auto"); None keeps the checkpoint's default.
+    """
+    name = str(name_or_path)
+    local = Path(name).expanduser()
+    if not local.exists() and _looks_like_local_path(name):
+        raise MPRMError(f"{name}: model folder not found")
+    source = str(local) if local.exists() else name
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype, None) or _bad_dtype(dtype)
+    try:
+        # The model first: its config is the file every checkpoint has, and it fails with a clear OSError.
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, **({} if dtype is None else {"dtype": dtype})
+        )
+        processor = AutoProcessor.from_pretrained(source)
+    except OSError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = "folder" if local.exists() else "Hub id (offline, or not in the local cache?)"
+        raise MPRMError(f"{name}: cannot load a model from this {where}: {first_line}") from error
+    if adapter is not None:
+        model, processor = _apply_adapter(model, processor, Path(adapter).expanduser())
+    model.eval()
+    return model, processor
+
+
+def _bad_dtype(dtype: str) -> None:
+    raise MPRMError(f"unknown dtype {dtype!r} (e.g. 'float32', 'bfloat16', 'float16', 'auto')")
+
+
+def _apply_adapter(model: Any, processor: Any, adapter: Path) -> tuple[Any, Any]:
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise MPRMError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    if any((adapter / name).is_file() for name in ("processor_config.json", "tokenizer_config.json")):
+        processor = AutoProcessor.from_pretrained(adapter)
+        tokenizer = getattr(processor, "tokenizer", processor)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+    return PeftModel.from_pretrained(model, adapter), processor
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    return sum(parameter.numel() for parameter in {id(p): p for p in model.parameters()}.values())

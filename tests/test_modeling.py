@@ -1,0 +1,135 @@
+"""The tiny offline VLM: tokenizer, processor round trip, save/load with identical logits, loader errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from mprm_hf.errors import MPRMError
+from mprm_hf.modeling import (
+    PRM_MARKER_TOKEN,
+    Qwen2VLImageTextProcessor,
+    build_tiny_model,
+    count_parameters,
+    create_tiny_model,
+    load_model_and_processor,
+)
+
+
+def _batch(processor, n_images: int = 1):
+    images = [Image.new("RGB", (64, 48 + 16 * i), (40 * i, 200, 10)) for i in range(n_images)]
+    content = [{"type": "image"} for _ in images] + [
+        {"type": "text", "text": "Question: which colour?\nProcess: red<prm>"}
+    ]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False)
+    return processor(text=[text], images=images, return_tensors="pt")
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+def test_save_load_round_trip_gives_identical_logits(tmp_path: Path, arch: str) -> None:
+    model, processor = create_tiny_model(arch=arch, seed=3)
+    folder = build_tiny_model(tmp_path / arch, arch=arch, seed=3)
+    loaded = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    assert type(loaded) is type(model)
+    assert 100_000 < count_parameters(loaded) < 300_000
+    batch = _batch(processor, n_images=2)
+    with torch.no_grad():
+        expected = model(**batch).logits
+        actual = loaded(**batch).logits
+    assert expected.shape[-1] == len(processor.tokenizer)
+    assert torch.equal(expected, actual)
+
+
+def test_build_is_deterministic_under_the_seed(tmp_path: Path) -> None:
+    first = build_tiny_model(tmp_path / "a", seed=1)
+    second = build_tiny_model(tmp_path / "b", seed=1)
+    other = build_tiny_model(tmp_path / "c", seed=2)
+    assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    assert (first / "model.safetensors").read_bytes() != (other / "model.safetensors").read_bytes()
+
+
+def test_processor_round_trip_through_auto_processor(tiny_model_dir: Path, tmp_path: Path) -> None:
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    assert isinstance(processor, Qwen2VLImageTextProcessor)
+    assert json.loads((tiny_model_dir / "processor_config.json").read_text())["processor_class"] == (
+        "Qwen2VLImageTextProcessor"
+    )
+    processor.save_pretrained(tmp_path / "again")
+    again = AutoProcessor.from_pretrained(tmp_path / "again")
+    assert isinstance(again, Qwen2VLImageTextProcessor)
+    assert again.chat_template == processor.chat_template
+    assert again.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    assert again.image_processor.to_dict() == processor.image_processor.to_dict()
+    first, second = _batch(processor, n_images=2), _batch(again, n_images=2)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    # a 64x48 image is resized into the small range: a handful of merged image tokens, not hundreds
+    assert int((first["input_ids"] == processor.image_token_id).sum()) <= 8
+
+
+def test_tokenizer_has_the_step_format_tokens_and_encodes_any_text(tiny_model_dir: Path) -> None:
+    tokenizer = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
+    for word in ("Yes", "No", "+", "-", PRM_MARKER_TOKEN, "<|im_start|>", "<|image_pad|>"):
+        assert len(tokenizer.encode(word, add_special_tokens=False)) == 1, word
+    assert PRM_MARKER_TOKEN in tokenizer.all_special_tokens
+    text = "Ünïcödé 数学 ∑ x² = 4 😀\n\nstep"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text
+    assert 300 < len(tokenizer) <= 1024
+
+
+def test_load_model_and_processor_loads_the_folder(tiny_model_dir: Path) -> None:
+    model, processor = load_model_and_processor(tiny_model_dir, dtype="bfloat16")
+    assert not model.training
+    assert model.dtype == torch.bfloat16
+    assert isinstance(processor, Qwen2VLImageTextProcessor)
+
+
+def test_load_model_and_processor_applies_a_lora_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    base, processor = load_model_and_processor(tiny_model_dir)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    peft_model.save_pretrained(tmp_path / "adapter")
+    batch = _batch(processor)
+    with torch.no_grad():
+        expected = peft_model(**batch).logits
+    model, _ = load_model_and_processor(tiny_model_dir, adapter=tmp_path / "adapter")
+    with torch.no_grad():
+        actual = model(**batch).logits
+    assert torch.allclose(expected, actual, atol=1e-6)
+    plain, _ = load_model_and_processor(tiny_model_dir)
+    with torch.no_grad():
+        assert not torch.allclose(plain(**batch).logits, actual, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("./no/such/folder", "model folder not found"),
+        ("nobody-here/not-a-model", "Hub id (offline, or not in the local cache?)"),
+    ],
+)
+def test_load_errors_are_one_line(name: str, message: str) -> None:
+    with pytest.raises(
+        MPRMError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")
+    ) as info:
+        load_model_and_processor(name)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_adapter_and_dtype_are_reported(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(MPRMError, match="not a PEFT adapter folder"):
+        load_model_and_processor(tiny_model_dir, adapter=tmp_path)
+    with pytest.raises(MPRMError, match="unknown dtype"):
+        load_model_and_processor(tiny_model_dir, dtype="float77")
