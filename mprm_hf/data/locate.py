@@ -1,0 +1,101 @@
+"""Turn a local path or a Hub dataset id into a local folder, and unpack the archives Hub repos ship.
+
+OpenGVLab publishes VisualPRM400K-v1.1-Raw as `annotations.zip` + `images.zip` and VisualProcessBench
+as `test.jsonl` + `images.zip`, while a user's local copy is usually already unpacked. Both loaders
+therefore accept either layout: archives are unpacked once into the datasets cache and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from mprm_hf.errors import MPRMError
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def mprm_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """Our own folder inside the datasets cache (or inside `cache_dir` when one is given)."""
+    import datasets
+
+    return Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "mprm_hf"
+
+
+def locate_dataset(
+    path_or_repo: str | Path,
+    *,
+    allow_patterns: Sequence[str] | None,
+    revision: str | None = None,
+    what: str = "dataset",
+) -> Path:
+    """A local folder for `path_or_repo`: the path itself, or a Hub snapshot of the dataset repo.
+
+    Offline (HF_HUB_OFFLINE=1) a snapshot already in the Hub cache is still found; anything else
+    becomes one MPRMError line that says how to proceed.
+    """
+    path = Path(path_or_repo).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise MPRMError(f"{path}: expected a folder holding the {what}, got a file")
+        return path.resolve()
+    text = str(path_or_repo)
+    if not _REPO_ID.match(text) or text.startswith((".", "/", "~")):
+        raise MPRMError(f"{text}: no such folder, and not a Hub dataset id (owner/name)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        folder = snapshot_download(
+            repo_id=text,
+            repo_type="dataset",
+            revision=revision,
+            allow_patterns=list(allow_patterns) if allow_patterns else None,
+        )
+    except LocalEntryNotFoundError as err:
+        raise MPRMError(
+            f"{text}: the Hub cannot be reached and no local copy is cached ({_first_line(err)}); "
+            f"pass a local folder holding the {what}"
+        ) from None
+    except (RepositoryNotFoundError, GatedRepoError) as err:
+        raise MPRMError(
+            f"{text}: no such dataset repo on the Hub, or no access ({_first_line(err)})"
+        ) from None
+    except RevisionNotFoundError as err:
+        raise MPRMError(f"{text}: revision {revision!r} not found ({_first_line(err)})") from None
+    except (HfHubHTTPError, OSError) as err:
+        raise MPRMError(f"{text}: download from the Hub failed ({_first_line(err)})") from None
+    return Path(folder)
+
+
+def unpack_archive(archive: Path, cache_dir: str | Path | None = None) -> Path:
+    """Unpack `archive` once into the cache, keyed by its path, size and mtime; return the folder.
+
+    A `.complete` marker is written last, so an interrupted unpack is redone instead of half-used.
+    """
+    stat = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = mprm_cache_dir(cache_dir) / "unpacked" / f"{archive.stem}-{key}"
+    marker = target / ".complete"
+    if not marker.exists():
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(target)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise MPRMError(f"{archive}: cannot unpack ({_first_line(err)})") from None
+        marker.touch()
+    return target
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

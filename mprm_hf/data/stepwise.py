@@ -1,0 +1,315 @@
+"""Stepwise training records (SPEC 2.4): rollouts -> TRL "stepwise supervision" plus images and MC scores.
+
+A record is `{"id", "source", "images", "prompt", "completions", "labels", "mc_scores"}`: the prompt is
+`question_orig` (else `question`), stripped; each completion is a step, stripped; a step's hard label
+is `mc_score > threshold` (threshold 0.0: only steps no MC continuation finished correctly are
+negative) and its soft label is the MC score itself.
+
+Drop rule (SPEC 2.2 asks for one): a rollout is dropped **whole** when it has no image, no steps, or
+any step with empty text or a missing / non-numeric (or NaN) score. Skipping only the bad step, as the
+reference's converter does, would show the model a trace with a hole in it and a label vector that no
+longer lines up with the response it was annotated on; the reference's BIS script drops the whole
+rollout too. Every dropped rollout, and the number of steps it had, is counted by reason in the
+`ConversionReport`, with its file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow.compute as pc
+
+from mprm_hf.data.locate import locate_dataset
+from mprm_hf.data.report import LoadReport
+from mprm_hf.errors import MPRMError
+
+logger = logging.getLogger(__name__)
+
+STEPWISE_FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "source": datasets.Value("string"),
+        "images": datasets.List(datasets.Value("string")),
+        "prompt": datasets.Value("string"),
+        "completions": datasets.List(datasets.Value("string")),
+        "labels": datasets.List(datasets.Value("bool")),
+        "mc_scores": datasets.List(datasets.Value("float64")),
+    }
+)
+TRL_COLUMNS = ("prompt", "completions", "labels")
+
+# Drop reasons, worded for the report table.
+NO_IMAGE = "no image"
+NO_STEPS = "no steps"
+EMPTY_STEP_TEXT = "empty step text"
+BAD_SCORE = "missing or non-numeric score"
+
+# The reference's one-turn PRM format (SPEC 3): "Question: {q}\nProcess: s1<prm>\n\ns2<prm>".
+REFERENCE_STEP_MARKER = "<prm>"
+REFERENCE_STEP_JOIN = "\n\n"
+
+_DROP_COLUMN = "_drop_reason"
+_FIELD_COLUMN = "_drop_field"
+
+
+class ConversionReport(LoadReport):
+    """A `LoadReport` for a conversion: `records_read` rollouts in, `records_kept` records out."""
+
+
+def prompt_of(record: dict[str, Any]) -> str:
+    """SPEC 2.2: `question_orig`, else `question`, stripped."""
+    return (record.get("question_orig") or record.get("question") or "").strip()
+
+
+def drop_reason(record: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, field) when the drop rule removes this rollout, else None."""
+    if not record.get("image"):
+        return NO_IMAGE, "image"
+    steps, scores = record.get("steps") or [], record.get("mc_scores") or []
+    if not steps:
+        return NO_STEPS, "steps"
+    for index, text in enumerate(steps):
+        if not text or not text.strip():
+            return EMPTY_STEP_TEXT, f"steps_with_score[{index}].step"
+    for index in range(len(steps)):
+        score = scores[index] if index < len(scores) else None
+        if score is None or math.isnan(score):
+            return BAD_SCORE, f"steps_with_score[{index}].score"
+    return None
+
+
+def rollout_to_stepwise(record: dict[str, Any], *, threshold: float = 0.0) -> dict[str, Any]:
+    """One VisualPRM400K row (as `load_visualprm400k` returns it) as a stepwise record.
+
+    Raises MPRMError when the drop rule applies: callers converting a whole corpus use `to_stepwise`,
+    which counts those rollouts instead.
+    """
+    problem = drop_reason(record)
+    if problem is not None:
+        reason, field = problem
+        raise MPRMError(
+            f"{record.get('id', '?')}: field '{field}': {reason}; the rollout cannot be converted"
+        )
+    root = Path(record.get("image_root") or ".")
+    scores = [float(s) for s in record["mc_scores"]]
+    return {
+        "id": record.get("id", ""),
+        "source": record.get("source", ""),
+        "images": [str(root / image) for image in record["image"]],
+        "prompt": prompt_of(record),
+        "completions": [text.strip() for text in record["steps"]],
+        "labels": [score > threshold for score in scores],
+        "mc_scores": scores,
+    }
+
+
+def to_stepwise(
+    ds: datasets.Dataset, *, threshold: float = 0.0, num_proc: int | None = None
+) -> tuple[datasets.Dataset, ConversionReport]:
+    """Convert a VisualPRM400K dataset with `Dataset.map` / `filter`; report what the drop rule removed."""
+    marked = ds.map(
+        _mark_batch,
+        batched=True,
+        num_proc=num_proc,
+        desc="Checking rollouts",
+        features=datasets.Features(
+            {**ds.features, _DROP_COLUMN: datasets.Value("string"), _FIELD_COLUMN: datasets.Value("string")}
+        ),
+    )
+    report = _conversion_report(marked)
+    kept = marked.filter(
+        lambda reasons: [r == "" for r in reasons],
+        input_columns=[_DROP_COLUMN],
+        batched=True,
+        num_proc=num_proc,
+        desc="Dropping unusable rollouts",
+    )
+    records = kept.map(
+        _to_stepwise_batch,
+        batched=True,
+        fn_kwargs={"threshold": threshold},
+        remove_columns=kept.column_names,
+        features=STEPWISE_FEATURES,
+        num_proc=num_proc,
+        desc="Converting to stepwise records",
+    )
+    report.records_kept = len(records)
+    report.log(logger)
+    return records, report
+
+
+def _rows(batch: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    names = list(batch)
+    return [dict(zip(names, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+
+
+def _mark_batch(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    problems = [drop_reason(row) for row in _rows(batch)]
+    batch[_DROP_COLUMN] = [p[0] if p else "" for p in problems]
+    batch[_FIELD_COLUMN] = [p[1] if p else "" for p in problems]
+    return batch
+
+
+def _to_stepwise_batch(batch: dict[str, list[Any]], threshold: float) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {name: [] for name in STEPWISE_FEATURES}
+    for row in _rows(batch):
+        for name, value in rollout_to_stepwise(row, threshold=threshold).items():
+            out[name].append(value)
+    return out
+
+
+def _conversion_report(marked: datasets.Dataset) -> ConversionReport:
+    report = ConversionReport(name="stepwise conversion", records_read=len(marked))
+    dropped = marked.filter(
+        lambda reasons: [r != "" for r in reasons], input_columns=[_DROP_COLUMN], batched=True
+    )
+    has_location = {"source", "line"} <= set(marked.column_names)
+    columns = [_DROP_COLUMN, _FIELD_COLUMN, "steps", "id"] + (["source", "line"] if has_location else [])
+    for row in dropped.select_columns(columns):
+        file, line = (
+            (f"annotations/{row['source']}.jsonl", row["line"]) if has_location else (row["id"], None)
+        )
+        report.add(
+            file, line, row[_FIELD_COLUMN], row[_DROP_COLUMN], action="dropped", steps=len(row["steps"] or [])
+        )
+    return report
+
+
+def reference_image_value(images: Sequence[str]) -> str | list[str]:
+    """The reference writes a record's `image` as it found it: a string, or a list (nlvr2 pairs)."""
+    return images[0] if len(images) == 1 else list(images)
+
+
+def to_reference_conversation(
+    question: str, steps: Sequence[str], labels: Sequence[float], *, image: str | list[str]
+) -> dict[str, Any]:
+    """The reference's training record (SPEC 3), which the parity mode must reproduce byte for byte:
+
+    `{"image": img, "conversations": [{"from": "human", "value": "Question: {q}\\nProcess: s1<prm>\\n\\ns2<prm>"},
+    {"from": "gpt", "value": [1.0, 0.0, ...]}]}`; question and steps are stripped, as the reference does.
+    Serialise with `reference_json`.
+    """
+    if len(steps) != len(labels):
+        raise MPRMError(f"reference conversation: {len(steps)} steps but {len(labels)} labels")
+    process = REFERENCE_STEP_JOIN.join(step.strip() + REFERENCE_STEP_MARKER for step in steps)
+    return {
+        "image": image,
+        "conversations": [
+            {"from": "human", "value": f"Question: {question.strip()}\nProcess: {process}"},
+            {"from": "gpt", "value": [float(label) for label in labels]},
+        ],
+    }
+
+
+def reference_json(record: dict[str, Any]) -> str:
+    """`json.dumps(..., ensure_ascii=False)`, the reference's serialisation."""
+    return json.dumps(record, ensure_ascii=False)
+
+
+def load_stepwise(path_or_repo: str | Path, *, split: str = "train") -> datasets.Dataset:
+    """Stepwise records from our jsonl / parquet / `save_to_disk` folder, or a TRL stepwise dataset.
+
+    A TRL dataset (prompt / completions / labels, no images) gets `images=[]`, `source=""` and
+    `mc_scores` = its labels as floats. Lengths are validated: a record whose completions, labels and
+    mc_scores disagree is a one-line MPRMError naming the record and the field.
+    """
+    name = str(path_or_repo)
+    ds = _read_any(path_or_repo, split)
+    missing = [c for c in TRL_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise MPRMError(
+            f"{name}: not a stepwise dataset: missing field(s) {', '.join(missing)} "
+            f"(columns: {', '.join(ds.column_names)})"
+        )
+    if not isinstance(ds.features["prompt"], datasets.Value) or ds.features["prompt"].dtype not in (
+        "string",
+        "large_string",
+    ):
+        raise MPRMError(f"{name}: field 'prompt' must be text, got {ds.features['prompt']}")
+    _check_lengths(ds, name)
+    if not {"images", "mc_scores"} <= set(ds.column_names):
+        ds = ds.map(
+            _from_trl_batch,
+            batched=True,
+            with_indices=True,
+            fn_kwargs={"name": Path(name).name or name},
+            remove_columns=ds.column_names,
+            features=STEPWISE_FEATURES,
+            desc="Reading TRL stepwise records",
+        )
+    else:
+        for column, default in (("id", None), ("source", "")):
+            if column not in ds.column_names:
+                values = [str(i) for i in range(len(ds))] if default is None else [default] * len(ds)
+                ds = ds.add_column(column, values)
+        ds = ds.select_columns(list(STEPWISE_FEATURES)).cast(STEPWISE_FEATURES)
+    return ds
+
+
+def _from_trl_batch(batch: dict[str, list[Any]], indices: list[int], name: str) -> dict[str, list[Any]]:
+    return {
+        "id": [f"{name}:{i}" for i in indices],
+        "source": [""] * len(indices),
+        "images": [[] for _ in indices],
+        "prompt": batch["prompt"],
+        "completions": batch["completions"],
+        "labels": [[bool(label) for label in labels] for labels in batch["labels"]],
+        "mc_scores": [[float(label) for label in labels] for labels in batch["labels"]],
+    }
+
+
+def _check_lengths(ds: datasets.Dataset, name: str) -> None:
+    """Vectorised over the Arrow table: completions, labels (and mc_scores) must agree, and be non-empty."""
+    table = ds.data.table if hasattr(ds.data, "table") else ds.data
+    steps = pc.fill_null(pc.list_value_length(table.column("completions")), 0).to_numpy(zero_copy_only=False)
+    if len(steps) and steps.min() == 0:
+        index = int((steps == 0).argmax())
+        raise MPRMError(f"{name}: record {index}: field 'completions' is empty")
+    for column in ("labels", "mc_scores"):
+        if column not in ds.column_names:
+            continue
+        lengths = pc.fill_null(pc.list_value_length(table.column(column)), -1).to_numpy(zero_copy_only=False)
+        bad = (lengths != steps).nonzero()[0]
+        if len(bad):
+            index = int(bad[0])
+            raise MPRMError(
+                f"{name}: record {index}: field '{column}' has {lengths[index]} entries but "
+                f"'completions' has {steps[index]}"
+            )
+
+
+def _read_any(path_or_repo: str | Path, split: str) -> datasets.Dataset:
+    """A jsonl / json / parquet file, a `save_to_disk` folder, a folder of data files, or a Hub id."""
+    path = Path(path_or_repo).expanduser()
+    try:
+        if path.is_file():
+            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}.get(
+                path.suffix
+            )
+            if kind is None:
+                raise MPRMError(f"{path}: unknown file type (expected .jsonl, .json, .parquet or .arrow)")
+            return datasets.load_dataset(kind, data_files=str(path), split="train")
+        if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise MPRMError(f"{path}: no split {split!r} (splits: {', '.join(loaded)})")
+                return loaded[split]
+            return loaded
+        folder = (
+            path
+            if path.is_dir()
+            else locate_dataset(path_or_repo, allow_patterns=None, what="stepwise dataset")
+        )
+        return datasets.load_dataset(str(folder), split=split)
+    except MPRMError:
+        raise
+    except (ValueError, FileNotFoundError, OSError, datasets.exceptions.DatasetNotFoundError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MPRMError(f"{path_or_repo}: cannot read a stepwise dataset ({first})") from None
