@@ -1,0 +1,465 @@
+"""`PRMTrainer`: train a vision-language model as a process reward model (SPEC 4).
+
+The model reads a whole reasoning trace once; after each step stands a marker position whose logits over two
+reward tokens (positive, negative) score the step. The loss is the cross-entropy over those two logits at the
+marker positions, with hard (label) or soft (Monte Carlo score) targets, averaged over every marker of the
+(global, gradient-accumulated) batch. No other token carries loss, and only the marker positions are projected
+onto the vocabulary (`logits_to_keep`), so no full-vocabulary logits are materialised for the whole sequence.
+
+Inputs are built by `mprm_hf.step_format.encode_traces`, the same function scoring uses, so a trained model
+sees at inference exactly the token layout it was trained on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from PIL import Image
+from transformers import EvalPrediction, PreTrainedModel, ProcessorMixin, Trainer
+
+from mprm_hf.errors import MPRMError
+from mprm_hf.prm_config import DEFAULT_LORA_TARGETS, PRMConfig
+from mprm_hf.step_format import (
+    StepFormat,
+    encode_traces,
+    get_step_format,
+    prepare_model_and_processor,
+    reward_token_ids,
+    step_reward_logits,
+)
+
+logger = logging.getLogger(__name__)
+
+IGNORE = -100.0
+REQUIRED_COLUMNS = ("prompt", "completions", "labels")
+# Parameter-name fragments of the vision encoders of the supported families (Qwen2-VL / Qwen2.5-VL: visual,
+# InternVL / LLaVA: vision_tower, Idefics3 / SmolVLM: vision_model). Projectors are not matched: they train.
+VISION_TOWER_NAMES = ("visual.", "vision_tower.", "vision_model.", "vision_encoder.")
+# Order of the truncation counters the collator returns with each batch.
+COUNTERS = ("rollouts", "truncated_rollouts", "dropped_rollouts", "steps", "dropped_steps")
+
+
+def load_images(paths: list[str] | None, record_id: str) -> list[Image.Image]:
+    """Open a record's images as RGB; a missing file is a user error naming the record, never a silent drop."""
+    images = []
+    for index, path in enumerate(paths or []):
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (OSError, ValueError) as error:
+            raise MPRMError(
+                f"record {record_id!r}: field 'images[{index}]' cannot be read ({path}): {error}"
+            ) from None
+    return images
+
+
+def step_targets_of(
+    record: dict[str, Any], label_mode: str, label_threshold: float | None
+) -> tuple[list, list]:
+    """(loss targets, hard labels) of one stepwise record: the target is the probability of the positive token."""
+    record_id = record.get("id", "?")
+    scores = record.get("mc_scores")
+    if scores is None:  # a TRL stepwise dataset: no MC scores, the labels are the soft targets too
+        scores = [float(label) for label in record["labels"]]
+    if label_threshold is not None:
+        for index, score in enumerate(scores):
+            if score is None:
+                raise MPRMError(f"record {record_id!r}: field 'mc_scores[{index}]' is missing")
+        hard = [float(score > label_threshold) for score in scores]
+    else:
+        hard = [float(bool(label)) for label in record["labels"]]
+    if label_mode == "hard":
+        return hard, hard
+    for index, score in enumerate(scores):
+        if score is None or not 0.0 <= score <= 1.0:
+            raise MPRMError(
+                f"record {record_id!r}: field 'mc_scores[{index}]' is not a probability ({score!r})"
+            )
+    return [float(score) for score in scores], hard
+
+
+@dataclass
+class PRMDataCollator:
+    """Stepwise records -> one padded model batch with per-step targets.
+
+    Images are opened with PIL and go through the processor in one batched call (inside `encode_traces`).
+    A rollout longer than `max_length` keeps the steps whose markers fit ('drop_tail_steps') or carries no
+    loss at all ('drop_rollout'); the batch reports how many rollouts and steps were cut (`prm_counts`), and
+    the trainer logs the running totals, so nothing is dropped silently.
+    """
+
+    processor: ProcessorMixin
+    step_format: StepFormat
+    max_length: int | None = None
+    label_mode: str = "hard"
+    label_threshold: float | None = None
+    truncation: str = "drop_tail_steps"
+    _warned: bool = field(default=False, init=False, repr=False)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        traces = [
+            {
+                "prompt": example["prompt"],
+                "steps": list(example["completions"]),
+                "images": load_images(example.get("images"), example.get("id", "?")),
+            }
+            for example in examples
+        ]
+        batch = dict(encode_traces(self.processor, self.step_format, traces, max_length=self.max_length))
+        kept_steps = batch.pop("n_steps")
+        positions = batch["step_positions"]
+        if positions.shape[1] == 0:  # a batch whose every step was truncated still needs one (ignored) column
+            positions = torch.full((len(examples), 1), -1, dtype=torch.long)
+            batch["step_positions"] = positions
+        targets = torch.full(positions.shape, IGNORE, dtype=torch.float32)
+        labels = torch.full(positions.shape, IGNORE, dtype=torch.float32)
+        counts = dict.fromkeys(COUNTERS, 0)
+        for row, (example, kept) in enumerate(zip(examples, kept_steps, strict=True)):
+            total = len(example["completions"])
+            counts["rollouts"] += 1
+            counts["steps"] += total
+            if kept < total:
+                counts["truncated_rollouts"] += 1
+                if self.truncation == "drop_rollout" or kept == 0:
+                    kept = 0
+                    counts["dropped_rollouts"] += 1
+                counts["dropped_steps"] += total - kept
+                self._warn_once(example, total, kept)
+            if kept:
+                step_targets, step_labels = step_targets_of(example, self.label_mode, self.label_threshold)
+                targets[row, :kept] = torch.tensor(step_targets[:kept])
+                labels[row, :kept] = torch.tensor(step_labels[:kept])
+        batch["step_targets"] = targets
+        batch["step_labels"] = labels
+        batch["prm_counts"] = torch.tensor([counts[name] for name in COUNTERS], dtype=torch.long)
+        return batch
+
+    def _warn_once(self, example: dict[str, Any], total: int, kept: int) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "record %r does not fit in max_length=%s: %d of its %d steps kept (truncation=%s); "
+                "running totals are logged as truncated_rollouts / dropped_steps / dropped_rollouts",
+                example.get("id", "?"),
+                self.max_length,
+                kept,
+                total,
+                self.truncation,
+            )
+
+
+def binary_f1(tp: int, fp: int, fn: int) -> float:
+    """F1 = 2TP / (2TP + FP + FN), 0 when nothing was predicted or present (SPEC 5)."""
+    denominator = 2 * tp + fp + fn
+    return 2 * tp / denominator if denominator else 0.0
+
+
+def compute_step_metrics(prediction: EvalPrediction, threshold: float = 0.5) -> dict[str, float]:
+    """Step accuracy, F1_pos, F1_neg, macro-F1 and ROC-AUC over every scored (non-truncated) step."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = np.asarray(prediction.predictions, dtype=np.float64).reshape(-1)
+    labels = np.asarray(prediction.label_ids, dtype=np.float64).reshape(-1)
+    keep = labels != IGNORE
+    scores, truth = scores[keep], labels[keep] > 0.5
+    predicted = scores >= threshold
+    tp = int(np.sum(predicted & truth))
+    tn = int(np.sum(~predicted & ~truth))
+    fp = int(np.sum(predicted & ~truth))
+    fn = int(np.sum(~predicted & truth))
+    f1_pos, f1_neg = binary_f1(tp, fp, fn), binary_f1(tn, fn, fp)
+    both_classes = 0 < truth.sum() < truth.size
+    return {
+        "step_accuracy": (tp + tn) / truth.size if truth.size else 0.0,
+        "f1_pos": f1_pos,
+        "f1_neg": f1_neg,
+        "macro_f1": (f1_pos + f1_neg) / 2,
+        "auc": float(roc_auc_score(truth, scores)) if both_classes else float("nan"),
+        "n_steps": float(truth.size),
+    }
+
+
+def vision_tower_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The vision encoder's parameters, found by the module names the supported families use."""
+    return [
+        (name, p) for name, p in model.named_parameters() if any(part in name for part in VISION_TOWER_NAMES)
+    ]
+
+
+class PRMTrainer(Trainer):
+    """A `transformers.Trainer` for multimodal process reward models.
+
+    Args:
+        model: an `AutoModelForImageTextToText` model, or its name / path (loaded with
+            `mprm_hf.modeling.load_model_and_processor`).
+        args: a `PRMConfig`.
+        train_dataset / eval_dataset: stepwise datasets (SPEC 2.4: prompt, completions, labels, and optionally
+            images, mc_scores, id), e.g. from `mprm_hf.data.stepwise.load_stepwise`.
+        processing_class: the model's processor (required when `model` is a model object).
+    """
+
+    # compute_loss divides by the number of markers of the whole accumulated (and gathered) batch itself.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel | str,
+        args: PRMConfig,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class: ProcessorMixin | None = None,
+        callbacks: list | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(args, PRMConfig):
+            raise MPRMError(f"PRMTrainer: args must be a PRMConfig, got {type(args).__name__}")
+        if isinstance(model, str):
+            from mprm_hf.modeling import load_model_and_processor
+
+            model, loaded_processor = load_model_and_processor(model)
+            processing_class = processing_class or loaded_processor
+        if processing_class is None:
+            raise MPRMError("PRMTrainer: processing_class (the model's processor) is required")
+
+        self.step_format = get_step_format(args.step_format)
+        prepared = prepare_model_and_processor(model, processing_class, self.step_format)
+        if isinstance(prepared, tuple):
+            model, processing_class = prepared
+        self.reward_ids = reward_token_ids(processing_class, self.step_format)
+
+        if args.freeze_vision_tower:
+            frozen = vision_tower_parameters(model)
+            if not frozen:
+                logger.warning(
+                    "freeze_vision_tower: no vision encoder parameters found in %s", type(model).__name__
+                )
+            for _, parameter in frozen:
+                parameter.requires_grad_(False)
+        if args.use_peft:
+            model = self._wrap_lora(model, args)
+
+        with args.main_process_first(desc="measuring rollout lengths"):
+            train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
+            if isinstance(eval_dataset, dict):
+                eval_dataset = {
+                    key: self._prepare_dataset(value, processing_class, args, f"eval[{key}]")
+                    for key, value in eval_dataset.items()
+                }
+            else:
+                eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
+
+        collator = PRMDataCollator(
+            processor=processing_class,
+            step_format=self.step_format,
+            max_length=args.max_length,
+            label_mode=args.label_mode,
+            label_threshold=args.label_threshold,
+            truncation=args.truncation,
+        )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=kwargs.pop("compute_metrics", compute_step_metrics),
+            callbacks=callbacks,
+            **kwargs,
+        )
+        self._prm_counts = torch.zeros(len(COUNTERS), dtype=torch.long)
+        forward = inspect.signature(self.accelerator.unwrap_model(self.model).forward).parameters
+        self._keeps_logits = "logits_to_keep" in forward or any(
+            p.kind == inspect.Parameter.VAR_KEYWORD for p in forward.values()
+        )
+
+    # ---- set-up ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _wrap_lora(model: PreTrainedModel, args: PRMConfig) -> torch.nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        targets: str | list[str] = args.lora_target_modules or DEFAULT_LORA_TARGETS
+        if isinstance(targets, list) and len(targets) == 1:
+            targets = targets[0]  # one entry may be a regex, as in peft
+        config = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+
+    @staticmethod
+    def _prepare_dataset(
+        dataset: Dataset | None, processor: ProcessorMixin, args: PRMConfig, name: str
+    ) -> Dataset | None:
+        """Check the stepwise columns and add a `length` column (text + image tokens) for length grouping."""
+        if dataset is None:
+            return None
+        missing = [column for column in REQUIRED_COLUMNS if column not in dataset.column_names]
+        if missing:
+            raise MPRMError(
+                f"{name} dataset: missing column(s) {missing}; a stepwise dataset has prompt, completions, labels "
+                f"(and optionally images, mc_scores); found {dataset.column_names}"
+            )
+        if args.length_column_name in dataset.column_names:
+            return dataset
+        return dataset.map(
+            RolloutLength(processor),
+            batched=True,
+            num_proc=args.dataset_num_proc,
+            desc=f"Measuring {name} rollouts",
+        )
+
+    # ---- loss -------------------------------------------------------------------------------------------
+
+    def _reward_logits(
+        self, model: torch.nn.Module, inputs: dict[str, Any], positions: torch.Tensor
+    ) -> torch.Tensor:
+        """[batch, max_steps, 2] logits of the (positive, negative) reward tokens at each step's marker."""
+        if self._keeps_logits:
+            keep = positions.clamp(min=0)
+            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+            local = torch.arange(positions.shape[1], device=positions.device).expand_as(positions)
+            positions = torch.where(positions >= 0, local, -1)
+        else:
+            outputs = model(**inputs, use_cache=False)
+        return step_reward_logits(outputs.logits, positions, self.reward_ids)
+
+    def _split_inputs(
+        self, inputs: dict[str, Any]
+    ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, torch.Tensor]:
+        model_inputs = dict(inputs)
+        positions = model_inputs.pop("step_positions")
+        targets = model_inputs.pop("step_targets")
+        labels = model_inputs.pop("step_labels")
+        counts = model_inputs.pop("prm_counts", None)
+        if counts is not None and self.model.training:
+            self._prm_counts += counts.detach().cpu()
+        return model_inputs, positions, targets, labels
+
+    @staticmethod
+    def _marker_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-marker cross-entropy against target probability t of the positive token, and the marker mask."""
+        mask = targets != IGNORE
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        t = targets.clamp(0.0, 1.0)
+        losses = -(t * log_probs[..., 0] + (1.0 - t) * log_probs[..., 1])
+        return torch.where(mask, losses, torch.zeros_like(losses)), mask
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        model_inputs, positions, targets, _ = self._split_inputs(inputs)
+        logits = self._reward_logits(model, model_inputs, positions)
+        losses, mask = self._marker_losses(logits, targets)
+        if num_items_in_batch is None:
+            loss = losses.sum() / mask.sum().clamp(min=1)
+        else:
+            loss = losses.sum() / torch.as_tensor(num_items_in_batch, device=losses.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                loss = loss * self.args.world_size  # gradients are averaged over ranks, the count was summed
+        return (loss, logits) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        """Markers carrying loss in the whole gradient-accumulation window (over all ranks), to normalise by."""
+        if not batch_samples or "step_targets" not in batch_samples[0]:
+            return None
+        count = sum((batch["step_targets"] != IGNORE).sum() for batch in batch_samples).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Loss, positive-token probability per step (IGNORE where no step) and the hard labels."""
+        inputs = self._prepare_inputs(inputs)
+        model_inputs, positions, targets, labels = self._split_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = self._reward_logits(model, model_inputs, positions)
+        losses, mask = self._marker_losses(logits, targets)
+        loss = (losses.sum() / mask.sum().clamp(min=1)).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        probabilities = torch.softmax(logits.float(), dim=-1)[..., 0]
+        probabilities = torch.where(labels != IGNORE, probabilities, torch.full_like(probabilities, IGNORE))
+        return loss, probabilities.detach(), labels
+
+    # ---- reporting --------------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the running truncation counters (summed over ranks) to every training log line."""
+        if "loss" in logs or "train_loss" in logs:
+            counts = self._prm_counts.to(self.args.device)
+            if self.args.world_size > 1:
+                counts = self.accelerator.reduce(counts, reduction="sum")
+            logs.update(
+                {f"prm_{name}": int(value) for name, value in zip(COUNTERS, counts.tolist(), strict=True)}
+            )
+        super().log(logs, start_time)
+
+
+class RolloutLength:
+    """Batched `datasets.map` function: an estimate of each rollout's token count, for length grouping.
+
+    Text is tokenised exactly; each image adds the number of placeholder tokens the processor would insert for
+    its size (read from the file header), so grouping sees image-heavy rollouts as long.
+    """
+
+    def __init__(self, processor: ProcessorMixin) -> None:
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list[int]]:
+        texts = [
+            prompt + "\n".join(steps)
+            for prompt, steps in zip(batch["prompt"], batch["completions"], strict=True)
+        ]
+        token_counts = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        lengths = []
+        for index, count in enumerate(token_counts):
+            steps = batch["completions"][index]
+            if len(steps) != len(batch["labels"][index]):
+                raise MPRMError(
+                    f"record {batch.get('id', ['?'] * len(texts))[index]!r}: field 'labels' has "
+                    f"{len(batch['labels'][index])} entries for {len(steps)} completions"
+                )
+            images = batch["images"][index] if "images" in batch else []
+            lengths.append(count + 4 * len(steps) + self._image_tokens(images or []))
+        return {"length": lengths}
+
+    def _image_tokens(self, paths: list[str]) -> int:
+        if not paths or not hasattr(self.processor, "_get_num_multimodal_tokens"):
+            return 0
+        sizes = []
+        for path in paths:
+            try:
+                with Image.open(path) as image:
+                    sizes.append((image.height, image.width))
+            except OSError:
+                continue  # unreadable images are reported by the collator, with the record id
+        if not sizes:
+            return 0
+        try:
+            data = self.processor._get_num_multimodal_tokens(image_sizes=sizes)
+        except (TypeError, ValueError, AttributeError, NotImplementedError):
+            return 0
+        return int(sum(getattr(data, "num_image_tokens", None) or []))

@@ -1,0 +1,308 @@
+"""Train a process reward model from a YAML recipe: `mprm-hf train RECIPE.yaml [--key value ...]`.
+
+The same entry point runs under every launcher, because `Trainer` reads the distributed set-up from the
+environment that `accelerate launch` prepares:
+
+    accelerate launch --config_file recipes/accelerate_configs/zero3.yaml -m mprm_hf.train --config RECIPE.yaml
+
+A recipe is a YAML mapping of `ScriptArguments` and `PRMConfig` fields; command-line flags override it
+(TRL's `TrlParser`). Without a model or dataset, the embedded default (synthetic corpus, BIS-10% subset, tiny
+Qwen2-VL) is built under `embedded_root` and used, so a recipe runs offline on a CPU.
+
+Publishing: with `push_to_hub`, the final model is staged in `<output_dir>/hub` with a model card
+(`mprm_hf.hub.render_model_card`) and pushed there from. When the Hub is offline (HF_HUB_OFFLINE=1) the
+folder is staged, the command says so and exits 0: push it later with `mprm-hf push <output_dir>/hub`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mprm_hf.errors import MPRMError
+from mprm_hf.prm_config import PRMConfig
+
+logger = logging.getLogger(__name__)
+
+HUB_STAGE_DIR = "hub"
+SELECTION_SIDECAR = "selection.json"
+# Hyperparameters that go into the model card (the rest of PRMConfig is in training_args.bin).
+CARD_HYPERPARAMETERS = (
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "label_mode",
+    "label_threshold",
+    "truncation",
+    "freeze_vision_tower",
+    "train_sampling_strategy",
+    "bf16",
+    "gradient_checkpointing",
+    "use_peft",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "seed",
+)
+
+
+@dataclass
+class ScriptArguments:
+    """What to train on and what to do with the result (the how is `PRMConfig`)."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Base vision-language model: Hub id or folder. None: the embedded tiny Qwen2-VL."},
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Stepwise training subset (SPEC 2.4): a folder written by `mprm-hf select`, a jsonl/parquet "
+            "file, or a Hub dataset id. None: the embedded BIS-10% subset of the synthetic corpus."
+        },
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split of dataset_name to train on."})
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "Stepwise evaluation dataset (same forms as dataset_name)."}
+    )
+    eval_dataset_split: str = field(default="train", metadata={"help": "Split of eval_dataset_name."})
+    eval_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Hold out this fraction of the training subset for evaluation (seeded by `seed`)."},
+    )
+    model_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype to load the weights in ('bfloat16', 'float32', 'auto'). None: the checkpoint's."
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention kernel: 'sdpa', 'flash_attention_2', 'eager'. None: default."},
+    )
+    embedded_root: str = field(
+        default="embedded",
+        metadata={"help": "Where the embedded default is built when model or dataset is None."},
+    )
+    model_name: str | None = field(
+        default=None,
+        metadata={"help": "Name in the model card. Default: hub_model_id, else the output folder."},
+    )
+    license: str | None = field(default=None, metadata={"help": "License in the model card metadata."})
+    tags: list[str] = field(default_factory=list, metadata={"help": "Extra tags for the model card."})
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """Accept `RECIPE.yaml` as a positional argument as well as `--config RECIPE.yaml`."""
+    argv = list(argv)
+    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
+        argv = ["--config", argv[0], *argv[1:]]
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise MPRMError("--config needs a YAML file")
+        if not Path(argv[index + 1]).is_file():
+            raise MPRMError(f"{argv[index + 1]}: recipe not found")
+    return argv
+
+
+def parse_args(argv: list[str]) -> tuple[ScriptArguments, PRMConfig]:
+    from trl import TrlParser
+
+    parser = TrlParser((ScriptArguments, PRMConfig), prog="mprm-hf train")
+    try:
+        script_args, training_args = parser.parse_args_and_config(normalise_argv(argv))
+    except ValueError as error:
+        if isinstance(error, MPRMError):
+            raise
+        raise MPRMError(str(error).splitlines()[0]) from None
+    return script_args, training_args
+
+
+def read_selection_info(dataset: str) -> tuple[str, dict[str, Any]]:
+    """The selector and its parameters, from the subset's `selection.json` sidecar or its card metadata."""
+    folder = Path(dataset)
+    folder = folder if folder.is_dir() else folder.parent
+    sidecar = folder / SELECTION_SIDECAR
+    if sidecar.is_file():
+        try:
+            info = json.loads(sidecar.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise MPRMError(f"{sidecar}:{error.lineno}: not valid JSON ({error.msg})") from None
+        selector = str(info.get("selector") or info.get("method") or "unknown")
+        params = info.get("selector_params") or info.get("params") or {}
+        return selector, {str(key): value for key, value in dict(params).items()}
+    readme = folder / "README.md"
+    if readme.is_file():
+        from huggingface_hub import DatasetCard
+
+        data = DatasetCard.load(readme).data.to_dict()
+        selection = data.get("selection") or data.get("mprm_hf") or {}
+        if isinstance(selection, dict) and (selection.get("selector") or selection.get("method")):
+            params = selection.get("selector_params") or selection.get("params") or {}
+            return str(selection.get("selector") or selection.get("method")), dict(params)
+    return "unknown (not recorded with the dataset)", {}
+
+
+def load_datasets(script_args: ScriptArguments, training_args: PRMConfig) -> tuple[Any, Any]:
+    from mprm_hf.data.stepwise import load_stepwise
+
+    train = load_stepwise(script_args.dataset_name, split=script_args.dataset_split)
+    evaluation = None
+    if script_args.eval_dataset_name:
+        evaluation = load_stepwise(script_args.eval_dataset_name, split=script_args.eval_dataset_split)
+    elif script_args.eval_fraction > 0:
+        if not 0 < script_args.eval_fraction < 1:
+            raise MPRMError(f"eval_fraction must be in (0, 1), got {script_args.eval_fraction}")
+        # A seeded random hold-out; the training rows keep their order (a curriculum may depend on it).
+        order = np.random.default_rng(training_args.seed).permutation(len(train))
+        n_eval = max(1, round(len(train) * script_args.eval_fraction))
+        held_out = np.sort(order[:n_eval])
+        evaluation = train.select(held_out)
+        train = train.select(np.sort(order[n_eval:]))
+    return train, evaluation
+
+
+def card_evaluation(metrics: dict[str, float]) -> dict[str, Any] | None:
+    """The trainer's held-out step metrics in the card's evaluation shape (one pooled source)."""
+    if "eval_macro_f1" not in metrics:
+        return None
+    auc = metrics.get("eval_auc")
+    return {
+        "overall": metrics["eval_macro_f1"],
+        "macro_f1_pooled": metrics["eval_macro_f1"],
+        "f1_positive": metrics["eval_f1_pos"],
+        "f1_negative": metrics["eval_f1_neg"],
+        "auc": None if auc is None or math.isnan(auc) else auc,
+    }
+
+
+def stage_and_push(
+    script_args: ScriptArguments,
+    training_args: PRMConfig,
+    argv: list[str],
+    metrics: dict[str, float],
+) -> Path:
+    """Stage the final model with its card in <output_dir>/hub; push it unless the Hub is offline."""
+    import huggingface_hub
+
+    from mprm_hf.hub import push_folder, render_model_card, stage_folder
+
+    output_dir = Path(training_args.output_dir)
+    selector, selector_params = read_selection_info(script_args.dataset_name)
+    hyperparameters = {name: getattr(training_args, name) for name in CARD_HYPERPARAMETERS}
+    hyperparameters["global_batch_size"] = (
+        training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * training_args.world_size
+    )
+    repo_id = training_args.hub_model_id
+    card = render_model_card(
+        model_name=script_args.model_name or repo_id or output_dir.name,
+        base_model=script_args.model_name_or_path,
+        datasets=script_args.dataset_name,
+        selector=selector,
+        selector_params=selector_params,
+        hyperparameters=hyperparameters,
+        step_format=training_args.step_format,
+        command=["mprm-hf", "train", *argv],
+        evaluation=card_evaluation(metrics),
+        evaluation_dataset=script_args.eval_dataset_name or f"{script_args.dataset_name} (held-out split)",
+        evaluation_split=script_args.eval_dataset_split if script_args.eval_dataset_name else "eval",
+        license=script_args.license,
+        tags=["prm", *script_args.tags],
+        repo_id=repo_id,
+    )
+    files = {
+        path.name: path
+        for path in sorted(output_dir.iterdir())
+        if path.is_file() and path.name not in {"README.md"} and not path.name.startswith(".")
+    }
+    staged = stage_folder(output_dir / HUB_STAGE_DIR, card, files=files)
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        print(
+            f"Staged {staged} (model + card). The Hub is offline (HF_HUB_OFFLINE=1), so nothing was pushed; "
+            f"push it later with: mprm-hf push {staged} --repo-id {repo_id or 'OWNER/NAME'}"
+        )
+        return staged
+    if not repo_id:
+        raise MPRMError(f"push_to_hub needs hub_model_id (owner/name); the model is staged in {staged}")
+    url = push_folder(staged, repo_id, repo_type="model", private=bool(training_args.hub_private_repo))
+    print(f"Pushed {staged} to {repo_id}: {url}")
+    return staged
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script_args, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    if script_args.model_name_or_path is None or script_args.dataset_name is None:
+        from mprm_hf.embedded import ensure_embedded
+
+        with training_args.main_process_first(desc="building the embedded default"):
+            paths = ensure_embedded(script_args.embedded_root)
+        script_args.model_name_or_path = script_args.model_name_or_path or str(paths["model"])
+        script_args.dataset_name = script_args.dataset_name or str(paths["train"])
+
+    from mprm_hf.modeling import load_model_and_processor
+    from mprm_hf.prm_trainer import PRMTrainer
+
+    train_dataset, eval_dataset = load_datasets(script_args, training_args)
+    model, processor = load_model_and_processor(script_args.model_name_or_path, dtype=script_args.model_dtype)
+    if script_args.attn_implementation:
+        model.set_attn_implementation(script_args.attn_implementation)
+
+    # The Trainer's own push creates the repository when it starts, which fails offline before any training;
+    # we stage and push the finished model ourselves (see stage_and_push).
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    trainer = PRMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+    )
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in {"true", "latest"}:
+        resume = True
+    elif isinstance(resume, str) and not Path(resume).is_dir():
+        raise MPRMError(f"{resume}: checkpoint folder not found (resume_from_checkpoint)")
+    train_result = trainer.train(resume_from_checkpoint=resume or None)
+    trainer.save_model(training_args.output_dir)
+    metrics = dict(train_result.metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    if eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    trainer.save_state()
+
+    if push_to_hub and trainer.is_world_process_zero():
+        stage_and_push(script_args, training_args, argv, metrics)
+    return 0
+
+
+if __name__ == "__main__":  # `accelerate launch -m mprm_hf.train ...`: the same one-line errors as the CLI
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        sys.exit(main())
+    except MPRMError as error:
+        print(f"mprm_hf.train: error: {error}", file=sys.stderr)
+        sys.exit(1)
