@@ -334,6 +334,20 @@ def test_without_images_writes_paths_but_no_pictures(tmp_path: Path) -> None:
     assert record["image"].startswith("VisualPRM400K-v1.1-Raw/MathV360K_prompts/")
 
 
+def test_zero_rollouts_writes_empty_sources_and_the_benchmark(tmp_path: Path) -> None:
+    summary = write_synthetic(tmp_path, rollouts=0, benchmark_traces=4, seed=0)
+    files = sorted((tmp_path / "annotations").glob("*.jsonl"))
+    assert len(files) == 38 and all(f.read_bytes() == b"" for f in files)
+    assert summary["rollouts"] == 0 and len(read_jsonl(tmp_path / "VisualProcessBench" / "test.jsonl")) == 4
+
+
+def test_rewriting_a_folder_leaves_no_picture_of_the_earlier_run(tmp_path: Path) -> None:
+    write_synthetic(tmp_path, rollouts=60, benchmark_traces=5, seed=0, images=True)
+    assert any(tmp_path.rglob("*.png"))
+    write_synthetic(tmp_path, rollouts=60, benchmark_traces=5, seed=1, images=False)
+    assert not any(tmp_path.rglob("*.png"))
+
+
 # ---- texts for the tokenizer -------------------------------------------------------------------------------
 
 
@@ -362,7 +376,13 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert any(out.rglob("*.png"))
 
 
-def test_cli_rejects_negative_sizes_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["synth", "--out", str(tmp_path), "--rollouts", "-5"]) == 1
+@pytest.mark.parametrize(
+    ("option", "value"), [("--rollouts", "-5"), ("--benchmark-traces", "-1"), ("--workers", "0")]
+)
+def test_cli_rejects_bad_sizes_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    assert cli_main(["synth", "--out", str(tmp_path), option, value]) == 1
     error = capsys.readouterr().err.strip()
-    assert "\n" not in error and "rollouts" in error
+    assert "\n" not in error and error.startswith("mprm-hf synth: error:")
+    assert option.lstrip("-").split("-")[0] in error

@@ -537,6 +537,13 @@ def _image_name(index: int, width: int) -> str:
     return f"{index + 1:0{width}d}"
 
 
+def _remove_pictures(folder: Path) -> None:
+    """Drop pictures of an earlier run, so no record of this run can point at another run's picture."""
+    if folder.is_dir():
+        for stale in folder.glob("*.png"):
+            stale.unlink()
+
+
 def _question_prompt(question: Question, n_images: int) -> str:
     tags = "<image>" if n_images == 1 else "\n".join(f"Image-{i + 1}: <image>" for i in range(n_images))
     return f"{tags}\n{question.text}\n{ROLLOUT_INSTRUCTION}"
@@ -549,6 +556,7 @@ def _write_source(job: tuple[str, int, int, str, bool]) -> dict[str, int]:
     sim = simulate_source(source, n_rollouts, seed)
     width = max(5, len(str(len(sim.questions))))
     image_dir = out / RAW_DIR / source
+    _remove_pictures(image_dir)
     paths: list[str | list[str]] = []
     for index, scene_set in enumerate(sim.scenes):
         stem = _image_name(index, width)
@@ -707,6 +715,8 @@ def _write_benchmark(out: Path, n_traces: int, seed: int, images: bool) -> dict[
     root.mkdir(parents=True, exist_ok=True)
     records = simulate_benchmark(n_traces, seed)
     width = max(5, len(str(n_traces)))
+    for source in BENCHMARK_SOURCES:
+        _remove_pictures(root / "images" / source)
     lines = []
     n_images = 0
     for i, record in enumerate(records):
@@ -763,6 +773,8 @@ def write_synthetic(
     """
     if rollouts < 0 or benchmark_traces < 0:
         raise MPRMError(f"rollouts and benchmark_traces must be >= 0 (got {rollouts}, {benchmark_traces})")
+    if workers is not None and workers < 1:
+        raise MPRMError(f"workers must be >= 1 (got {workers})")
     out = Path(out_dir)
     try:
         (out / "annotations").mkdir(parents=True, exist_ok=True)
@@ -815,7 +827,7 @@ def sample_texts(n: int, seed: int = 0) -> list[str]:
         for i, steps in enumerate(sim.steps):
             question = sim.questions[int(sim.question_of[i])]
             prompt = _question_prompt(question, len(sim.scenes[int(sim.question_of[i])]))
-            texts.append(prompt + "\n\n" + "\n\n".join(steps) + f"\n\nAnswer: {question.answer}")
+            texts.append(prompt + "\n\n" + "\n\n".join(steps))
     for record in simulate_benchmark(n_benchmark, seed):
         texts.append(record.question + "\n\n" + "\n\n".join(record.steps))
     random.Random(seed).shuffle(texts)
