@@ -36,7 +36,7 @@ from mprm_hf.errors import MPRMError
 
 CARDS_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
 BASE_TAGS = ("process-reward-model", "multimodal", "mprm-hf")
-REPO_TYPES = ("model", "dataset")
+REPO_TYPES = ("model", "dataset", "space")
 DEFAULT_BENCHMARK = "OpenGVLab/VisualProcessBench"
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -387,7 +387,7 @@ def _load_card(folder: Path, repo_type: str) -> RepoCard:
     readme = folder / "README.md"
     if not readme.is_file():
         raise MPRMError(f"{readme}: no card; stage the folder first (e.g. `mprm-hf select ... --dry-run`)")
-    card_class = DatasetCard if repo_type == "dataset" else ModelCard
+    card_class = {"dataset": DatasetCard, "model": ModelCard}.get(repo_type, RepoCard)
     try:
         return card_class.load(readme)
     except Exception as error:  # a YAML error in the header: report it as the user's file's problem
@@ -434,7 +434,8 @@ def push_folder(
             f"cannot push {folder}: the Hub at {api.endpoint} is unreachable or refused the token: {_one_line(error)}"
         ) from None
     try:
-        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        space_sdk = "gradio" if repo_type == "space" else None  # the only Space this project ships
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
         if revision is not None:
             api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
         commit = api.upload_folder(
@@ -450,21 +451,24 @@ def push_folder(
 
 
 def _infer_repo_type(folder: Path) -> str:
-    """Our dataset cards always carry `size_categories`; model cards never do."""
-    return "dataset" if "size_categories" in _load_card(folder, "model").data.to_dict() else "model"
+    """Our dataset cards always carry `size_categories`, a Space's README its `sdk`; model cards neither."""
+    metadata = _load_card(folder, "model").data.to_dict()
+    return "dataset" if "size_categories" in metadata else "space" if "sdk" in metadata else "model"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mprm-hf push",
-        description="Push a staged subset or checkpoint folder (with its README.md card) to the Hub.",
+        description="Push a staged subset, checkpoint or Space folder (with its README.md card) to the Hub.",
     )
     parser.add_argument(
-        "folder", type=Path, help="a folder written by `select --dry-run` or `train` (README.md inside)"
+        "folder",
+        type=Path,
+        help="a folder staged by `select --dry-run`, `train` or `demo --stage-space` (README.md inside)",
     )
     parser.add_argument("--repo-id", required=True, help="owner/name of the repository to create or update")
     parser.add_argument(
-        "--repo-type", choices=REPO_TYPES, help="default: read from the card (dataset or model)"
+        "--repo-type", choices=REPO_TYPES, help="default: read from the card (dataset, space or model)"
     )
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--revision", help="branch to push to (created if missing); default: main")

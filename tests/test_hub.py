@@ -13,7 +13,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import yaml
-from huggingface_hub import DatasetCard, ModelCard
+from huggingface_hub import DatasetCard, ModelCard, RepoCard
 
 from mprm_hf import hub
 from mprm_hf.errors import MPRMError
@@ -321,3 +321,12 @@ def test_push_refuses_a_folder_without_a_card_or_with_a_token(fake_hub, tmp_path
     with pytest.raises(MPRMError, match="notes.txt: contains a Hugging Face access token"):
         hub.push_folder(leaky, "tester/x", repo_type="model")
     assert fake_hub.requests == []
+
+
+def test_a_staged_space_is_pushed_as_a_gradio_space(fake_hub: FakeHub, tmp_path: Path) -> None:
+    card = RepoCard("---\ntitle: demo\nsdk: gradio\napp_file: app.py\n---\n\n# Demo\n")
+    folder = hub.stage_folder(tmp_path / "space", card, files={"app.py": "print('hello')\n"})
+    assert hub.main([str(folder), "--repo-id", "tester/demo"]) == 0  # type read from the card: a Space
+    create = next(r for r in fake_hub.requests if r["path"] == "/api/repos/create")
+    assert json.loads(create["body"])["sdk"] == "gradio"
+    assert fake_hub.repos == {"space:tester/demo"} and set(fake_hub.files) == {"README.md", "app.py"}
