@@ -1,0 +1,289 @@
+"""`--format reference` writes the same bytes as the reference BIS builder, on corpora built to break it.
+
+The oracle below is a plain per-line implementation of SPEC 3's rules, one record at a time, with
+Python's `json`, `float()` and `sum()`: what the reference does. The fast path (orjson, shards, a
+cached score table, vectorised BIS) must agree with it byte for byte."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mprm_hf.errors import MPRMError
+from mprm_hf.selection import reference
+
+ALPHAS = [0.0, 0.05, 0.2, 1.0, 1e-300]
+RATIOS = [0.001, 0.1, 0.25, 1 / 3, 0.5, 1.0]
+
+
+# ------------------------------------------------------------------------------------------ oracle
+def oracle_subset(annotations_dir: Path, alpha: float, top_ratio: float) -> bytes:
+    """SPEC 3, line by line, the slow obvious way."""
+    written: list[str] = []
+    for path in sorted(annotations_dir.glob("*.jsonl")):
+        with path.open("r", encoding="utf-8") as handle:
+            lines = handle.readlines()
+        ranked: list[tuple[int, float]] = []
+        for index, line in enumerate(lines):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            scores = []
+            for step in record.get("steps_with_score") or []:
+                value = step.get("score")
+                if value is None:
+                    continue
+                try:
+                    scores.append(float(value))
+                except (TypeError, ValueError):
+                    continue
+            if not scores:
+                continue
+            positives = [score for score in scores if score > 0.0]
+            p_pos = len(positives) / len(scores)
+            reliability = sum(positives) / len(positives) if positives else 1.0
+            ranked.append((index, (p_pos * (1.0 - p_pos) + alpha) * reliability))
+        if not ranked:
+            continue
+        ranked.sort(key=lambda pair: pair[1], reverse=True)
+        top_k = max(1, int(len(ranked) * top_ratio))
+        for index in sorted(index for index, _ in ranked[:top_k]):
+            record = json.loads(lines[index].strip())
+            converted = oracle_convert(record)
+            if converted is not None:
+                written.append(json.dumps(converted, ensure_ascii=False) + "\n")
+    return "".join(written).encode("utf-8")
+
+
+def oracle_convert(record: dict) -> dict | None:
+    image = record.get("image", "")
+    steps = record.get("steps_with_score") or []
+    if not image or not steps:
+        return None
+    texts, labels = [], []
+    for step in steps:
+        text = (step.get("step") or "").strip()
+        value = step.get("score")
+        if not text or value is None:
+            return None
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return None
+        texts.append(text + "<prm>")
+        labels.append(1.0 if value > 0.0 else 0.0)
+    question = str(record.get("question_orig") or record.get("question") or "").strip()
+    human = {"from": "human", "value": f"Question: {question}\nProcess: " + "\n\n".join(texts)}
+    return {"image": image, "conversations": [human, {"from": "gpt", "value": labels}]}
+
+
+# ------------------------------------------------------------------------------- adversarial corpus
+SCORES = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0625, 0.5, 0.9375, 0.1, 0.2, 0.3, 0.7, 1e-17, 5e-324, -0.0, -0.25, 1, 0, True,
+          False, "0.5", " 0.25 ", "abc", "", None, [0.5], {"x": 1}, "nan", "1_0"]  # fmt: skip
+TEXTS = ["Compute the area.", "  padded step  ", "", "   ", None, 0, "multi\nline \"quoted\" \\ back",
+         "accents éß and emoji 😀", "tab\tand\u2028separator", "ctrl \x01 char"]  # fmt: skip
+IMAGES = ["VisualPRM400K-v1.1-Raw/src/00001.png", "", [], ["a/1.png", "b/2.png"], None, "ünïcode/å.png"]
+QUESTIONS = [
+    {"question_orig": "  What is x?  ", "question": "<image>\nWhat is x? Think step by step."},
+    {"question": "  only question  "},
+    {"question_orig": "", "question": "fallback"},
+    {"question_orig": 0, "question": "zero orig"},
+    {},
+    {"question_orig": 7},
+    {"question_orig": ["a", 1.5]},
+]
+
+
+def _record(rnd: random.Random) -> dict:
+    kind = rnd.random()
+    n_steps = rnd.choice([0, 1, 1, 2, 3, 4, 5, 8, 12, 16])
+    steps = []
+    for _ in range(n_steps):
+        if kind < 0.25:  # all-negative: every one ties at BIS = alpha
+            score = 0.0
+        elif kind < 0.4:  # all-positive at 1.0: ties at alpha
+            score = 1.0
+        elif kind < 0.55:  # near-ties: the sum's rounding decides the order
+            score = rnd.choice([0.1, 0.2, 0.3, 0.7, 0.6])
+        else:
+            score = rnd.choice(SCORES)
+        step = {"step": rnd.choice(TEXTS) if rnd.random() < 0.2 else f"Step about {rnd.randint(0, 9)}.", "score": score}
+        if rnd.random() < 0.05:
+            del step["score"]
+        if rnd.random() < 0.03:
+            del step["step"]
+        step["num_mc_correct"], step["num_mc_total"] = rnd.randint(0, 16), 16
+        steps.append(step)
+    record = {"image": rnd.choice(IMAGES) if rnd.random() < 0.3 else IMAGES[0], **rnd.choice(QUESTIONS)}
+    if rnd.random() < 0.05:
+        del record["image"]
+    record["answer"] = "52"
+    record["steps_with_score"] = steps if rnd.random() > 0.03 else rnd.choice([None, [], 0, ""])
+    record["num_mc_sequences"] = 16
+    return record
+
+
+def _line(rnd: random.Random) -> str:
+    roll = rnd.random()
+    if roll < 0.04:
+        return rnd.choice(["", "   ", "\t", "\u00a0", "garbage", "{", "[1, 2", '{"image": "x", "steps_with_score": [{"step"'])
+    text = json.dumps(_record(rnd), ensure_ascii=rnd.random() < 0.5)
+    if roll < 0.08:  # truncated
+        return text[: rnd.randint(1, len(text) - 1)]
+    if roll < 0.10:  # non-finite literals, which json accepts and orjson does not
+        text = text.replace('"score": 0.5', '"score": NaN', 1).replace('"score": 0.1', '"score": Infinity', 1)
+    if roll < 0.12:  # integers beyond 64 bits, which orjson widens to floats
+        text = text.replace('"num_mc_sequences": 16', '"num_mc_sequences": 123456789012345678901234567890')
+        text = text.replace('"score": 1,', '"score": 18446744073709551617,', 1)
+        text = text.replace('"question_orig": 7', '"question_orig": 98765432109876543210987', 1)
+    if roll < 0.13:  # Unicode whitespace around a record: str.strip() removes it, bytes.strip() does not
+        text = "\u3000" + text + "\u00a0"
+    if roll < 0.14:  # a lone surrogate escape in a text that is never written
+        text = text.replace('"answer": "52"', '"answer": "\\ud800"')
+    return text
+
+
+def write_corpus(folder: Path, seed: int, lines_per_file: tuple[int, ...] = (160, 120, 90, 1, 0)) -> Path:
+    """Several files (names chosen to sort by code point), mixed line terminators, an ignored .txt."""
+    rnd = random.Random(seed)
+    annotations = folder / "annotations"
+    annotations.mkdir(parents=True)
+    names = ["b_source.jsonl", "B_upper.jsonl", "a-source.jsonl", "single.jsonl", "empty.jsonl"]
+    for name, count in zip(names, lines_per_file, strict=True):
+        parts = []
+        for _ in range(count):
+            parts.append(_line(rnd))
+            parts.append(rnd.choice(["\n"] * 8 + ["\r\n", "\r"]))
+        if parts and rnd.random() < 0.5:
+            parts.pop()  # no final newline
+        (annotations / name).write_bytes("".join(parts).encode("utf-8"))
+    (annotations / "notes.txt").write_text("not an annotation file\n")
+    return annotations
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return [write_corpus(tmp_path_factory.mktemp(f"corpus{seed}"), seed) for seed in range(3)]
+
+
+# ----------------------------------------------------------------------------------------- tests
+def test_oracle_sees_the_hard_cases(corpora: list[Path]) -> None:
+    """The corpora really hold ties, NaN/Infinity, widened integers and drops, so equality means something."""
+    text = "".join(path.read_bytes().decode("utf-8") for corpus in corpora for path in corpus.glob("*.jsonl"))
+    for needle in ("NaN", "Infinity", "18446744073709551617", "\\ud800", "\u3000", "\r\n", '"score": "abc"', '"image": ""'):
+        assert needle in text, needle
+    ties = oracle_subset(corpora[0], 0.05, 0.5)
+    assert ties.count(b"\n") > 30
+
+
+@pytest.mark.parametrize("corpus_index", [0, 1, 2])
+def test_reference_format_is_byte_identical(corpora: list[Path], corpus_index: int, tmp_path: Path) -> None:
+    annotations = corpora[corpus_index]
+    cache = tmp_path / "cache"
+    for run, alpha in enumerate(ALPHAS):
+        for ratio in RATIOS:
+            expected = oracle_subset(annotations, alpha, ratio)
+            output = tmp_path / f"out_{alpha}_{ratio}.jsonl"
+            result = reference.build_reference_subset(
+                annotations, output, alpha=alpha, top_ratio=ratio, num_proc=1 + corpus_index % 2,
+                cache_dir=cache, progress=False, shard_bytes=4096,
+            )  # fmt: skip
+            assert output.read_bytes() == expected, (alpha, ratio)
+            assert result.written == expected.count(b"\n")
+            assert result.cached == (run > 0 or ratio != RATIOS[0])
+
+
+def test_near_ties_follow_python_sum_order(tmp_path: Path) -> None:
+    """0.1+0.2+0.3 != 0.3+0.2+0.1 in floats: the kept rollout must be the one Python's sum ranks first."""
+    assert (0.1 + 0.2) + 0.3 != (0.3 + 0.2) + 0.1
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    orders = [[0.1, 0.2, 0.3], [0.3, 0.2, 0.1], [0.2, 0.3, 0.1], [0.3, 0.1, 0.2]]
+    lines = []
+    for number, order in enumerate(orders):
+        steps = [{"step": f"s{i}", "score": score} for i, score in enumerate(order)] + [{"step": "neg", "score": 0.0}]
+        lines.append(json.dumps({"image": f"{number}.png", "question": "q", "steps_with_score": steps}))
+    (annotations / "near.jsonl").write_text("\n".join(lines) + "\n")
+    for ratio in (0.25, 0.5, 0.75):
+        output = tmp_path / "out.jsonl"
+        reference.build_reference_subset(annotations, output, alpha=0.05, top_ratio=ratio, use_cache=False, progress=False)
+        assert output.read_bytes() == oracle_subset(annotations, 0.05, ratio)
+
+
+def test_nan_bis_uses_python_sort(tmp_path: Path) -> None:
+    """An infinite score with alpha 0 on an all-positive rollout gives BIS = 0 * inf = NaN."""
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    lines = []
+    for number in range(12):
+        score = "inf" if number % 3 == 0 else [0.5, 0.0, 1.0][number % 3]
+        steps = [{"step": "a", "score": score}, {"step": "b", "score": 0.25 if number % 2 else 0.0}]
+        lines.append(json.dumps({"image": f"{number}.png", "question": "q", "steps_with_score": steps}))
+    (annotations / "nan.jsonl").write_text("\n".join(lines))
+    bis = reference.reference_bis(np.array([2] * 3), np.array([2, 1, 0]), np.array([math.inf, 0.5, 0.0]), 0.0)
+    assert math.isnan(bis[0])
+    for ratio in (0.25, 0.5):
+        output = tmp_path / "out.jsonl"
+        reference.build_reference_subset(annotations, output, alpha=0.0, top_ratio=ratio, use_cache=False, progress=False)
+        assert output.read_bytes() == oracle_subset(annotations, 0.0, ratio)
+
+
+def test_cli_reference_format_matches_oracle(corpora: list[Path], tmp_path: Path, monkeypatch) -> None:
+    from mprm_hf.cli import main
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    output = tmp_path / "cli.jsonl"
+    argv = ["select", "--annotations", str(corpora[1]), "--method", "bis", "--alpha", "0.2", "--top-ratio", "0.1",
+            "--format", "reference", "--output", str(output)]  # fmt: skip
+    assert main(argv) == 0
+    assert output.read_bytes() == oracle_subset(corpora[1], 0.2, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("[1, 2]", "must be a JSON object"),
+        ('{"steps_with_score": "text"}', "field 'steps_with_score' must be a list"),
+        ('{"steps_with_score": [1]}', "field 'steps_with_score[0]' must be an object"),
+    ],
+)
+def test_records_the_reference_would_crash_on_are_one_line_errors(tmp_path: Path, line: str, message: str) -> None:
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    (annotations / "bad.jsonl").write_text('{"image": "a", "steps_with_score": [{"step": "s", "score": 1}]}\n\n' + line)
+    with pytest.raises(MPRMError, match=rf"bad\.jsonl:3: .*{re.escape(message)}") as caught:
+        reference.build_reference_subset(annotations, tmp_path / "o.jsonl", alpha=0.1, top_ratio=0.5, use_cache=False, progress=False)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_invalid_utf8_is_an_error(tmp_path: Path) -> None:
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    (annotations / "x.jsonl").write_bytes(b'{"image": "a", "steps_with_score": [{"step": "\xff", "score": 1}]}\n')
+    with pytest.raises(MPRMError, match=r"x\.jsonl:1: not valid UTF-8"):
+        reference.build_reference_subset(annotations, tmp_path / "o.jsonl", alpha=0.1, top_ratio=0.5, use_cache=False, progress=False)
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5, float("nan")])
+def test_bad_ratio_is_rejected(corpora: list[Path], tmp_path: Path, ratio: float) -> None:
+    with pytest.raises(MPRMError, match="--top-ratio"):
+        reference.build_reference_subset(corpora[0], tmp_path / "o.jsonl", alpha=0.1, top_ratio=ratio, use_cache=False)
+
+
+def test_missing_folder_and_no_files(tmp_path: Path) -> None:
+    with pytest.raises(MPRMError, match="annotations folder not found"):
+        reference.annotation_files(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MPRMError, match=r"no \*\.jsonl annotation files"):
+        reference.annotation_files(tmp_path / "empty")
