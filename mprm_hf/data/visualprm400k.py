@@ -1,9 +1,9 @@
 """Load VisualPRM400K-v1.1-Raw (SPEC 2.1) into a typed `datasets.Dataset`, reporting every defect.
 
 The corpus is 38 jsonl files, one per source (the file stem; records carry no source field), 565,149
-rollouts in all. Lines are parsed with orjson and written to Arrow through `Dataset.from_generator`
-under a fingerprint of the files' names, sizes and mtimes, so the second load of an unchanged corpus
-is a memory-mapped cache hit. Files are split across `num_proc` processes.
+rollouts in all. Lines are parsed with orjson and written to Arrow by a datasets builder cached under
+a fingerprint of the files' names, sizes and mtimes, so the second load of an unchanged corpus is a
+memory-mapped cache hit. Files are split across `num_proc` processes.
 
 Nothing is dropped silently. A line that cannot become a rollout (unparseable, blank, not an object,
 no `steps_with_score`) is *skipped*; a rollout with a defect that the selection and conversion steps
@@ -19,13 +19,15 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 import orjson
+import pyarrow as pa
+from datasets.builder import Key
 
 from mprm_hf.data.locate import locate_dataset, mprm_cache_dir, unpack_archive
 from mprm_hf.data.report import LoadReport
@@ -118,24 +120,18 @@ def load_visualprm400k(
         "check_images": check_images,
     }
     procs = min(num_proc, len(files)) if num_proc and num_proc > 1 else None
-
-    def build() -> datasets.Dataset:
-        return datasets.Dataset.from_generator(
-            _generate_rollouts,
-            features=VISUALPRM400K_FEATURES,
-            cache_dir=str(cache_dir) if cache_dir else None,
-            gen_kwargs=gen_kwargs,
-            num_proc=procs if procs and procs > 1 else None,
-            fingerprint=f"visualprm400k-{fingerprint}",
-        )
-
-    ds = build()
+    builder = _RolloutBuilder(
+        cache_dir=str(cache_dir) if cache_dir else None,
+        dataset_name="visualprm400k",
+        config_id=f"default-fingerprint={fingerprint}",
+        gen_kwargs=gen_kwargs,
+    )
+    builder.download_and_prepare(num_proc=procs)
     parts = [report_dir / f"{f.stem}.json" for f in files]
     if not all(p.exists() for p in parts):
         # The Arrow cache outlived its reports (e.g. a cleaned cache folder): regenerate both.
-        for cache_file in {Path(c["filename"]).parent for c in ds.cache_files}:
-            shutil.rmtree(cache_file, ignore_errors=True)
-        ds = build()
+        builder.download_and_prepare(num_proc=procs, download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD)
+    ds = builder.as_dataset(split=datasets.Split.TRAIN)
     report = LoadReport(name=f"VisualPRM400K {root}")
     for part in parts:
         report.merge(LoadReport.load(part))
@@ -205,11 +201,38 @@ def _fingerprint(root: Path, image_root: Path, files: list[Path], check_images: 
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _generate_rollouts(
-    files: list[str], root: str, image_root: str, report_dir: str, check_images: str
-) -> Iterator[dict[str, Any]]:
-    """The `from_generator` body: one file at a time, its report saved when the file is done."""
-    for file in files:
+@dataclass
+class _RolloutConfig(datasets.BuilderConfig):
+    gen_kwargs: dict[str, Any] | None = None
+
+
+class _RolloutBuilder(datasets.ArrowBasedBuilder):
+    """Writes Arrow tables of parsed rows directly.
+
+    `Dataset.from_generator` encodes every example through `Features.encode_example`, which costs
+    ten times what building the table column-free with `pa.Table.from_pylist` does; the caching,
+    `num_proc` sharding over `files` and the progress bar are the same builder machinery.
+    """
+
+    BUILDER_CONFIG_CLASS = _RolloutConfig
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(features=VISUALPRM400K_FEATURES)
+
+    def _split_generators(self, dl_manager: Any) -> list[datasets.SplitGenerator]:
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs=self.config.gen_kwargs)]
+
+    def _generate_tables(self, **gen_kwargs: Any) -> Iterator[tuple[Key, pa.Table]]:
+        for file_index, table_index, table in _rollout_tables(**gen_kwargs):
+            yield Key(file_index, table_index), table
+
+
+def _rollout_tables(
+    files: list[str], root: str, image_root: str, report_dir: str, check_images: str, batch_size: int = 4096
+) -> Iterator[tuple[int, int, pa.Table]]:
+    """One file at a time, in batches of rows; each file's report is saved when the file is done."""
+    schema = VISUALPRM400K_FEATURES.arrow_schema
+    for file_index, file in enumerate(files):
         path = Path(file)
         parser = RolloutParser(
             file_label=str(path.relative_to(root)),
@@ -217,11 +240,18 @@ def _generate_rollouts(
             image_root=Path(image_root),
             check_images=check_images,
         )
+        rows: list[dict[str, Any]] = []
+        table_index = 0
         with path.open("rb") as handle:
             for line_number, raw in enumerate(handle, start=1):
                 row = parser.parse_line(raw, line_number)
                 if row is not None:
-                    yield row
+                    rows.append(row)
+                if len(rows) == batch_size:
+                    yield file_index, table_index, pa.Table.from_pylist(rows, schema=schema)
+                    rows, table_index = [], table_index + 1
+        if rows:
+            yield file_index, table_index, pa.Table.from_pylist(rows, schema=schema)
         parser.report.save(Path(report_dir) / f"{path.stem}.json")
 
 
@@ -354,18 +384,27 @@ class RolloutParser:
         correct: list[int | None] = []
         total: list[int | None] = []
         for index, step in enumerate(raw_steps):
+            if isinstance(step, dict):
+                text, score = step.get("step"), step.get("score")
+                n_correct, n_total = step.get("num_mc_correct"), step.get("num_mc_total")
+                if (  # the well-formed step, read without further checks
+                    type(text) is str
+                    and text.strip()
+                    and type(score) in (float, int)
+                    and 0.0 <= score <= 1.0
+                    and type(n_correct) is int
+                    and type(n_total) is int
+                ):
+                    texts.append(text)
+                    scores.append(float(score))
+                    correct.append(n_correct)
+                    total.append(n_total)
+                    continue
             where = f"steps_with_score[{index}]"
             if not isinstance(step, dict):
                 self._flag(line, where, STEP_NOT_OBJECT, f"{type(step).__name__} {step!r}")
                 step = {}
-            text = step.get("step")
-            if not isinstance(text, str):
-                if text is not None:
-                    self._flag(line, f"{where}.step", WRONG_TYPE, f"{type(text).__name__} {text!r}")
-                text = "" if text is None else str(text)
-            if not text.strip():
-                self._flag(line, f"{where}.step", EMPTY_STEP_TEXT, repr(text))
-            texts.append(text)
+            texts.append(self._step_text(step, line, where))
             scores.append(self._score(step, line, f"{where}.score"))
             correct.append(self._count(step, "num_mc_correct", line, where))
             total.append(self._count(step, "num_mc_total", line, where))
@@ -373,6 +412,16 @@ class RolloutParser:
         row["mc_scores"] = scores
         row["num_mc_correct"] = correct
         row["num_mc_total"] = total
+
+    def _step_text(self, step: dict[str, Any], line: int, where: str) -> str:
+        text = step.get("step")
+        if not isinstance(text, str):
+            if text is not None:
+                self._flag(line, f"{where}.step", WRONG_TYPE, f"{type(text).__name__} {text!r}")
+            text = "" if text is None else str(text)
+        if not text.strip():
+            self._flag(line, f"{where}.step", EMPTY_STEP_TEXT, repr(text))
+        return text
 
     def _score(self, step: dict[str, Any], line: int, field: str) -> float | None:
         """Python's float() semantics (the reference's), with anything beyond plain numbers reported."""
