@@ -21,8 +21,10 @@ In both formats the images of a trace (any number) come first in the (first) use
 
 Truncation rule (``max_length``): a trace keeps the longest prefix of its steps whose encoding (the same
 chat rendering with the later steps left out) fits in ``max_length`` tokens; the dropped tail steps are
-never scored or trained on, and ``n_steps`` says how many were kept. A trace whose first step alone does
-not fit raises `MPRMError`; use `steps_that_fit` beforehand to count and drop such traces.
+never scored or trained on, and ``n_steps`` says how many were kept, so callers count what was cut. A
+trace whose first step alone does not fit gets ``n_steps == 0`` and a blank placeholder row (the chat
+rendering of an empty question with no image and no step: a few tokens, no reward position), so the
+batch stays valid and the caller counts and reports it; `steps_that_fit` finds such traces beforehand.
 """
 
 from __future__ import annotations
@@ -291,7 +293,8 @@ def encode_traces(
     Returns the processor's batch (`input_ids`, `attention_mask`, `pixel_values`, `image_grid_thw`, ...;
     right padding to the longest trace, images processed in one call) plus:
     `step_positions` LongTensor [batch, max_steps], -1 padded: the index whose logits score each step;
-    `n_steps` list[int]: the steps kept after truncation (see the module docstring);
+    `n_steps` list[int]: the steps kept after truncation (0: the trace did not fit and its row is a
+    blank placeholder; see the module docstring);
     `step_labels` FloatTensor [batch, max_steps], -100 padded, when every trace has `labels`
     (bools, or floats such as MC scores for soft targets), cut to the kept steps.
     Training and scoring both call this function, so their inputs agree token for token.
@@ -302,24 +305,23 @@ def encode_traces(
     checked, texts, batch, positions, kept, (marker_id, header, positive) = _plan(
         processor, fmt, traces, max_length
     )
-    for index, n_keep in enumerate(kept):
-        if n_keep == 0:
-            trace_id = traces[index].get("id")
-            raise MPRMError(
-                f"trace {index}{f' (id {trace_id!r})' if trace_id is not None else ''}: even its first step does "
-                f"not fit in max_length={max_length} tokens; drop such traces first (see steps_that_fit)"
-            )
     if any(n_keep < len(steps) for n_keep, (_, steps, _) in zip(kept, checked, strict=True)):
+        # Traces that keep no step become a blank placeholder row: no images, no question, no steps.
         texts = [
             _render(processor, fmt, prompt, steps[:n_keep], len(images))
+            if n_keep
+            else _render(processor, fmt, "", [], 0)
             for n_keep, (prompt, steps, images) in zip(kept, checked, strict=True)
         ]
-        batch = _tokenize(processor, texts, [images for _, _, images in checked])
+        images = [
+            trace_images if n_keep else [] for n_keep, (_, _, trace_images) in zip(kept, checked, strict=True)
+        ]
+        batch = _tokenize(processor, texts, images)
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         for index in range(len(checked)):
             ids = batch["input_ids"][index, : lengths[index]].tolist()
             positions[index] = _score_positions(ids, fmt, marker_id, header, positive)
-            if len(positions[index]) != kept[index] or lengths[index] > max_length:
+            if len(positions[index]) != kept[index] or (kept[index] and lengths[index] > max_length):
                 raise RuntimeError(
                     f"truncation rule broken for trace {index}: {positions[index]}, {lengths[index]}"
                 )
@@ -385,9 +387,13 @@ def forward_step_reward_logits(
     """
     step_positions = batch["step_positions"]
     keep = torch.unique(step_positions[step_positions >= 0])
-    device = next(model.parameters()).device
+    parameter = next(model.parameters())
+    device = parameter.device
     inputs = {
-        key: value.to(device) if torch.is_tensor(value) else value
+        # pixel values follow the model's dtype (a bfloat16 model gets bfloat16 images)
+        key: value.to(device, parameter.dtype if value.is_floating_point() else value.dtype)
+        if torch.is_tensor(value)
+        else value
         for key, value in model_inputs(batch).items()
     }
     logits = model(**inputs, logits_to_keep=keep.to(device)).logits

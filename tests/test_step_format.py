@@ -142,8 +142,18 @@ def test_truncation_drops_whole_tail_steps(tiny, name: str) -> None:
     )
     assert steps_that_fit(processor, name, [trace, _traces()[0]], max_length=one_length) == [1, 1]
     assert steps_that_fit(processor, name, [trace], max_length=one_length - 1) == [0]
-    with pytest.raises(MPRMError, match=r"trace 0 \(id 'b'\): even its first step does not fit"):
-        encode_traces(processor, name, [trace], max_length=one_length - 1)
+    # a trace that does not fit at all is flagged (n_steps 0) and becomes a blank row without images
+    mixed = encode_traces(processor, name, [trace, _traces()[0]], max_length=one_length - 1)
+    fitting = steps_that_fit(processor, name, [_traces()[0]], max_length=one_length - 1)[0]
+    assert fitting >= 1
+    assert mixed["n_steps"] == [0, fitting]
+    assert (mixed["step_positions"][0] == -1).all()
+    assert (mixed["step_labels"][0] == -100.0).all()
+    assert mixed["image_grid_thw"].shape[0] == 1  # only the image of the trace that fits
+    assert int(mixed["attention_mask"][0].sum()) < one_length
+    alone = encode_traces(processor, name, [trace], max_length=one_length - 1)
+    assert alone["n_steps"] == [0] and alone["step_positions"].shape == (1, 0)
+    assert "image_grid_thw" not in alone or alone["image_grid_thw"] is None
 
 
 @pytest.mark.parametrize("name", FORMATS)
