@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -50,6 +51,8 @@ SHAPE_MARGIN = 5
 MC_TOTAL = 16
 EMPTY = 0
 CHOICE_LETTERS = ("A", "B", "C", "D")
+
+T = TypeVar("T")
 
 # A scene is a tuple of 4 cell codes (POSITIONS order): 0 = empty, else 1 + shape * 4 + colour.
 Scene = tuple[int, int, int, int]
@@ -99,13 +102,22 @@ def save_png(image: Image.Image, path: Path) -> None:
     image.save(path, format="PNG", optimize=False, compress_level=6)
 
 
+def _below(rng: random.Random, n: int) -> int:
+    """A uniform integer in [0, n): `randrange` costs several times more, and this runs per word group."""
+    return int(rng.random() * n)
+
+
+def _pick(rng: random.Random, items: Sequence[T]) -> T:
+    return items[int(rng.random() * len(items))]
+
+
 def random_scene(rng: random.Random) -> Scene:
     """Each cell empty with probability 0.3, at least one shape."""
     while True:
         cells = tuple(
             EMPTY
             if rng.random() < 0.3
-            else cell_code(rng.randrange(len(SHAPES)), rng.randrange(len(COLOUR_NAMES)))
+            else cell_code(_below(rng, len(SHAPES)), _below(rng, len(COLOUR_NAMES)))
             for _ in POSITIONS
         )
         if any(cells):
@@ -123,7 +135,7 @@ def _count(scene: Scene, *, colour: int | None = None, shape: int | None = None)
 
 
 def _other(rng: random.Random, choices: int, avoid: int) -> int:
-    value = rng.randrange(choices - 1)
+    value = _below(rng, choices - 1)
     return value + 1 if value >= avoid else value
 
 
@@ -133,10 +145,10 @@ MAX_COUNT = len(POSITIONS)
 
 def make_claim(scene: Scene, truth: bool, rng: random.Random) -> str:
     """One claim about `scene`, true or false as asked; the templates are regular so tests can parse them."""
-    kind = CLAIM_KINDS[rng.randrange(len(CLAIM_KINDS))]
+    kind = _pick(rng, CLAIM_KINDS)
     filled = [p for p, code in enumerate(scene) if code != EMPTY]
     if kind in {"colour_at", "shape_at"}:
-        position = filled[rng.randrange(len(filled))]
+        position = _pick(rng, filled)
         code = scene[position]
         if kind == "colour_at":
             colour = cell_colour(code) if truth else _other(rng, len(COLOUR_NAMES), cell_colour(code))
@@ -144,25 +156,25 @@ def make_claim(scene: Scene, truth: bool, rng: random.Random) -> str:
         shape = cell_shape(code) if truth else _other(rng, len(SHAPES), cell_shape(code))
         return f"the shape in the {POSITIONS[position]} is a {SHAPES[shape]}"
     if kind == "occupancy":
-        position = rng.randrange(len(POSITIONS))
+        position = _below(rng, len(POSITIONS))
         empty = scene[position] == EMPTY
         says_empty = empty if truth else not empty
         return f"the {POSITIONS[position]} cell is {'empty' if says_empty else 'not empty'}"
     if kind == "there_is":
-        position = filled[rng.randrange(len(filled))]
+        position = _pick(rng, filled)
         code = scene[position]
         if not truth:  # name the same shape in a cell that does not hold it, else recolour it
             others = [p for p in range(len(POSITIONS)) if scene[p] != code]
             if others:
-                position = others[rng.randrange(len(others))]
+                position = _pick(rng, others)
             else:
                 code = cell_code(cell_shape(code), _other(rng, len(COLOUR_NAMES), cell_colour(code)))
         return f"there is a {COLOUR_NAMES[cell_colour(code)]} {SHAPES[cell_shape(code)]} in the {POSITIONS[position]}"
     if kind == "count_colour":
-        colour = rng.randrange(len(COLOUR_NAMES))
+        colour = _below(rng, len(COLOUR_NAMES))
         count, subject = _count(scene, colour=colour), f"{COLOUR_NAMES[colour]} shapes"
     elif kind == "count_shape":
-        shape = rng.randrange(len(SHAPES))
+        shape = _below(rng, len(SHAPES))
         count, subject = _count(scene, shape=shape), f"{SHAPES[shape]}s"
     else:
         count, subject = _count(scene), "shapes"
@@ -190,36 +202,36 @@ def make_question(kind: str, scenes: Sequence[Scene], rng: random.Random) -> Que
     scene = scenes[0]
     filled = [p for p, code in enumerate(scene) if code != EMPTY]
     if kind == "count_colour":
-        colour = rng.randrange(len(COLOUR_NAMES))
+        colour = _below(rng, len(COLOUR_NAMES))
         answer, wrong = _counted(_count(scene, colour=colour))
         return Question(f"How many {COLOUR_NAMES[colour]} shapes are there in the image?", answer, wrong)
     if kind == "count_shape":
-        shape = rng.randrange(len(SHAPES))
+        shape = _below(rng, len(SHAPES))
         answer, wrong = _counted(_count(scene, shape=shape))
         return Question(f"How many {SHAPES[shape]}s are there in the image?", answer, wrong)
     if kind == "count_all":
         answer, wrong = _counted(_count(scene))
         return Question("How many shapes are there in the image?", answer, wrong)
     if kind == "colour_at":
-        position = filled[rng.randrange(len(filled))]
+        position = _pick(rng, filled)
         colour = COLOUR_NAMES[cell_colour(scene[position])]
         wrong = tuple(c for c in COLOUR_NAMES if c != colour)
         return Question(f"What colour is the shape in the {POSITIONS[position]}?", colour, wrong)
     if kind == "shape_at":
-        position = filled[rng.randrange(len(filled))]
+        position = _pick(rng, filled)
         shape = SHAPES[cell_shape(scene[position])]
         wrong = tuple(s for s in SHAPES if s != shape)
         return Question(f"What shape is in the {POSITIONS[position]}?", shape, wrong)
     if kind == "exists":
         if rng.random() < 0.5:  # ask about a shape that is there
-            code = scene[filled[rng.randrange(len(filled))]]
+            code = scene[_pick(rng, filled)]
         else:
-            code = cell_code(rng.randrange(len(SHAPES)), rng.randrange(len(COLOUR_NAMES)))
+            code = cell_code(_below(rng, len(SHAPES)), _below(rng, len(COLOUR_NAMES)))
         answer, wrong = _yes_no(code in scene)
         text = f"Is there a {COLOUR_NAMES[cell_colour(code)]} {SHAPES[cell_shape(code)]} in the image?"
         return Question(text, answer, wrong)
     if kind == "choice":
-        position = filled[rng.randrange(len(filled))]
+        position = _pick(rng, filled)
         options = list(COLOUR_NAMES)
         rng.shuffle(options)
         letter = CHOICE_LETTERS[options.index(COLOUR_NAMES[cell_colour(scene[position])])]
@@ -316,7 +328,7 @@ class _Filler:
 
     def words(self, count: int, rng: random.Random) -> str:
         count = min(count, self.MAX_PAD)
-        start = self.usable_starts[rng.randrange(len(self.usable_starts))]
+        start = _pick(rng, self.usable_starts)
         return self.text[self.word_start[start] : self.word_start[start + count] - 1]
 
 
@@ -328,7 +340,7 @@ def _length(claim: str) -> int:
 
 
 def body_step(claim: str, target_words: int, rng: random.Random) -> str:
-    lead = BODY_LEADS[rng.randrange(len(BODY_LEADS))]
+    lead = _pick(rng, BODY_LEADS)
     pad = target_words - _length(lead) - _length(claim)
     if pad < 3:
         return f"{lead} {claim}."
@@ -339,7 +351,7 @@ def neutral_step(question: Question, target_words: int, rng: random.Random) -> s
     if rng.random() < 0.5:
         head = f"The question asks: {question.text.splitlines()[0]}"
     else:
-        head = NEUTRAL_STEPS[rng.randrange(len(NEUTRAL_STEPS))]
+        head = _pick(rng, NEUTRAL_STEPS)
     pad = target_words - _length(head)
     if pad < 3:
         return head
@@ -359,7 +371,7 @@ def final_step(stated_answer: str, target_words: int, rng: random.Random) -> str
 def _claim_for(scenes: Sequence[Scene], truth: bool, rng: random.Random) -> str:
     if len(scenes) == 1:
         return make_claim(scenes[0], truth, rng)
-    side = rng.randrange(len(scenes))
+    side = _below(rng, len(scenes))
     return f"in the {IMAGE_SIDES[side]} image {make_claim(scenes[side], truth, rng)}"
 
 
@@ -443,8 +455,8 @@ def simulate_source(
     while filled < n_rollouts:
         scene_set = tuple(random_scene(prng) for _ in range(images_per_question))
         scenes.append(scene_set)
-        questions.append(make_question(kinds[prng.randrange(len(kinds))], scene_set, prng))
-        take = min(prng.randint(low, high), n_rollouts - filled)
+        questions.append(make_question(_pick(prng, kinds), scene_set, prng))
+        take = min(low + _below(prng, high - low + 1), n_rollouts - filled)
         question_of[filled : filled + take] = len(questions) - 1
         filled += take
 
@@ -491,18 +503,14 @@ def simulate_source(
         final.tolist(),
         targets.tolist(),
     )
-    question_list = question_of.tolist()
+    question_list, offset_list = question_of.tolist(), offsets.tolist()
     for i in range(n):
         question = questions[question_list[i]]
         scene_set = scenes[question_list[i]]
         texts = []
-        for k in range(int(offsets[i]), int(offsets[i + 1])):
+        for k in range(offset_list[i], offset_list[i + 1]):
             if final_list[k]:
-                stated = (
-                    question.answer
-                    if truth_list[k]
-                    else question.wrong_answers[prng.randrange(len(question.wrong_answers))]
-                )
+                stated = question.answer if truth_list[k] else _pick(prng, question.wrong_answers)
                 texts.append(final_step(stated, target_list[k], prng))
             elif neutral_list[k]:
                 texts.append(neutral_step(question, target_list[k], prng))
@@ -568,11 +576,11 @@ def _write_source(job: tuple[str, int, int, str, bool]) -> dict[str, int]:
             for name, scene in zip(names, scene_set, strict=True):
                 save_png(draw_scene(scene), image_dir / name)
     prompts = [_question_prompt(q, len(s)) for q, s in zip(sim.questions, sim.scenes, strict=True)]
-    mc = sim.mc_correct.tolist()
+    mc, question_of, offsets = sim.mc_correct.tolist(), sim.question_of.tolist(), sim.offsets.tolist()
     lines: list[bytes] = []
     for i, steps in enumerate(sim.steps):
-        qi = int(sim.question_of[i])
-        start = int(sim.offsets[i])
+        qi = question_of[i]
+        start = offsets[i]
         record = {
             "image": paths[qi],
             "question": prompts[qi],
@@ -669,9 +677,7 @@ def simulate_benchmark(
         source = names[int(sources[i])]
         two_images = source == "MMMU_DEV_VAL" and i not in missing and prng.random() < shape.two_image_share
         scene_set = tuple(random_scene(prng) for _ in range(2 if two_images else 1))
-        kind = (
-            "compare" if two_images else SINGLE_IMAGE_QUESTIONS[prng.randrange(len(SINGLE_IMAGE_QUESTIONS))]
-        )
+        kind = "compare" if two_images else _pick(prng, SINGLE_IMAGE_QUESTIONS)
         question = make_question(kind, scene_set, prng)
         text = question.text
         if two_images:
@@ -698,12 +704,12 @@ def simulate_benchmark(
                 labels.append(0)
                 continue
             if final:
-                stated = question.answer if truth else prng.choice(question.wrong_answers)
+                stated = question.answer if truth else _pick(prng, question.wrong_answers)
                 steps.append(final_step(stated, targets[j], prng))
             else:
                 steps.append(body_step(_claim_for(scene_set, truth, prng), targets[j], prng))
             labels.append(1 if truth else -1)
-        policy = POLICY_MODELS[prng.randrange(len(POLICY_MODELS))]
+        policy = _pick(prng, POLICY_MODELS)
         records.append(
             BenchmarkRecord(source, policy, scene_set, text, question.answer, steps, labels, i in missing)
         )
