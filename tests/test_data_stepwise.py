@@ -135,7 +135,7 @@ def test_to_stepwise_drops_whole_rollouts_and_reports_them(tmp_path):
         "annotations/geo.jsonl:5: field 'image': no image",
     ]
     summary = report.summary()
-    assert "6 records read, 2 kept, 4 skipped" in summary
+    assert "6 records read, 2 kept, 4 dropped" in summary
     assert "missing or non-numeric score" in summary and " 6" in summary
 
 

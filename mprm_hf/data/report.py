@@ -44,6 +44,8 @@ class LoadReport:
     dataset. `steps` counts, per reason, the steps of the records that reason removed (converters only).
     """
 
+    SKIPPED_WORD = "skipped"
+
     name: str
     max_examples: int = 5
     records_read: int = 0
@@ -102,7 +104,7 @@ class LoadReport:
         """A small fixed-width table: one row per reason, then the first located examples."""
         head = (
             f"{self.name}: {self.records_read} records read, {self.records_kept} kept, "
-            f"{self.records_skipped} skipped"
+            f"{self.records_skipped} {self.SKIPPED_WORD}"
         )
         if not self.counts:
             return head + "; no problems found"

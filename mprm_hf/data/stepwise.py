@@ -61,6 +61,8 @@ _FIELD_COLUMN = "_drop_field"
 class ConversionReport(LoadReport):
     """A `LoadReport` for a conversion: `records_read` rollouts in, `records_kept` records out."""
 
+    SKIPPED_WORD = "dropped"
+
 
 def prompt_of(record: dict[str, Any]) -> str:
     """SPEC 2.2: `question_orig`, else `question`, stripped."""

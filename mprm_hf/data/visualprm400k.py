@@ -276,7 +276,7 @@ class RolloutParser:
             self._flag(line, "", BLANK, action="skipped")
             return None
         self.report.records_read += 1
-        record = self._decode(raw, line)
+        record = self._decode(raw.rstrip(b"\r\n"), line)
         if record is None:
             return None
         if not isinstance(record, dict):

@@ -102,7 +102,7 @@ class _BenchParser:
             return None
         self.report.records_read += 1
         try:
-            record = orjson.loads(raw)
+            record = orjson.loads(raw.rstrip(b"\r\n"))
         except orjson.JSONDecodeError as err:
             self._flag(line, "", UNPARSEABLE, err)
             return None
