@@ -775,7 +775,8 @@ def write_synthetic(
     """Write the synthetic VisualPRM400K-v1.1-Raw and VisualProcessBench under `out_dir`; return a summary.
 
     The bytes written depend only on the arguments (each source has its own seed stream), whatever
-    `workers` is. `workers` defaults to 2 processes for corpora of 50,000 rollouts or more.
+    `workers` is. `workers` defaults to 2 processes for corpora of 50,000 rollouts or more. Pictures of
+    an earlier run in the world's own picture folders are removed first.
     """
     if rollouts < 0 or benchmark_traces < 0:
         raise MPRMError(f"rollouts and benchmark_traces must be >= 0 (got {rollouts}, {benchmark_traces})")
@@ -845,17 +846,29 @@ def main(argv: list[str] | None = None) -> int:
         prog="mprm-hf synth",
         description="Write a synthetic VisualPRM400K-v1.1-Raw corpus and VisualProcessBench in the real layouts.",
     )
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     parser.add_argument(
-        "--rollouts", type=int, default=2000, help=f"rollouts in all (real: {FULL_SIZE_ROLLOUTS:,})"
+        "--rollouts",
+        type=int,
+        default=2000,
+        metavar="N",
+        help=f"rollouts in all, split over the 38 sources (default 2000; real: {FULL_SIZE_ROLLOUTS:,})",
     )
-    parser.add_argument("--benchmark-traces", type=int, default=300, help="VisualProcessBench records")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--benchmark-traces",
+        type=int,
+        default=300,
+        metavar="N",
+        help="VisualProcessBench records (default 300)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="same arguments, same bytes (default 0)"
+    )
     parser.add_argument(
         "--no-images", action="store_true", help="write annotations only (image paths still set)"
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="processes (default: 2 from 50,000 rollouts)"
+        "--workers", type=int, default=None, metavar="W", help="processes (default: 2 from 50,000 rollouts)"
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
