@@ -1,0 +1,169 @@
+"""Best-of-N: pick the best of N candidate reasoning traces per question by an aggregate of step rewards.
+
+`mean` is VisualPRM's choice; `min` (the weakest step), `last` (the final step) and `product` (the
+chance that every step is right, if steps were independent) are the other usual ones.
+
+`mprm-hf rerank --model PATH --candidates FILE.jsonl --out FILE.jsonl` reads one question per line:
+`{"id": ..., "question": str, "images": [path, ...], "candidates": [{"steps": [str, ...]}, ...]}`
+(image paths relative to the candidates file's folder) and writes the same records with
+`best_index`, `aggregate`, `candidate_scores` and `step_rewards` added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mprm_hf.errors import MPRMError
+from mprm_hf.scoring import add_model_arguments, load_for_scoring, score_traces
+
+AGGREGATES = ("mean", "min", "last", "product")
+
+
+def aggregate_rewards(rewards: Sequence[float], how: str = "mean") -> float:
+    """One score for a trace from its step rewards."""
+    if how not in AGGREGATES:
+        raise MPRMError(f"unknown aggregate {how!r} (choose one of: {', '.join(AGGREGATES)})")
+    if not rewards:
+        raise MPRMError("cannot aggregate the rewards of a trace without steps")
+    if how == "mean":
+        return math.fsum(rewards) / len(rewards)
+    if how == "min":
+        return min(rewards)
+    if how == "last":
+        return rewards[-1]
+    return math.prod(rewards)
+
+
+def rerank(
+    model: Any,
+    processor: Any,
+    candidates: Sequence[dict[str, Any]],
+    *,
+    aggregate: str = "mean",
+    step_format: str = "prm-token",
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """For each question `{"question", "images", "candidates": [{"steps": [...]}, ...]}` return
+    `{"best_index", "aggregate", "candidate_scores", "step_rewards"}` (ties go to the earliest candidate).
+
+    All candidates of all questions are scored together, so batches fill up across questions.
+    """
+    if aggregate not in AGGREGATES:
+        raise MPRMError(f"unknown aggregate {aggregate!r} (choose one of: {', '.join(AGGREGATES)})")
+    traces, owners = [], []
+    for index, record in enumerate(candidates):
+        options = record.get("candidates")
+        if not isinstance(options, list) or not options:
+            raise MPRMError(f"question {index}: field 'candidates' must be a non-empty list")
+        for option_index, option in enumerate(options):
+            steps = option.get("steps") if isinstance(option, dict) else None
+            traces.append(
+                {"question": record.get("question"), "images": record.get("images") or [], "steps": steps}
+            )
+            owners.append((index, option_index))
+    rewards = score_traces(
+        model, processor, traces, batch_size=batch_size, step_format=step_format, progress=progress
+    )
+    results = [
+        {"best_index": -1, "aggregate": aggregate, "candidate_scores": [], "step_rewards": []}
+        for _ in candidates
+    ]
+    for (index, _), trace_rewards in zip(owners, rewards, strict=True):
+        results[index]["candidate_scores"].append(aggregate_rewards(trace_rewards, aggregate))
+        results[index]["step_rewards"].append(trace_rewards)
+    for result in results:
+        scores = result["candidate_scores"]
+        result["best_index"] = max(range(len(scores)), key=lambda option: (scores[option], -option))
+    return results
+
+
+def read_candidates(path: str | Path) -> list[dict[str, Any]]:
+    """Questions with candidates from a jsonl file, as written (a single image path becomes a list);
+    errors name the file, the line and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise MPRMError(f"{path}: candidates file not found")
+    root = path.resolve().parent
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise MPRMError(f"{where}: not valid JSON: {error.msg}") from error
+            if not isinstance(record, dict):
+                raise MPRMError(f"{where}: a line must be a JSON object")
+            if not isinstance(record.get("question"), str) or not record["question"].strip():
+                raise MPRMError(f"{where}: field 'question' is missing or not a non-empty string")
+            images = record.get("images", [])
+            if isinstance(images, str):
+                images = [images]
+            if not isinstance(images, list) or not all(isinstance(image, str) for image in images):
+                raise MPRMError(f"{where}: field 'images' must be a list of paths")
+            for image_index, image in enumerate(images):
+                if not (root / image).is_file():
+                    raise MPRMError(f"{where}: field 'images[{image_index}]': file not found ({image})")
+            options = record.get("candidates")
+            if not isinstance(options, list) or not options:
+                raise MPRMError(f"{where}: field 'candidates' must be a non-empty list")
+            for option_index, option in enumerate(options):
+                steps = option.get("steps") if isinstance(option, dict) else None
+                if not isinstance(steps, list) or not steps:
+                    raise MPRMError(
+                        f"{where}: field 'candidates[{option_index}].steps' must be a non-empty list"
+                    )
+                for step_index, step in enumerate(steps):
+                    if not isinstance(step, str) or not step.strip():
+                        raise MPRMError(
+                            f"{where}: field 'candidates[{option_index}].steps[{step_index}]' is empty or not a string"
+                        )
+            records.append({**record, "images": images})
+    if not records:
+        raise MPRMError(f"{path}: no questions")
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mprm-hf rerank",
+        description="Pick the best of N candidate traces per question by an aggregate of step rewards.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--candidates", required=True, help="jsonl: question, images, candidates: [{steps}]")
+    parser.add_argument(
+        "--aggregate", default="mean", choices=AGGREGATES, help="how step rewards become one score"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="traces per forward pass")
+    parser.add_argument("--out", required=True, help="output jsonl: the input records plus the ranking")
+    args = parser.parse_args(argv)
+    records = read_candidates(args.candidates)
+    root = Path(args.candidates).resolve().parent
+    resolved = [{**record, "images": [str(root / image) for image in record["images"]]} for record in records]
+    model, processor = load_for_scoring(args)
+    ranked = rerank(
+        model,
+        processor,
+        resolved,
+        aggregate=args.aggregate,
+        step_format=args.step_format,
+        batch_size=args.batch_size,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as handle:
+        for record, result in zip(records, ranked, strict=True):
+            handle.write(json.dumps({**record, **result}, ensure_ascii=False) + "\n")
+    candidates = sum(len(record["candidates"]) for record in records)
+    print(
+        f"reranked {len(records)} questions ({candidates} candidates) by {args.aggregate} step reward -> {out}"
+    )
+    return 0
