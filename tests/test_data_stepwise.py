@@ -294,3 +294,35 @@ def test_synthetic_world_converts_and_round_trips(synthetic_dir, tmp_path):
         assert record["prompt"] == record["prompt"].strip() and record["prompt"]
     records.save_to_disk(tmp_path / "stepwise")
     assert load_stepwise(tmp_path / "stepwise").to_list() == records.to_list()
+
+
+def test_load_stepwise_keeps_the_columns_a_dataset_has(tmp_path):
+    rows = [dict(r, images=["/img/a.png"]) for r in trl_rows()]
+    path = tmp_path / "with_images.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    loaded = load_stepwise(path)
+    assert loaded["images"] == [["/img/a.png"], ["/img/a.png"]]
+    assert loaded["mc_scores"] == [[0.0, 0.0], [1.0]]
+
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
+    pictures = datasets.Dataset.from_dict(
+        {
+            "prompt": ["p"],
+            "completions": [["a"]],
+            "labels": [[True]],
+            "images": [[str(tmp_path / "x.png")]],
+        },
+        features=datasets.Features(
+            {
+                "prompt": datasets.Value("string"),
+                "completions": datasets.List(datasets.Value("string")),
+                "labels": datasets.List(datasets.Value("bool")),
+                "images": datasets.List(datasets.Image()),
+            }
+        ),
+    )
+    pictures.save_to_disk(tmp_path / "pictures")
+    with pytest.raises(MPRMError, match="field 'images' must be a list of image paths"):
+        load_stepwise(tmp_path / "pictures")

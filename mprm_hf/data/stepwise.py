@@ -217,8 +217,8 @@ def reference_json(record: dict[str, Any]) -> str:
 def load_stepwise(path_or_repo: str | Path, *, split: str = "train") -> datasets.Dataset:
     """Stepwise records from our jsonl / parquet / `save_to_disk` folder, or a TRL stepwise dataset.
 
-    A TRL dataset (prompt / completions / labels, no images) gets `images=[]`, `source=""` and
-    `mc_scores` = its labels as floats. Lengths are validated: a record whose completions, labels and
+    A TRL dataset (prompt / completions / labels, no images) gets `id="<name>:<index>"`,
+    `images=[]`, `source=""` and `mc_scores` = its labels as floats; columns it has are kept. Lengths are validated: a record whose completions, labels and
     mc_scores disagree is a one-line MPRMError naming the record and the field.
     """
     name = str(path_or_repo)
@@ -235,34 +235,36 @@ def load_stepwise(path_or_repo: str | Path, *, split: str = "train") -> datasets
     ):
         raise MPRMError(f"{name}: field 'prompt' must be text, got {ds.features['prompt']}")
     _check_lengths(ds, name)
-    if not {"images", "mc_scores"} <= set(ds.column_names):
-        ds = ds.map(
-            _from_trl_batch,
-            batched=True,
-            with_indices=True,
-            fn_kwargs={"name": Path(name).name or name},
-            remove_columns=ds.column_names,
-            features=STEPWISE_FEATURES,
-            desc="Reading TRL stepwise records",
-        )
-    else:
-        for column, default in (("id", None), ("source", "")):
-            if column not in ds.column_names:
-                values = [str(i) for i in range(len(ds))] if default is None else [default] * len(ds)
-                ds = ds.add_column(column, values)
-        ds = ds.select_columns(list(STEPWISE_FEATURES)).cast(STEPWISE_FEATURES)
-    return ds
+    images = ds.features.get("images")
+    if images is not None and not (
+        isinstance(images, (datasets.List, datasets.LargeList))
+        and getattr(images.feature, "dtype", "") in ("string", "large_string", "null")
+    ):
+        raise MPRMError(f"{name}: field 'images' must be a list of image paths, got {images}")
+    return ds.map(
+        _normalise_batch,
+        batched=True,
+        with_indices=True,
+        fn_kwargs={"name": Path(name).name or name},
+        remove_columns=ds.column_names,
+        features=STEPWISE_FEATURES,
+        desc="Reading stepwise records",
+    )
 
 
-def _from_trl_batch(batch: dict[str, list[Any]], indices: list[int], name: str) -> dict[str, list[Any]]:
+def _normalise_batch(batch: dict[str, list[Any]], indices: list[int], name: str) -> dict[str, list[Any]]:
+    """Keep what the records have; fill what TRL's format lacks (id, source, images, mc_scores)."""
+    labels = batch["labels"]
     return {
-        "id": [f"{name}:{i}" for i in indices],
-        "source": [""] * len(indices),
-        "images": [[] for _ in indices],
+        "id": batch["id"] if "id" in batch else [f"{name}:{i}" for i in indices],
+        "source": batch["source"] if "source" in batch else [""] * len(indices),
+        "images": batch["images"] if "images" in batch else [[] for _ in indices],
         "prompt": batch["prompt"],
         "completions": batch["completions"],
-        "labels": [[bool(label) for label in labels] for labels in batch["labels"]],
-        "mc_scores": [[float(label) for label in labels] for labels in batch["labels"]],
+        "labels": [[bool(label) for label in row] for row in labels],
+        "mc_scores": batch["mc_scores"]
+        if "mc_scores" in batch
+        else [[float(label) for label in row] for row in labels],
     }
 
 
