@@ -12,7 +12,6 @@ sees at inference exactly the token layout it was trained on.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,10 +28,10 @@ from mprm_hf.prm_config import DEFAULT_LORA_TARGETS, PRMConfig
 from mprm_hf.step_format import (
     StepFormat,
     encode_traces,
+    forward_step_reward_logits,
     get_step_format,
     prepare_model_and_processor,
     reward_token_ids,
-    step_reward_logits,
 )
 
 logger = logging.getLogger(__name__)
@@ -44,20 +43,6 @@ REQUIRED_COLUMNS = ("prompt", "completions", "labels")
 VISION_TOWER_NAMES = ("visual.", "vision_tower.", "vision_model.", "vision_encoder.")
 # Order of the truncation counters the collator returns with each batch.
 COUNTERS = ("rollouts", "truncated_rollouts", "dropped_rollouts", "steps", "dropped_steps")
-
-
-def load_images(paths: list[str] | None, record_id: str) -> list[Image.Image]:
-    """Open a record's images as RGB; a missing file is a user error naming the record, never a silent drop."""
-    images = []
-    for index, path in enumerate(paths or []):
-        try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        except (OSError, ValueError) as error:
-            raise MPRMError(
-                f"record {record_id!r}: field 'images[{index}]' cannot be read ({path}): {error}"
-            ) from None
-    return images
 
 
 def step_targets_of(
@@ -108,7 +93,8 @@ class PRMDataCollator:
             {
                 "prompt": example["prompt"],
                 "steps": list(example["completions"]),
-                "images": load_images(example.get("images"), example.get("id", "?")),
+                "images": list(example.get("images") or []),  # opened with PIL by encode_traces
+                "id": example.get("id"),
             }
             for example in examples
         ]
@@ -275,10 +261,6 @@ class PRMTrainer(Trainer):
             **kwargs,
         )
         self._prm_counts = torch.zeros(len(COUNTERS), dtype=torch.long)
-        forward = inspect.signature(self.accelerator.unwrap_model(self.model).forward).parameters
-        self._keeps_logits = "logits_to_keep" in forward or any(
-            p.kind == inspect.Parameter.VAR_KEYWORD for p in forward.values()
-        )
 
     # ---- set-up ------------------------------------------------------------------------------------------
 
@@ -322,30 +304,19 @@ class PRMTrainer(Trainer):
 
     # ---- loss -------------------------------------------------------------------------------------------
 
-    def _reward_logits(
-        self, model: torch.nn.Module, inputs: dict[str, Any], positions: torch.Tensor
-    ) -> torch.Tensor:
-        """[batch, max_steps, 2] logits of the (positive, negative) reward tokens at each step's marker."""
-        if self._keeps_logits:
-            keep = positions.clamp(min=0)
-            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-            local = torch.arange(positions.shape[1], device=positions.device).expand_as(positions)
-            positions = torch.where(positions >= 0, local, -1)
-        else:
-            outputs = model(**inputs, use_cache=False)
-        return step_reward_logits(outputs.logits, positions, self.reward_ids)
+    def _reward_logits(self, model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """(reward logits [batch, max_steps, 2] (positive, negative), loss targets, hard labels).
 
-    def _split_inputs(
-        self, inputs: dict[str, Any]
-    ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, torch.Tensor]:
-        model_inputs = dict(inputs)
-        positions = model_inputs.pop("step_positions")
-        targets = model_inputs.pop("step_targets")
-        labels = model_inputs.pop("step_labels")
-        counts = model_inputs.pop("prm_counts", None)
-        if counts is not None and self.model.training:
+        The forward pass is `forward_step_reward_logits`, the one scoring uses: only the rows at step positions
+        reach the LM head (`logits_to_keep`).
+        """
+        batch = dict(inputs)
+        targets = batch.pop("step_targets")
+        labels = batch.pop("step_labels")
+        counts = batch.pop("prm_counts", None)
+        if counts is not None and model.training:
             self._prm_counts += counts.detach().cpu()
-        return model_inputs, positions, targets, labels
+        return forward_step_reward_logits(model, batch, self.reward_ids), targets, labels
 
     @staticmethod
     def _marker_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -363,8 +334,7 @@ class PRMTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        model_inputs, positions, targets, _ = self._split_inputs(inputs)
-        logits = self._reward_logits(model, model_inputs, positions)
+        logits, targets, _ = self._reward_logits(model, inputs)
         losses, mask = self._marker_losses(logits, targets)
         if num_items_in_batch is None:
             loss = losses.sum() / mask.sum().clamp(min=1)
@@ -392,9 +362,8 @@ class PRMTrainer(Trainer):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Loss, positive-token probability per step (IGNORE where no step) and the hard labels."""
         inputs = self._prepare_inputs(inputs)
-        model_inputs, positions, targets, labels = self._split_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            logits = self._reward_logits(model, model_inputs, positions)
+            logits, targets, labels = self._reward_logits(model, inputs)
         losses, mask = self._marker_losses(logits, targets)
         loss = (losses.sum() / mask.sum().clamp(min=1)).detach()
         if prediction_loss_only:
