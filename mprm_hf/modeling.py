@@ -98,6 +98,9 @@ class Qwen2VLImageTextProcessor(Qwen2VLProcessor):
         )
 
 
+# Checkpoints whose processor can be rebuilt image-only when the stock one needs torchvision.
+IMAGE_ONLY_FALLBACK_TYPES = {"qwen2_vl", "qwen2_5_vl"}
+
 # Keyed by a name of our own (not by Qwen2VLConfig) so that real Qwen2-VL checkpoints keep their own
 # processor; `AutoProcessor` finds ours by the `processor_class` saved in `processor_config.json`.
 PROCESSOR_MAPPING.register("mprm_hf_qwen2_vl_image_text", Qwen2VLImageTextProcessor, exist_ok=True)
@@ -254,15 +257,34 @@ def load_model_and_processor(
         model = AutoModelForImageTextToText.from_pretrained(
             source, **({} if dtype is None else {"dtype": dtype})
         )
-        processor = AutoProcessor.from_pretrained(source)
+        processor = _load_processor(source, model.config.model_type)
     except OSError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = "folder" if local.exists() else "Hub id (offline, or not in the local cache?)"
-        raise MPRMError(f"{name}: cannot load a model from this {where}: {first_line}") from error
+        raise MPRMError(f"{name}: cannot load a model from this {where}: {_first_line(error)}") from error
     if adapter is not None:
         model, processor = _apply_adapter(model, processor, Path(adapter).expanduser())
     model.eval()
     return model, processor
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _load_processor(source: str, model_type: str) -> Any:
+    """`AutoProcessor`, falling back to the image-only processor for Qwen2-VL-family checkpoints whose
+    stock processor cannot be built here (its video processor needs torchvision)."""
+    try:
+        return AutoProcessor.from_pretrained(source)
+    except (OSError, ImportError) as error:
+        if model_type not in IMAGE_ONLY_FALLBACK_TYPES:
+            if isinstance(error, ImportError):
+                raise MPRMError(
+                    f"{source}: its processor needs a missing package: {_first_line(error)}"
+                ) from error
+            raise
+        return Qwen2VLImageTextProcessor.from_pretrained(source)
 
 
 def _bad_dtype(dtype: str) -> None:

@@ -92,6 +92,24 @@ def test_load_model_and_processor_loads_the_folder(tiny_model_dir: Path) -> None
     assert isinstance(processor, Qwen2VLImageTextProcessor)
 
 
+@pytest.mark.parametrize("with_video_config", [False, True])
+def test_stock_qwen2_vl_processor_folder_loads_image_only(tmp_path: Path, with_video_config: bool) -> None:
+    """A real Qwen2-VL checkpoint names `Qwen2VLProcessor`, whose video half needs torchvision (absent here)
+    or a video config; the loader falls back to the image-only processor with the same tokenizer and images."""
+    folder = build_tiny_model(tmp_path / "stock")
+    config = json.loads((folder / "processor_config.json").read_text())
+    (folder / "processor_config.json").write_text(
+        json.dumps({**config, "processor_class": "Qwen2VLProcessor"})
+    )
+    if with_video_config:
+        video = {"video_processor_type": "Qwen2VLVideoProcessor", "processor_class": "Qwen2VLProcessor"}
+        (folder / "video_preprocessor_config.json").write_text(json.dumps(video))
+    _, processor = load_model_and_processor(folder)
+    assert isinstance(processor, Qwen2VLImageTextProcessor)
+    reference = AutoProcessor.from_pretrained(build_tiny_model(tmp_path / "ours"))
+    assert torch.equal(_batch(processor)["input_ids"], _batch(reference)["input_ids"])
+
+
 def test_load_model_and_processor_applies_a_lora_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
 
