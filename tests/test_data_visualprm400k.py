@@ -292,3 +292,17 @@ def test_synthetic_world_loads_clean(synthetic_dir, tmp_path):
             for s, c, t in zip(row["mc_scores"], row["num_mc_correct"], row["num_mc_total"], strict=True)
         )
     assert isinstance(ds, datasets.Dataset)
+
+
+def test_values_arrow_cannot_store_are_skipped_not_fatal(tmp_path):
+    root = write_corpus(
+        tmp_path / "corpus",
+        {"geo": [rollout(), rollout(num_mc_sequences=2**63), rollout((0.0,))]},
+    )
+    ds, report = load(root, tmp_path)
+    assert ds["line"] == [1, 3]
+    assert report.count(vp.UNSTORABLE) == 1 and report.actions[vp.UNSTORABLE] == "skipped"
+    assert str(report.examples_for(vp.UNSTORABLE)[0]).startswith(
+        "annotations/geo.jsonl:2: value Arrow cannot store"
+    )
+    assert report.records_read == 3 and report.records_kept == 2

@@ -80,6 +80,8 @@ TEXT_SCORE = "score given as text or boolean (converted)"
 SCORE_OUT_OF_RANGE = "score outside [0, 1]"
 EMPTY_IMAGE = "empty image"
 IMAGE_MISSING = "image file missing"
+UNSTORABLE = "value Arrow cannot store (e.g. integer beyond int64)"
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeEncodeError)
 
 _TEXT_FIELDS = ("question", "question_orig", "answer", "response")
 
@@ -210,7 +212,7 @@ class _RolloutBuilder(datasets.ArrowBasedBuilder):
     """Writes Arrow tables of parsed rows directly.
 
     `Dataset.from_generator` encodes every example through `Features.encode_example`, which costs
-    ten times what building the table column-free with `pa.Table.from_pylist` does; the caching,
+    ten times what building each batch's table with `pa.Table.from_pylist` does; the caching,
     `num_proc` sharding over `files` and the progress bar are the same builder machinery.
     """
 
@@ -248,10 +250,10 @@ def _rollout_tables(
                 if row is not None:
                     rows.append(row)
                 if len(rows) == batch_size:
-                    yield file_index, table_index, pa.Table.from_pylist(rows, schema=schema)
+                    yield file_index, table_index, parser.to_table(rows, schema)
                     rows, table_index = [], table_index + 1
         if rows:
-            yield file_index, table_index, pa.Table.from_pylist(rows, schema=schema)
+            yield file_index, table_index, parser.to_table(rows, schema)
         parser.report.save(Path(report_dir) / f"{path.stem}.json")
 
 
@@ -269,6 +271,23 @@ class RolloutParser:
 
     def _flag(self, line: int, field: str, reason: str, detail: Any = "", action: str = "kept") -> None:
         self.report.add(self.file_label, line, field, reason, action=action, detail=str(detail))
+
+    def to_table(self, rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+        """The batch as Arrow; a row Arrow refuses is found, reported and skipped, never a crash."""
+        try:
+            return pa.Table.from_pylist(rows, schema=schema)
+        except _ARROW_ERRORS:
+            pass
+        storable = []
+        for row in rows:
+            try:
+                pa.Table.from_pylist([row], schema=schema)
+            except _ARROW_ERRORS as err:
+                self._flag(row["line"], "", UNSTORABLE, err, action="skipped")
+                self.report.records_kept -= 1
+                continue
+            storable.append(row)
+        return pa.Table.from_pylist(storable, schema=schema)
 
     def parse_line(self, raw: bytes, line: int) -> dict[str, Any] | None:
         """One row for a usable line, None (reported as skipped) for anything else."""
