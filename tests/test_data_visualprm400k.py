@@ -306,3 +306,16 @@ def test_values_arrow_cannot_store_are_skipped_not_fatal(tmp_path):
         "annotations/geo.jsonl:2: value Arrow cannot store"
     )
     assert report.records_read == 3 and report.records_kept == 2
+
+
+def test_empty_files_and_corpora_without_any_rollout(tmp_path):
+    root = write_corpus(tmp_path / "corpus", {"a_empty": [], "b": [rollout()]})
+    ds, report = load(root, tmp_path)
+    assert ds["id"] == ["b:1"] and report.records_read == 1
+
+    nothing = write_corpus(tmp_path / "nothing", {"a_empty": [], "b": ["oops"]})
+    with pytest.raises(
+        MPRMError,
+        match=r"no usable rollout in 2 file\(s\) \(1 problems; first problem: annotations/b.jsonl:1: unparseable",
+    ):
+        load(nothing, tmp_path)

@@ -133,12 +133,17 @@ def load_visualprm400k(
     if not all(p.exists() for p in parts):
         # The Arrow cache outlived its reports (e.g. a cleaned cache folder): regenerate both.
         builder.download_and_prepare(num_proc=procs, download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD)
-    ds = builder.as_dataset(split=datasets.Split.TRAIN)
     report = LoadReport(name=f"VisualPRM400K {root}")
     for part in parts:
         report.merge(LoadReport.load(part))
     report.log(logger)
-    return ds, report
+    if report.records_kept == 0:
+        first = f"; first problem: {report.examples[0]}" if report.examples else ""
+        raise MPRMError(
+            f"{root / ANNOTATIONS_DIR}: no usable rollout in {len(files)} file(s) "
+            f"({report.total_issues} problems{first})"
+        )
+    return builder.as_dataset(split=datasets.Split.TRAIN), report
 
 
 def _annotations_root(folder: Path, cache_dir: str | Path | None) -> Path:
