@@ -326,3 +326,30 @@ def test_load_stepwise_keeps_the_columns_a_dataset_has(tmp_path):
     pictures.save_to_disk(tmp_path / "pictures")
     with pytest.raises(MPRMError, match="field 'images' must be a list of image paths"):
         load_stepwise(tmp_path / "pictures")
+
+
+def test_to_stepwise_with_nothing_left_keeps_the_schema():
+    from mprm_hf.data.visualprm400k import VISUALPRM400K_FEATURES
+
+    ds = datasets.Dataset.from_list([row(image=[])], features=VISUALPRM400K_FEATURES)
+    records, report = to_stepwise(ds)
+    assert len(records) == 0 and records.features == STEPWISE_FEATURES
+    assert report.count(sw.NO_IMAGE) == 1 and "1 records read, 0 kept, 1 dropped" in report.summary()
+    records, report = to_stepwise(ds.select([]))
+    assert len(records) == 0 and records.features == STEPWISE_FEATURES and report.records_read == 0
+
+
+def test_load_stepwise_of_an_empty_file_is_one_line(tmp_path):
+    features = datasets.Features(
+        {
+            "prompt": datasets.Value("string"),
+            "completions": datasets.List(datasets.Value("string")),
+            "labels": datasets.List(datasets.Value("bool")),
+        }
+    )
+    datasets.Dataset.from_dict({"prompt": [], "completions": [], "labels": []}, features=features).to_parquet(
+        tmp_path / "empty.parquet"
+    )
+    with pytest.raises(MPRMError, match="empty.parquet: cannot read a stepwise dataset") as err:
+        load_stepwise(tmp_path / "empty.parquet")
+    assert "\n" not in str(err.value)

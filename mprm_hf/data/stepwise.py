@@ -114,7 +114,12 @@ def rollout_to_stepwise(record: dict[str, Any], *, threshold: float = 0.0) -> di
 def to_stepwise(
     ds: datasets.Dataset, *, threshold: float = 0.0, num_proc: int | None = None
 ) -> tuple[datasets.Dataset, ConversionReport]:
-    """Convert a VisualPRM400K dataset with `Dataset.map` / `filter`; report what the drop rule removed."""
+    """Convert a VisualPRM400K dataset with `Dataset.map` / `filter`; report what the drop rule removed.
+
+    When nothing is left the result is an empty dataset that still has STEPWISE_FEATURES.
+    """
+    if len(ds) == 0:  # map adds no columns to an empty dataset
+        return _empty_stepwise(), ConversionReport(name="stepwise conversion")
     marked = ds.map(
         _mark_batch,
         batched=True,
@@ -141,9 +146,15 @@ def to_stepwise(
         num_proc=num_proc,
         desc="Converting to stepwise records",
     )
+    if len(records) == 0:
+        records = _empty_stepwise()
     report.records_kept = len(records)
     report.log(logger)
     return records, report
+
+
+def _empty_stepwise() -> datasets.Dataset:
+    return datasets.Dataset.from_dict({name: [] for name in STEPWISE_FEATURES}, features=STEPWISE_FEATURES)
 
 
 def _rows(batch: dict[str, list[Any]]) -> list[dict[str, Any]]:
