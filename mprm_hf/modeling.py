@@ -259,8 +259,12 @@ def load_model_and_processor(
         )
         processor = _load_processor(source, model.config.model_type)
     except OSError as error:
-        where = "folder" if local.exists() else "Hub id (offline, or not in the local cache?)"
-        raise MPRMError(f"{name}: cannot load a model from this {where}: {_first_line(error)}") from error
+        where = (
+            "cannot load a model from this folder"
+            if local.exists()
+            else "no such folder, and the Hub has no such model or cannot be reached (offline and not cached?)"
+        )
+        raise MPRMError(f"{name}: {where}: {_first_line(error)}") from error
     if adapter is not None:
         model, processor = _apply_adapter(model, processor, Path(adapter).expanduser())
     model.eval()

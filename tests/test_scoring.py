@@ -74,6 +74,19 @@ def test_batched_scores_equal_one_at_a_time_in_input_order(tiny, images: list[Pa
     assert len({round(score, 6) for scores in batched for score in scores}) > 1
 
 
+def test_qwen2_5_vl_scores_batched_like_one_at_a_time(images: list[Path]) -> None:
+    from mprm_hf.modeling import create_tiny_model
+
+    model, processor = create_tiny_model(arch="qwen2_5_vl", seed=0)
+    traces = _traces(images)
+    batched = score_traces(model, processor, traces, batch_size=4, step_format="visualprm", progress=False)
+    for trace, scores in zip(traces, batched, strict=True):
+        alone = score_steps(
+            model, processor, trace["images"], trace["question"], trace["steps"], step_format="visualprm"
+        )
+        assert alone == pytest.approx(scores, abs=1e-5)
+
+
 def test_score_steps_accepts_one_image_or_none(tiny, images: list[Path]) -> None:
     model, processor = tiny
     one = score_steps(model, processor, images[0], "What colour?", ["Red."])

@@ -23,6 +23,22 @@ from mprm_hf.step_format import (
 
 FORMATS = ["prm-token", "visualprm"]
 
+# Qwen2-VL-Instruct's own chat template (default system turn, numbered-picture option, video parts).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path):
@@ -221,3 +237,34 @@ def test_prepare_adds_missing_marker_and_reward_tokens(tiny_model_dir: Path) -> 
     before = len(processor.tokenizer)
     prepare_model_and_processor(model, processor, "prm-token")
     assert len(processor.tokenizer) == before and positive != negative
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_formats_work_with_qwen2_vl_instruct_chat_template(tiny_model_dir: Path, name: str) -> None:
+    """Real checkpoints bring their own template: the reward positions are found from it, not assumed."""
+    model, processor = load_model_and_processor(tiny_model_dir)
+    processor.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    batch = encode_traces(processor, name, _traces())
+    text = _decode(processor, batch, 0)
+    if name == "prm-token":
+        assert text.startswith(
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        )
+        assert text.endswith("2 + 2 = 4, so the answer is A.<prm><|im_end|>\n")
+    else:
+        assert text.startswith(f"<|im_start|>system\n{get_step_format(name).system_prompt}<|im_end|>\n")
+        assert text.count("<|im_start|>assistant\n+<|im_end|>") == 2
+    assert batch["n_steps"] == [2, 3]
+    positive = reward_token_ids(processor, name)[0]
+    for row, n in enumerate(batch["n_steps"]):
+        positions = batch["step_positions"][row, :n]
+        following = batch["input_ids"][row, positions + 1]
+        if name == "visualprm":
+            assert (following == positive).all()
+        else:
+            assert (
+                batch["input_ids"][row, positions] == processor.tokenizer.convert_tokens_to_ids("<prm>")
+            ).all()
+    with torch.no_grad():
+        pairs = forward_step_reward_logits(model, batch, reward_token_ids(processor, name))
+    assert torch.isfinite(pairs).all()
