@@ -17,6 +17,7 @@ from mprm_hf.errors import MPRMError
 from mprm_hf.evaluation import choose_threshold, metrics_from_scores, model_index, read_scores
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+REAL_12 = Path(__file__).resolve().parent / "fixtures" / "visualprocessbench_real_12"
 DDP_CONFIG = REPO_ROOT / "recipes" / "accelerate_configs" / "ddp.yaml"
 
 
@@ -126,6 +127,22 @@ def test_fixed_threshold_and_calibration_file(resumed_run, tiny_model_dir, bench
     assert chosen == metrics_from_scores(first_five)["oracle_threshold"]
     metrics.pop("run")
     assert metrics == metrics_from_scores(calibrated / "scores.jsonl", calibration=first_five)
+
+
+def test_real_records_end_to_end(tiny_model_dir, tmp_path):
+    """The 12 real VisualProcessBench records (long real steps, no images) go through unchanged."""
+    out = tmp_path / "real"
+    assert _evaluate(tiny_model_dir, REAL_12, out, "--batch-size", "4") == 0
+    real = [json.loads(line) for line in (REAL_12 / "test.jsonl").read_text().splitlines()]
+    labels = [label for row in real for label in row["response"]["process_correctness"]]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_traces"] == 12 and metrics["n_neutral"] == labels.count(0)
+    assert metrics["n_positive"] == labels.count(1) and metrics["n_negative"] == labels.count(-1)
+    assert set(metrics["per_source"]) == {row["data_source"] for row in real}
+    saved = sorted(_lines(out / "scores.jsonl"), key=lambda r: int(r["id"].split(":")[-1]))
+    assert [r["labels"] for r in saved] == [row["response"]["process_correctness"] for row in real]
+    metrics.pop("run")
+    assert metrics == metrics_from_scores(out / "scores.jsonl")
 
 
 def test_threshold_and_calibration_exclude_each_other(tiny_model_dir, benchmark, tmp_path, capsys):
