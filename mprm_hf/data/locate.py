@@ -63,8 +63,8 @@ def locate_dataset(
         )
     except LocalEntryNotFoundError as err:
         raise MPRMError(
-            f"{text}: the Hub cannot be reached and no local copy is cached ({_first_line(err)}); "
-            f"pass a local folder holding the {what}"
+            f"{text}: no such local folder, and the Hub cannot be reached with no copy cached "
+            f"({_first_line(err)}); pass a local folder holding the {what}"
         ) from None
     except (RepositoryNotFoundError, GatedRepoError) as err:
         raise MPRMError(
