@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -371,6 +372,29 @@ class PRMTrainer(Trainer):
         probabilities = torch.softmax(logits.float(), dim=-1)[..., 0]
         probabilities = torch.where(labels != IGNORE, probabilities, torch.full_like(probabilities, IGNORE))
         return loss, probabilities.detach(), labels
+
+    # ---- resume -----------------------------------------------------------------------------------------
+
+    def _load_from_checkpoint(
+        self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
+    ) -> None:
+        """Reload full weights through `from_pretrained`, which maps the checkpoint's key names.
+
+        `save_pretrained` writes vision-language models (Qwen2-VL, ...) under their original key names, which
+        `Trainer`'s raw `load_state_dict(strict=False)` does not map back: it would silently resume from the
+        initial weights. Adapters, DeepSpeed and FSDP checkpoints keep the `Trainer` path.
+        """
+        target = self.accelerator.unwrap_model(self.model if model is None else model)
+        folder = Path(resume_from_checkpoint)
+        has_full_weights = (folder / "model.safetensors").is_file() or (
+            folder / "model.safetensors.index.json"
+        ).is_file()
+        if not has_full_weights or not isinstance(target, PreTrainedModel) or self.is_fsdp_enabled:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        dtype = next(target.parameters()).dtype
+        reloaded = type(target).from_pretrained(folder, dtype=dtype)
+        target.load_state_dict(reloaded.state_dict(), strict=True)
 
     # ---- reporting --------------------------------------------------------------------------------------
 

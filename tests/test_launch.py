@@ -1,0 +1,205 @@
+"""`mprm-hf train` and `accelerate launch -m mprm_hf.train`: recipes, DDP and DeepSpeed on the CPU, resume after
+a kill, and staging a checkpoint with its model card for the Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ACCELERATE_CONFIGS = REPO_ROOT / "recipes" / "accelerate_configs"
+ACCELERATE = Path(sys.executable).parent / "accelerate"
+
+
+@pytest.fixture(scope="module")
+def subset_dir(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small stepwise subset saved as `mprm-hf select` would, with its selection.json sidecar."""
+    from mprm_hf.data.stepwise import to_stepwise
+    from mprm_hf.data.visualprm400k import load_visualprm400k
+
+    rollouts, _ = load_visualprm400k(synthetic_dir)
+    records, _ = to_stepwise(rollouts)
+    out = tmp_path_factory.mktemp("subset") / "bis-10"
+    records.select(range(96)).save_to_disk(str(out))
+    sidecar = {"selector": "bis", "selector_params": {"alpha": 0.2, "top_ratio": 0.1}}
+    (out / "selection.json").write_text(json.dumps(sidecar), encoding="utf-8")
+    return out
+
+
+def write_recipe(path: Path, model: Path, dataset: Path, output_dir: Path, **overrides) -> Path:
+    recipe = {
+        "model_name_or_path": str(model),
+        "dataset_name": str(dataset),
+        "output_dir": str(output_dir),
+        "use_cpu": True,
+        "seed": 0,
+        "max_length": 384,
+        "learning_rate": 3.0e-3,
+        "per_device_train_batch_size": 4,
+        "logging_steps": 2,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        **overrides,
+    }
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def launch_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        DS_ACCELERATOR="cpu",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    return env
+
+
+def run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=launch_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def final_train_metrics(output_dir: Path) -> dict:
+    return json.loads((output_dir / "train_results.json").read_text())
+
+
+def test_cli_recipe_with_overrides_and_push_staging(
+    subset_dir: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Positional recipe + CLI overrides; offline --push-to-hub stages <output_dir>/hub with a parseable card."""
+    from huggingface_hub import ModelCard
+
+    from mprm_hf.train import main
+
+    output_dir = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, subset_dir, output_dir, max_steps=50)
+    code = main(
+        [
+            str(recipe),
+            "--max_steps",
+            "3",
+            "--eval_fraction",
+            "0.25",
+            "--push-to-hub",
+            "--hub_model_id",
+            "someone/tiny-prm",
+            "--license",
+            "apache-2.0",
+        ]
+    )
+    assert code == 0
+    assert final_train_metrics(output_dir)["epoch"] > 0
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 3  # the CLI override beat the recipe's max_steps
+    staged = output_dir / "hub"
+    assert "nothing was pushed" in capsys.readouterr().out
+    assert (staged / "model.safetensors").is_file() and (staged / "processor_config.json").is_file()
+    card = ModelCard.load(staged / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "apache-2.0"
+    assert data["model-index"][0]["results"]  # held-out step metrics as evaluation results
+    text = card.text
+    assert "`bis`" in text and "alpha" in text and str(subset_dir) in text
+    assert "learning_rate" in text and "prm-token" in text
+    assert "mprm-hf train" in text and "--max_steps 3" in text
+
+
+def test_bad_recipe_is_a_one_line_error(tmp_path: Path) -> None:
+    from mprm_hf.errors import MPRMError
+    from mprm_hf.train import main
+
+    with pytest.raises(MPRMError, match="recipe not found"):
+        main([str(tmp_path / "missing.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: x\nnot_a_field: 3\n", encoding="utf-8")
+    with pytest.raises(MPRMError, match="not_a_field"):
+        main([str(bad)])
+
+
+@pytest.mark.slow
+def test_accelerate_ddp_two_processes(subset_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    output_dir = tmp_path / "ddp"
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, subset_dir, output_dir, max_steps=6)
+    result = run(
+        [str(ACCELERATE), "launch", "--config_file", str(ACCELERATE_CONFIGS / "ddp.yaml")]
+        + ["-m", "mprm_hf.train", "--config", str(recipe)]
+    )
+    metrics = final_train_metrics(output_dir)
+    # 6 steps x 4 rollouts per process x 2 processes, counted on both ranks and summed
+    assert metrics["prm_rollouts"] == 48, result.stdout[-2000:]
+    assert (output_dir / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_accelerate_deepspeed_zero2_on_cpu(subset_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    output_dir = tmp_path / "zero2"
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, subset_dir, output_dir, max_steps=4)
+    # DeepSpeed owns the device: no use_cpu; on a CPU-only machine its process group needs gloo.
+    run(
+        [str(ACCELERATE), "launch", "--config_file", str(ACCELERATE_CONFIGS / "zero2.yaml")]
+        + ["-m", "mprm_hf.train", "--config", str(recipe), "--use_cpu", "false", "--ddp_backend", "gloo"],
+        timeout=500,
+    )
+    metrics = final_train_metrics(output_dir)
+    assert metrics["prm_rollouts"] == 32
+    assert (output_dir / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(
+    subset_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    settings = {"max_steps": 40, "save_strategy": "steps", "save_steps": 8, "per_device_train_batch_size": 2}
+    train = [sys.executable, "-m", "mprm_hf.cli", "train"]
+
+    straight = tmp_path / "straight"
+    run([*train, str(write_recipe(tmp_path / "a.yaml", tiny_model_dir, subset_dir, straight, **settings))])
+
+    interrupted = tmp_path / "interrupted"
+    recipe = write_recipe(tmp_path / "b.yaml", tiny_model_dir, subset_dir, interrupted, **settings)
+    process = subprocess.Popen(
+        [*train, str(recipe)],
+        cwd=REPO_ROOT,
+        env=launch_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoint = interrupted / "checkpoint-8"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:  # trainer_state.json is the last file of a checkpoint
+                json.loads((checkpoint / "trainer_state.json").read_text())
+                break
+            except (OSError, ValueError):
+                time.sleep(0.01)
+        process.kill()
+    finally:
+        process.wait()
+    assert process.returncode != 0, "the run finished before it could be killed"
+    assert not (interrupted / "model.safetensors").exists()
+
+    run([*train, str(recipe), "--resume_from_checkpoint", str(checkpoint)])
+    expected, resumed = (
+        load_file(straight / "model.safetensors"),
+        load_file(interrupted / "model.safetensors"),
+    )
+    assert expected.keys() == resumed.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
