@@ -8,6 +8,7 @@ whole pipeline (collation, training, scoring, saving, loading) runs the same cod
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -116,20 +117,27 @@ def _training_texts(seed: int) -> list[str]:
     return texts + list(sample_texts(2000, seed=seed))
 
 
-def build_tiny_tokenizer(*, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (every string encodes) with Qwen2-VL's special tokens and `<prm>`."""
+@functools.lru_cache(maxsize=8)
+def _trained_bpe(seed: int, vocab_size: int) -> str:
+    """The trained `tokenizers` BPE as JSON; cached because training it is most of a tiny-model build."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    special_tokens = [*QWEN2_VL_SPECIAL_TOKENS, PRM_MARKER_TOKEN]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=special_tokens,
+        special_tokens=[*QWEN2_VL_SPECIAL_TOKENS, PRM_MARKER_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_training_texts(seed), trainer=trainer)
+    return tokenizer.to_str()
+
+
+def build_tiny_tokenizer(*, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (every string encodes) with Qwen2-VL's special tokens and `<prm>`."""
+    tokenizer = Tokenizer.from_str(_trained_bpe(seed, vocab_size))
+    special_tokens = [*QWEN2_VL_SPECIAL_TOKENS, PRM_MARKER_TOKEN]
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=None,

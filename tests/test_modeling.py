@@ -15,6 +15,7 @@ from mprm_hf.errors import MPRMError
 from mprm_hf.modeling import (
     PRM_MARKER_TOKEN,
     Qwen2VLImageTextProcessor,
+    _trained_bpe,
     build_tiny_model,
     count_parameters,
     create_tiny_model,
@@ -48,6 +49,7 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path: Path, arch: str) 
 
 def test_build_is_deterministic_under_the_seed(tmp_path: Path) -> None:
     first = build_tiny_model(tmp_path / "a", seed=1)
+    _trained_bpe.cache_clear()  # train the tokenizer again rather than reuse the cached one
     second = build_tiny_model(tmp_path / "b", seed=1)
     other = build_tiny_model(tmp_path / "c", seed=2)
     assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
