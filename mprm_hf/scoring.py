@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from mprm_hf.errors import MPRMError
 from mprm_hf.step_format import (
     STEP_FORMATS,
+    check_trace_fields,
     encode_traces,
     forward_step_reward_logits,
     get_step_format,
@@ -38,12 +39,15 @@ def _trace_size(trace: dict[str, Any]) -> int:
 
 
 def _as_encoder_trace(trace: dict[str, Any], index: int) -> dict[str, Any]:
+    """The `encode_traces` form of an input trace, its text checked here so errors name the input index."""
     if not isinstance(trace, dict):
         raise MPRMError(f"trace {index}: not a dict with 'question', 'steps' and 'images'")
     prompt = trace["prompt"] if "prompt" in trace else trace.get("question")
     encoded = {"prompt": prompt, "steps": trace.get("steps"), "images": trace.get("images") or []}
     if trace.get("id") is not None:
         encoded["id"] = trace["id"]
+    where = f"trace {index}" + (f" (id {trace['id']!r})" if trace.get("id") is not None else "")
+    check_trace_fields(encoded, where)
     return encoded
 
 

@@ -166,20 +166,25 @@ def _load_image(image: Any, where: str) -> Image.Image:
     raise MPRMError(f"{where}: field 'images' holds a {type(image).__name__}, not an image or a path")
 
 
+def check_trace_fields(trace: dict[str, Any], where: str) -> None:
+    """Raise a one-line error when a trace's text fields cannot be encoded (images are checked on loading)."""
+    prompt, steps = trace.get("prompt"), trace.get("steps")
+    if not isinstance(prompt, str):
+        raise MPRMError(f"{where}: field 'prompt' is not a string ({type(prompt).__name__})")
+    if not isinstance(steps, (list, tuple)) or not steps:
+        raise MPRMError(f"{where}: field 'steps' must be a non-empty list of strings")
+    for step_index, step in enumerate(steps):
+        if not isinstance(step, str) or not step.strip():
+            raise MPRMError(f"{where}: field 'steps[{step_index}]' is empty or not a string")
+
+
 def _validated(traces: Sequence[dict[str, Any]]) -> list[tuple[str, list[str], list[Image.Image]]]:
     checked = []
     for index, trace in enumerate(traces):
         where = f"trace {index}" + (f" (id {trace['id']!r})" if trace.get("id") is not None else "")
-        prompt, steps = trace.get("prompt"), trace.get("steps")
-        if not isinstance(prompt, str):
-            raise MPRMError(f"{where}: field 'prompt' is not a string ({type(prompt).__name__})")
-        if not isinstance(steps, (list, tuple)) or not steps:
-            raise MPRMError(f"{where}: field 'steps' must be a non-empty list of strings")
-        for step_index, step in enumerate(steps):
-            if not isinstance(step, str) or not step.strip():
-                raise MPRMError(f"{where}: field 'steps[{step_index}]' is empty or not a string")
+        check_trace_fields(trace, where)
         images = [_load_image(image, where) for image in trace.get("images") or []]
-        checked.append((prompt, list(steps), images))
+        checked.append((trace["prompt"], list(trace["steps"]), images))
     return checked
 
 

@@ -138,6 +138,18 @@ def test_scoring_feeds_the_model_the_ids_training_builds(tiny, images: list[Path
     assert torch.equal(direct["step_positions"], training["step_positions"])
 
 
+def test_bad_traces_name_their_input_index(tiny, images: list[Path]) -> None:
+    model, processor = tiny
+    traces = _traces(images)
+    traces[2] = {**traces[2], "steps": ["fine", ""]}
+    with pytest.raises(MPRMError, match=r"^trace 2: field 'steps\[1\]' is empty"):
+        score_traces(model, processor, traces, batch_size=2, progress=False)
+    with pytest.raises(MPRMError, match=r"^trace 0 \(id 'x'\): field 'steps' must be a non-empty list"):
+        score_traces(model, processor, [{"id": "x", "question": "q", "steps": []}], progress=False)
+    with pytest.raises(MPRMError, match="unknown step format"):
+        score_steps(model, processor, None, "q", ["a"], step_format="nope")
+
+
 def test_read_steps_file_blocks_and_json(tmp_path: Path) -> None:
     blocks = tmp_path / "steps.txt"
     blocks.write_text("\n\nFirst step,\nstill first.\n\n\nSecond step.\n", encoding="utf-8")
