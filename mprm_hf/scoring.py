@@ -148,7 +148,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder or Hub id (a trained PRM)")
     parser.add_argument("--adapter", help="optional PEFT (LoRA) adapter folder applied on top of --model")
     parser.add_argument(
-        "--step-format", default="prm-token", choices=sorted(STEP_FORMATS), help="input layout"
+        "--step-format",
+        default="prm-token",
+        choices=sorted(STEP_FORMATS),
+        help="how a trace is laid out; must be the one the model was trained with (default: prm-token)",
     )
     parser.add_argument("--dtype", default=None, help="e.g. float32, bfloat16 (default: the checkpoint's)")
     parser.add_argument(
