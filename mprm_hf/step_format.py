@@ -216,8 +216,8 @@ def _score_positions(
     width = len(header)
     return [
         index + width - 1
-        for index in range(len(ids) - width)
-        if ids[index : index + width] == header and ids[index + width] == positive
+        for index, token in enumerate(ids[: len(ids) - width])
+        if token == header[0] and ids[index : index + width] == header and ids[index + width] == positive
     ]
 
 
