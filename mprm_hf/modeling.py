@@ -108,13 +108,10 @@ PROCESSOR_MAPPING.register("mprm_hf_qwen2_vl_image_text", Qwen2VLImageTextProces
 
 
 def _training_texts(seed: int) -> list[str]:
-    """The synthetic world's text (when that module is present) plus the built-in text."""
-    texts = [_BUILTIN_TEXT] * 20
-    try:
-        from mprm_hf.data.synthetic import sample_texts
-    except ImportError:
-        return texts
-    return texts + list(sample_texts(2000, seed=seed))
+    """The built-in text plus text in the synthetic world's vocabulary, which the tiny model trains on."""
+    from mprm_hf.data.synthetic import sample_texts
+
+    return [_BUILTIN_TEXT] * 20 + list(sample_texts(2000, seed=seed))
 
 
 @functools.lru_cache(maxsize=8)
@@ -166,6 +163,14 @@ def build_tiny_processor(*, seed: int = 0) -> Qwen2VLImageTextProcessor:
     )
 
 
+_VISION_TOKEN_NAMES = {
+    "image_token_id": "<|image_pad|>",
+    "video_token_id": "<|video_pad|>",
+    "vision_start_token_id": "<|vision_start|>",
+    "vision_end_token_id": "<|vision_end|>",
+}
+
+
 def tiny_model_config(arch: Arch, tokenizer: PreTrainedTokenizerFast) -> Any:
     """About 190k parameters: 2 text layers of width 64, one vision block of width 32."""
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _VISION_TOKEN_NAMES.items()}
@@ -204,14 +209,6 @@ def tiny_model_config(arch: Arch, tokenizer: PreTrainedTokenizerFast) -> Any:
     else:
         raise MPRMError(f"unknown tiny model architecture {arch!r} (choose 'qwen2_vl' or 'qwen2_5_vl')")
     return config_class(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **ids)
-
-
-_VISION_TOKEN_NAMES = {
-    "image_token_id": "<|image_pad|>",
-    "video_token_id": "<|video_pad|>",
-    "vision_start_token_id": "<|vision_start|>",
-    "vision_end_token_id": "<|vision_end|>",
-}
 
 
 def create_tiny_model(*, arch: Arch = "qwen2_vl", seed: int = 0) -> tuple[Any, Qwen2VLImageTextProcessor]:

@@ -47,6 +47,11 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path: Path, arch: str) 
     assert torch.equal(expected, actual)
 
 
+def test_unknown_architecture_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(MPRMError, match="unknown tiny model architecture 'llama'"):
+        build_tiny_model(tmp_path, arch="llama")
+
+
 def test_build_is_deterministic_under_the_seed(tmp_path: Path) -> None:
     first = build_tiny_model(tmp_path / "a", seed=1)
     _trained_bpe.cache_clear()  # train the tokenizer again rather than reuse the cached one
