@@ -117,7 +117,10 @@ def _record(rnd: random.Random) -> dict:
             score = rnd.choice([0.1, 0.2, 0.3, 0.7, 0.6])
         else:
             score = rnd.choice(SCORES)
-        step = {"step": rnd.choice(TEXTS) if rnd.random() < 0.2 else f"Step about {rnd.randint(0, 9)}.", "score": score}
+        step = {
+            "step": rnd.choice(TEXTS) if rnd.random() < 0.2 else f"Step about {rnd.randint(0, 9)}.",
+            "score": score,
+        }
         if rnd.random() < 0.05:
             del step["score"]
         if rnd.random() < 0.03:
@@ -136,7 +139,18 @@ def _record(rnd: random.Random) -> dict:
 def _line(rnd: random.Random) -> str:
     roll = rnd.random()
     if roll < 0.04:
-        return rnd.choice(["", "   ", "\t", "\u00a0", "garbage", "{", "[1, 2", '{"image": "x", "steps_with_score": [{"step"'])
+        return rnd.choice(
+            [
+                "",
+                "   ",
+                "\t",
+                "\u00a0",
+                "garbage",
+                "{",
+                "[1, 2",
+                '{"image": "x", "steps_with_score": [{"step"',
+            ]
+        )
     text = json.dumps(_record(rnd), ensure_ascii=rnd.random() < 0.5)
     if roll < 0.08:  # truncated
         return text[: rnd.randint(1, len(text) - 1)]
@@ -180,7 +194,16 @@ def corpora(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def test_oracle_sees_the_hard_cases(corpora: list[Path]) -> None:
     """The corpora really hold ties, NaN/Infinity, widened integers and drops, so equality means something."""
     text = "".join(path.read_bytes().decode("utf-8") for corpus in corpora for path in corpus.glob("*.jsonl"))
-    for needle in ("NaN", "Infinity", "18446744073709551617", "\\ud800", "\u3000", "\r\n", '"score": "abc"', '"image": ""'):
+    for needle in (
+        "NaN",
+        "Infinity",
+        "18446744073709551617",
+        "\\ud800",
+        "\u3000",
+        "\r\n",
+        '"score": "abc"',
+        '"image": ""',
+    ):
         assert needle in text, needle
     ties = oracle_subset(corpora[0], 0.05, 0.5)
     assert ties.count(b"\n") > 30
@@ -199,7 +222,7 @@ def test_reference_format_is_byte_identical(corpora: list[Path], corpus_index: i
                 cache_dir=cache, progress=False, shard_bytes=4096,
             )  # fmt: skip
             assert output.read_bytes() == expected, (alpha, ratio)
-            assert result.written == expected.count(b"\n")
+            assert result.n_written == expected.count(b"\n")
             assert result.cached == (run > 0 or ratio != RATIOS[0])
 
 
@@ -211,12 +234,16 @@ def test_near_ties_follow_python_sum_order(tmp_path: Path) -> None:
     orders = [[0.1, 0.2, 0.3], [0.3, 0.2, 0.1], [0.2, 0.3, 0.1], [0.3, 0.1, 0.2]]
     lines = []
     for number, order in enumerate(orders):
-        steps = [{"step": f"s{i}", "score": score} for i, score in enumerate(order)] + [{"step": "neg", "score": 0.0}]
+        steps = [{"step": f"s{i}", "score": score} for i, score in enumerate(order)] + [
+            {"step": "neg", "score": 0.0}
+        ]
         lines.append(json.dumps({"image": f"{number}.png", "question": "q", "steps_with_score": steps}))
     (annotations / "near.jsonl").write_text("\n".join(lines) + "\n")
     for ratio in (0.25, 0.5, 0.75):
         output = tmp_path / "out.jsonl"
-        reference.build_reference_subset(annotations, output, alpha=0.05, top_ratio=ratio, use_cache=False, progress=False)
+        reference.build_reference_subset(
+            annotations, output, alpha=0.05, top_ratio=ratio, use_cache=False, progress=False
+        )
         assert output.read_bytes() == oracle_subset(annotations, 0.05, ratio)
 
 
@@ -234,7 +261,9 @@ def test_nan_bis_uses_python_sort(tmp_path: Path) -> None:
     assert math.isnan(bis[0])
     for ratio in (0.25, 0.5):
         output = tmp_path / "out.jsonl"
-        reference.build_reference_subset(annotations, output, alpha=0.0, top_ratio=ratio, use_cache=False, progress=False)
+        reference.build_reference_subset(
+            annotations, output, alpha=0.0, top_ratio=ratio, use_cache=False, progress=False
+        )
         assert output.read_bytes() == oracle_subset(annotations, 0.0, ratio)
 
 
@@ -257,12 +286,18 @@ def test_cli_reference_format_matches_oracle(corpora: list[Path], tmp_path: Path
         ('{"steps_with_score": [1]}', "field 'steps_with_score[0]' must be an object"),
     ],
 )
-def test_records_the_reference_would_crash_on_are_one_line_errors(tmp_path: Path, line: str, message: str) -> None:
+def test_records_the_reference_would_crash_on_are_one_line_errors(
+    tmp_path: Path, line: str, message: str
+) -> None:
     annotations = tmp_path / "annotations"
     annotations.mkdir()
-    (annotations / "bad.jsonl").write_text('{"image": "a", "steps_with_score": [{"step": "s", "score": 1}]}\n\n' + line)
+    (annotations / "bad.jsonl").write_text(
+        '{"image": "a", "steps_with_score": [{"step": "s", "score": 1}]}\n\n' + line
+    )
     with pytest.raises(MPRMError, match=rf"bad\.jsonl:3: .*{re.escape(message)}") as caught:
-        reference.build_reference_subset(annotations, tmp_path / "o.jsonl", alpha=0.1, top_ratio=0.5, use_cache=False, progress=False)
+        reference.build_reference_subset(
+            annotations, tmp_path / "o.jsonl", alpha=0.1, top_ratio=0.5, use_cache=False, progress=False
+        )
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "o.jsonl").exists()
 
@@ -270,15 +305,21 @@ def test_records_the_reference_would_crash_on_are_one_line_errors(tmp_path: Path
 def test_invalid_utf8_is_an_error(tmp_path: Path) -> None:
     annotations = tmp_path / "annotations"
     annotations.mkdir()
-    (annotations / "x.jsonl").write_bytes(b'{"image": "a", "steps_with_score": [{"step": "\xff", "score": 1}]}\n')
+    (annotations / "x.jsonl").write_bytes(
+        b'{"image": "a", "steps_with_score": [{"step": "\xff", "score": 1}]}\n'
+    )
     with pytest.raises(MPRMError, match=r"x\.jsonl:1: not valid UTF-8"):
-        reference.build_reference_subset(annotations, tmp_path / "o.jsonl", alpha=0.1, top_ratio=0.5, use_cache=False, progress=False)
+        reference.build_reference_subset(
+            annotations, tmp_path / "o.jsonl", alpha=0.1, top_ratio=0.5, use_cache=False, progress=False
+        )
 
 
 @pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5, float("nan")])
 def test_bad_ratio_is_rejected(corpora: list[Path], tmp_path: Path, ratio: float) -> None:
     with pytest.raises(MPRMError, match="--top-ratio"):
-        reference.build_reference_subset(corpora[0], tmp_path / "o.jsonl", alpha=0.1, top_ratio=ratio, use_cache=False)
+        reference.build_reference_subset(
+            corpora[0], tmp_path / "o.jsonl", alpha=0.1, top_ratio=ratio, use_cache=False
+        )
 
 
 def test_missing_folder_and_no_files(tmp_path: Path) -> None:

@@ -39,12 +39,14 @@ bytes that are not UTF-8), this module raises one `MPRMError` naming the file, l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring  # the exact string encoder json.dumps(ensure_ascii=False) uses
@@ -74,6 +76,13 @@ SCORE_TABLE_SCHEMA = pa.schema(
         ("sum_pos", pa.float64()),  # built-in sum() of the positive scores, in step order
     ]
 )
+RECORDS_SCHEMA = pa.schema(
+    [
+        ("record", pa.string()),  # the reference's PRM line for this rollout, null if it would drop it
+        ("error", pa.string()),  # why the reference would crash on this rollout if it kept it
+    ]
+)
+SCORE_TABLE_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -177,16 +186,16 @@ def _step_scores(record: object, path: Path, offset: int, *, check_widened: bool
     return scores
 
 
-def _record_and_scores(stripped: bytes, path: Path, offset: int) -> tuple[object, list[float] | None]:
-    """(record, numeric scores) of a line, or (_BLANK/_INVALID, None)."""
+def _record_and_scores(stripped: bytes, path: Path, offset: int) -> tuple[object, list[float] | None, bool]:
+    """(record, numeric scores, parsed_by_json) of a line, or (_BLANK/_INVALID, None, True)."""
     record = _loads(stripped, path, offset)
     if record is _BLANK or record is _INVALID:
-        return record, None
+        return record, None, True
     try:
-        return record, _step_scores(record, path, offset, check_widened=True)
+        return record, _step_scores(record, path, offset, check_widened=True), False
     except _Widened:
         record = _loads(stripped, path, offset, exact=True)
-        return record, _step_scores(record, path, offset, check_widened=False)
+        return record, _step_scores(record, path, offset, check_widened=False), True
 
 
 # ---------------------------------------------------------------------------------------------- scan
@@ -216,19 +225,62 @@ class ShardScan:
     n_scored: list[int] = field(default_factory=list)
     n_pos: list[int] = field(default_factory=list)
     sum_pos: list[float] = field(default_factory=list)
+    records: list[str | None] = field(default_factory=list)  # the converted PRM line, None = dropped
+    errors: list[str | None] = field(default_factory=list)  # where the reference would crash if kept
     blank: int = 0
     invalid_json: int = 0
     no_numeric_score: int = 0
 
+    def batches(self) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        """(scores, records): two files, so that ranking never reads the PRM lines."""
+        scores = pa.RecordBatch.from_arrays(
+            [
+                pa.array(np.full(len(self.offsets), self.file, dtype=np.int32)),
+                pa.array(np.asarray(self.offsets, dtype=np.int64)),
+                pa.array(np.asarray(self.lengths, dtype=np.int64)),
+                pa.array(np.asarray(self.n_scored, dtype=np.int32)),
+                pa.array(np.asarray(self.n_pos, dtype=np.int32)),
+                pa.array(np.asarray(self.sum_pos, dtype=np.float64)),
+            ],
+            schema=SCORE_TABLE_SCHEMA,
+        )
+        records = pa.RecordBatch.from_arrays(
+            [pa.array(self.records, type=pa.string()), pa.array(self.errors, type=pa.string())],
+            schema=RECORDS_SCHEMA,
+        )
+        return scores, records
+
+
+def _convert_ranked(
+    record: dict, path: Path, offset: int, parsed_by_json: bool
+) -> tuple[str | None, str | None]:
+    """(PRM line or None, error or None) of a ranked rollout; errors only matter if it is kept."""
+    try:
+        line = reference_record_line(record, path, offset)
+        if line is not None and parsed_by_json:  # only `json` lets lone surrogates through
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError:
+                raise MPRMError(
+                    f"{_where(path, offset)}: text holds a lone surrogate escape and cannot be written as UTF-8"
+                ) from None
+        return line, None
+    except MPRMError as error:
+        return None, str(error)
+
 
 def scan_shard(task: tuple[int, str, int, int]) -> ShardScan:
-    """Score every line of bytes [start, end) of one file (a worker's unit of work)."""
+    """Score and convert every line of bytes [start, end) of one file (a worker's unit of work).
+
+    The fast path assumes a well-formed record and lets any exception send the line to the careful
+    path, which reproduces the reference's semantics rule by rule."""
     file_index, name, start, end = task
     path = Path(name)
     with path.open("rb") as handle:
         handle.seek(start)
         buffer = handle.read(end - start)
     out = ShardScan(file_index)
+    loads = orjson.loads
     for position, piece in _split_lines(buffer):
         stripped = piece.strip()
         if not stripped:
@@ -236,22 +288,38 @@ def scan_shard(task: tuple[int, str, int, int]) -> ShardScan:
                 out.blank += 1
             continue
         offset = start + position
-        record, scores = _record_and_scores(stripped, path, offset)
-        if scores is None:
-            if record is _BLANK:
-                out.blank += 1
-            else:
-                out.invalid_json += 1
-            continue
-        if not scores:
-            out.no_numeric_score += 1
-            continue
+        try:
+            record = loads(stripped)
+            scores = [float(step["score"]) for step in record["steps_with_score"]]
+            fast = (
+                type(record) is dict and bool(scores) and min(scores) > -_WIDENED and max(scores) < _WIDENED
+            )
+        except (TypeError, ValueError, KeyError, OverflowError):
+            fast = False
+        parsed_by_json = False
+        if not fast:
+            record, scores, parsed_by_json = _record_and_scores(stripped, path, offset)
+            if scores is None:
+                if record is _BLANK:
+                    out.blank += 1
+                else:
+                    out.invalid_json += 1
+                continue
+            if not scores:
+                out.no_numeric_score += 1
+                continue
+        if not parsed_by_json and _needs_exact(record):
+            record = _loads(stripped, path, offset, exact=True)
+            parsed_by_json = True
         positives = [score for score in scores if score > 0.0]
         out.offsets.append(offset)
         out.lengths.append(len(piece))
         out.n_scored.append(len(scores))
         out.n_pos.append(len(positives))
         out.sum_pos.append(sum(positives))
+        line, error = _convert_ranked(record, path, offset, parsed_by_json)
+        out.records.append(line)
+        out.errors.append(error)
     return out
 
 
@@ -266,8 +334,7 @@ def shard_tasks(files: Sequence[Path], shard_bytes: int = SHARD_BYTES) -> list[t
                 end = min(start + shard_bytes, size)
                 if end < size:
                     handle.seek(end)
-                    tail = handle.readline()
-                    end += len(tail)
+                    end += len(handle.readline())
                 tasks.append((file_index, str(path), start, end))
                 start = end
     return tasks
@@ -285,62 +352,55 @@ class ScanCounts:
 
 def scan_files(
     files: Sequence[Path],
+    scores_path: Path,
+    records_path: Path,
     *,
     num_proc: int | None = None,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
-) -> tuple[pa.Table, list[ScanCounts]]:
-    """Scan all files (in parallel shards) into one score table, in file order then line order."""
+) -> list[ScanCounts]:
+    """Scan all files (shards on a process pool) into two Arrow files: scores and PRM lines.
+
+    Shards stream into the files as they finish, in order, so memory holds one shard per worker and
+    the two files share their batch boundaries (one batch per shard)."""
     from tqdm.auto import tqdm
 
     tasks = shard_tasks(files, shard_bytes)
     workers = max(1, min(num_proc or os.cpu_count() or 1, len(tasks)))
-    bar = tqdm(
-        total=sum(end - start for _, _, start, end in tasks),
-        unit="B",
-        unit_scale=True,
-        desc="Scoring rollouts",
-        disable=not progress,
-    )
-    results: list[ShardScan] = []
-    if workers == 1:
-        for task in tasks:
-            results.append(scan_shard(task))
-            bar.update(task[3] - task[2])
-    else:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for task, result in zip(tasks, pool.imap(scan_shard, tasks), strict=True):
-                results.append(result)
-                bar.update(task[3] - task[2])
-    bar.close()
     counts = [ScanCounts() for _ in files]
-    for result in results:
-        tally = counts[result.file]
-        tally.ranked += len(result.offsets)
-        tally.blank += result.blank
-        tally.invalid_json += result.invalid_json
-        tally.no_numeric_score += result.no_numeric_score
+    total = sum(end - start for _, _, start, end in tasks)
+    with (
+        tqdm(total=total, unit="B", unit_scale=True, desc="Scoring rollouts", disable=not progress) as bar,
+        pa.ipc.new_file(str(scores_path), SCORE_TABLE_SCHEMA) as score_writer,
+        pa.ipc.new_file(str(records_path), RECORDS_SCHEMA) as record_writer,
+    ):
+        if workers == 1:
+            results: Iterator[ShardScan] = map(scan_shard, tasks)
+            pool = None
+        else:
+            pool = multiprocessing.get_context("fork").Pool(workers)
+            results = pool.imap(scan_shard, tasks)
+        try:
+            for task, result in zip(tasks, results, strict=True):
+                scores, records = result.batches()
+                score_writer.write_batch(scores)
+                record_writer.write_batch(records)
+                tally = counts[result.file]
+                tally.ranked += len(result.offsets)
+                tally.blank += result.blank
+                tally.invalid_json += result.invalid_json
+                tally.no_numeric_score += result.no_numeric_score
+                bar.update(task[3] - task[2])
+        finally:
+            if pool is not None:
+                pool.terminate()
+    return counts
 
-    def column(name: str, dtype: type) -> np.ndarray:
-        parts = [np.asarray(getattr(result, name), dtype=dtype) for result in results]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
-    files_column = np.concatenate(
-        [np.full(len(result.offsets), result.file, dtype=np.int32) for result in results]
-        or [np.zeros(0, np.int32)]
-    )
-    table = pa.table(
-        {
-            "file": files_column,
-            "offset": column("offsets", np.int64),
-            "length": column("lengths", np.int64),
-            "n_scored": column("n_scored", np.int32),
-            "n_pos": column("n_pos", np.int32),
-            "sum_pos": column("sum_pos", np.float64),
-        },
-        schema=SCORE_TABLE_SCHEMA,
-    )
-    return table, counts
+def read_score_table(scores_path: Path) -> pa.Table:
+    """The compact per-rollout score table (~40 bytes a rollout), one chunk per scanned shard."""
+    with pa.OSFile(str(scores_path)) as source:
+        return pa.ipc.open_file(source).read_all()
 
 
 # -------------------------------------------------------------------------------------------- ranking
@@ -445,121 +505,99 @@ def reference_record_line(record: dict, path: Path, offset: int) -> str | None:
     )
 
 
-def convert_line(raw: bytes, path: Path, offset: int) -> str | None:
-    """Parse one kept line again and convert it (None when the reference would drop it)."""
-    stripped = raw.strip()
-    record, _ = _record_and_scores(stripped, path, offset)
-    if type(record) is dict and _needs_exact(record):
-        record = _loads(stripped, path, offset, exact=True)
-    return reference_record_line(record, path, offset)  # type: ignore[arg-type]
-
-
 def write_reference(
-    files: Sequence[Path],
-    table: pa.Table,
-    rows: np.ndarray,
-    output: str | os.PathLike,
-    *,
-    progress: bool = True,
-) -> tuple[int, list[int]]:
-    """Convert the kept rows and write them; returns (written, dropped-at-conversion per file).
+    scores: pa.Table, records_path: Path, rows: np.ndarray, output: str | os.PathLike
+) -> np.ndarray:
+    """Write the kept rows' PRM lines; returns which of `rows` were written (the rest were dropped at
+    conversion, as the reference drops them).
 
-    Writes to a temporary name first so a failure never leaves a half-written output behind."""
-    from tqdm.auto import tqdm
-
+    Reads the PRM lines one shard batch at a time (never the whole file) and writes to a temporary
+    name first, so a failure never leaves a half-written output behind."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    batch_ends = np.cumsum([len(chunk) for chunk in scores.column("file").chunks])
+    row_batches = np.searchsorted(batch_ends, rows, side="right")
     temporary = output.with_name(output.name + ".partial")
-    file_column = table.column("file").to_numpy()[rows]
-    offsets = table.column("offset").to_numpy()[rows]
-    lengths = table.column("length").to_numpy()[rows]
-    dropped = [0] * len(files)
-    written = 0
-    handles: dict[int, int] = {}
+    written = np.zeros(len(rows), dtype=bool)
     try:
-        with temporary.open("w", encoding="utf-8") as sink:
-            for file_index, offset, length in tqdm(
-                zip(file_column.tolist(), offsets.tolist(), lengths.tolist(), strict=True),
-                total=len(rows),
-                desc="Writing reference subset",
-                disable=not progress,
-                unit="rollout",
-            ):
-                if file_index not in handles:
-                    for descriptor in handles.values():
-                        os.close(descriptor)
-                    handles = {file_index: os.open(files[file_index], os.O_RDONLY)}
-                raw = os.pread(handles[file_index], length, offset)
-                line = convert_line(raw, files[file_index], offset)
-                if line is None:
-                    dropped[file_index] += 1
-                    continue
-                try:
-                    sink.write(line + "\n")
-                except UnicodeEncodeError:
-                    raise MPRMError(
-                        f"{_where(files[file_index], offset)}: text holds a lone surrogate escape and cannot be written as UTF-8"
-                    ) from None
-                written += 1
+        with pa.OSFile(str(records_path)) as source, temporary.open("w", encoding="utf-8") as sink:
+            reader = pa.ipc.open_file(source)
+            for batch_index in np.unique(row_batches).tolist():
+                selected = rows[row_batches == batch_index]
+                first_row = int(batch_ends[batch_index - 1]) if batch_index else 0
+                batch = reader.get_batch(batch_index)
+                positions = pa.array(selected - first_row)
+                errors = batch.column(1).take(positions)
+                if errors.null_count != len(errors):
+                    raise MPRMError(next(error for error in errors.to_pylist() if error is not None))
+                chunk = batch.column(0).take(positions).to_pylist()
+                lines = [line for line in chunk if line is not None]
+                if lines:
+                    sink.write("\n".join(lines) + "\n")
+                written[row_batches == batch_index] = [line is not None for line in chunk]
         temporary.replace(output)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    finally:
-        for descriptor in handles.values():
-            os.close(descriptor)
-    return written, dropped
+    return written
 
 
 # --------------------------------------------------------------------------------------------- cache
 def _fingerprint(files: Sequence[Path]) -> str:
-    """Cache key: every file's name, size and mtime, the scan's code version and the interpreter's sum()."""
-    from datasets.fingerprint import Hasher
-
+    """Cache key: every file's path, size and mtime, the table's layout and the interpreter's sum()."""
     stats = [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in files]
-    return Hasher.hash({"files": stats, "scan": 1, "sum": sys.version_info >= (3, 12)})
+    key = json.dumps(
+        {"files": stats, "layout": SCORE_TABLE_VERSION, "compensated_sum": sys.version_info >= (3, 12)}
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def default_cache_dir() -> Path:
-    """Where score tables live by default: the `datasets` cache, beside its own Arrow files."""
-    import datasets
-
-    return Path(datasets.config.HF_DATASETS_CACHE) / "mprm_hf_reference_scores"
+    """The `datasets` cache (HF_DATASETS_CACHE), computed without importing `datasets` (~90 MB RSS)."""
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return Path(os.environ["HF_DATASETS_CACHE"]) / "mprm_hf_reference_scores"
+    hf_home = (
+        os.environ.get("HF_HOME")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"
+    )
+    return Path(hf_home) / "datasets" / "mprm_hf_reference_scores"
 
 
 def load_or_scan(
     files: Sequence[Path],
+    work_dir: Path,
     *,
     num_proc: int | None = None,
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
-) -> tuple[pa.Table, list[ScanCounts], bool]:
-    """The score table of these files from the `datasets` cache, or a fresh scan written to it.
+) -> tuple[pa.Table, Path, list[ScanCounts], bool]:
+    """The score table and PRM-line file of these files from the cache, or a fresh scan.
 
-    Returns (table, counts, was_cached). The table is memory-mapped Arrow: a warm run reads ~40 bytes
-    per rollout instead of the corpus."""
-    import datasets
-
+    Returns (score table, records path, counts, was_cached). Both are Arrow IPC files (which
+    `datasets.Dataset.from_file` also reads). Without the cache they are written under `work_dir`."""
     key = _fingerprint(files)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    arrow_path = folder / f"{key}.arrow"
+    if not use_cache:
+        folder = work_dir
+    scores_path, records_path = folder / f"{key}.scores.arrow", folder / f"{key}.records.arrow"
     counts_path = folder / f"{key}.counts.json"
-    if use_cache and arrow_path.exists() and counts_path.exists():
-        table = datasets.Dataset.from_file(str(arrow_path)).data.table
+    if use_cache and scores_path.exists() and records_path.exists() and counts_path.exists():
         counts = [ScanCounts(**entry) for entry in json.loads(counts_path.read_text())]
-        return table, counts, True
-    table, counts = scan_files(files, num_proc=num_proc, progress=progress, shard_bytes=shard_bytes)
-    if use_cache:
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = arrow_path.with_name(arrow_path.name + ".partial")
-        with datasets.arrow_writer.ArrowWriter(path=str(partial)) as writer:
-            writer.write_table(table)
-            writer.finalize()
-        partial.replace(arrow_path)
-        counts_path.write_text(json.dumps([vars(count) for count in counts]))
-    return table, counts, False
+        return read_score_table(scores_path), records_path, counts, True
+    folder.mkdir(parents=True, exist_ok=True)
+    partials = [path.with_name(path.name + ".partial") for path in (scores_path, records_path)]
+    try:
+        counts = scan_files(files, *partials, num_proc=num_proc, progress=progress, shard_bytes=shard_bytes)
+    except BaseException:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+        raise
+    partials[0].replace(scores_path)
+    partials[1].replace(records_path)
+    counts_path.write_text(json.dumps([vars(count) for count in counts]))
+    return read_score_table(scores_path), records_path, counts, False
 
 
 # ----------------------------------------------------------------------------------------------- API
@@ -569,12 +607,15 @@ class ReferenceResult:
 
     files: list[Path]
     counts: list[ScanCounts]
-    kept: list[int]
-    dropped_at_conversion: list[int]
-    written: int
     cached: bool
-    table: pa.Table = field(repr=False)
-    rows: np.ndarray = field(repr=False)
+    table: pa.Table = field(repr=False)  # the score table: one row per ranked rollout
+    bis: np.ndarray = field(repr=False)  # per table row
+    kept: np.ndarray = field(repr=False)  # per table row: chosen by the ranking
+    written: np.ndarray = field(repr=False)  # per table row: chosen and converted (in the output)
+
+    @property
+    def n_written(self) -> int:
+        return int(self.written.sum())
 
 
 def build_reference_subset(
@@ -595,15 +636,26 @@ def build_reference_subset(
     if not math.isfinite(float(alpha)):
         raise MPRMError(f"--alpha must be a finite number, got {alpha!r}")
     files = annotation_files(annotations_dir)
-    table, counts, cached = load_or_scan(
-        files,
-        num_proc=num_proc,
-        use_cache=use_cache,
-        cache_dir=cache_dir,
-        progress=progress,
-        shard_bytes=shard_bytes,
+    with tempfile.TemporaryDirectory(prefix="mprm-select-") as work_dir:
+        table, records_path, counts, cached = load_or_scan(
+            files,
+            Path(work_dir),
+            num_proc=num_proc,
+            use_cache=use_cache,
+            cache_dir=cache_dir,
+            progress=progress,
+            shard_bytes=shard_bytes,
+        )
+        rows = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
+        written_rows = write_reference(table, records_path, rows, output)
+    kept = np.zeros(table.num_rows, dtype=bool)
+    kept[rows] = True
+    written = np.zeros(table.num_rows, dtype=bool)
+    written[rows[written_rows]] = True
+    bis = reference_bis(
+        table.column("n_scored").to_numpy(),
+        table.column("n_pos").to_numpy(),
+        table.column("sum_pos").to_numpy(),
+        alpha,
     )
-    rows = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
-    written, dropped = write_reference(files, table, rows, output, progress=progress)
-    kept = np.bincount(table.column("file").to_numpy()[rows], minlength=len(files)).tolist()
-    return ReferenceResult(files, counts, kept, dropped, written, cached, table, rows)
+    return ReferenceResult(files, counts, cached, table, bis, kept, written)
