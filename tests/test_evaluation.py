@@ -145,6 +145,17 @@ def test_real_records_end_to_end(tiny_model_dir, tmp_path):
     assert metrics == metrics_from_scores(out / "scores.jsonl")
 
 
+def test_missing_image_stops_before_scoring(tiny_model_dir, benchmark, tmp_path, capsys):
+    copy = tmp_path / "bench"
+    shutil.copytree(benchmark, copy)
+    first = json.loads((copy / "test.jsonl").read_text().splitlines()[0])
+    (copy / first["image"][0]).unlink()
+    assert _evaluate(tiny_model_dir, copy, tmp_path / "out", "--limit", "3") == 1
+    error = capsys.readouterr().err.strip()
+    assert "image file not found" in error and first["image"][0] in error and "\n" not in error
+    assert not (tmp_path / "out" / "scores.jsonl").exists()
+
+
 def test_threshold_and_calibration_exclude_each_other(tiny_model_dir, benchmark, tmp_path, capsys):
     with pytest.raises(SystemExit) as error:
         _evaluate(tiny_model_dir, benchmark, tmp_path, "--threshold", "0.5", "--calibration", "x.jsonl")
