@@ -60,7 +60,7 @@ def write_bis_subset(corpus: Path, out: Path) -> None:
     from mprm_hf.selection.selectors import select
 
     rollouts, _ = load_visualprm400k(corpus)
-    subset = select(rollouts, method="bis", top_ratio=BIS_TOP_RATIO, alpha=BIS_ALPHA, seed=EMBEDDED_SEED)
+    subset = select(rollouts, "bis", alpha=BIS_ALPHA, top_ratio=BIS_TOP_RATIO, progress=False)
     records, _ = to_stepwise(subset)
     logger.info(
         "embedded default: %d of %d rollouts selected (BIS-10%%) -> %s", len(records), len(rollouts), out

@@ -20,12 +20,14 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from mprm_hf.errors import MPRMError
 from mprm_hf.prm_config import PRMConfig
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 HUB_STAGE_DIR = "hub"
 SELECTION_SIDECAR = "selection.json"
+UNKNOWN_SELECTOR = "unknown (not recorded with the dataset)"
 # Hyperparameters that go into the model card (the rest of PRMConfig is in training_args.bin).
 CARD_HYPERPARAMETERS = (
     "learning_rate",
@@ -134,28 +137,40 @@ def parse_args(argv: list[str]) -> tuple[ScriptArguments, PRMConfig]:
 
 
 def read_selection_info(dataset: str) -> tuple[str, dict[str, Any]]:
-    """The selector and its parameters, from the subset's `selection.json` sidecar or its card metadata."""
-    folder = Path(dataset)
-    folder = folder if folder.is_dir() else folder.parent
+    """The selector and its parameters that made the training subset, for the model card.
+
+    Read from a `selection.json` sidecar ({"selector", "selector_params"}) beside the data, else from the
+    dataset card `mprm-hf select` writes (README.md in the folder, or in its `<folder>.hub` staging folder).
+    """
+    path = Path(dataset)
+    folder = path if path.is_dir() else path.parent
     sidecar = folder / SELECTION_SIDECAR
     if sidecar.is_file():
         try:
             info = json.loads(sidecar.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise MPRMError(f"{sidecar}:{error.lineno}: not valid JSON ({error.msg})") from None
-        selector = str(info.get("selector") or info.get("method") or "unknown")
-        params = info.get("selector_params") or info.get("params") or {}
-        return selector, {str(key): value for key, value in dict(params).items()}
-    readme = folder / "README.md"
-    if readme.is_file():
-        from huggingface_hub import DatasetCard
+        return str(info.get("selector", UNKNOWN_SELECTOR)), dict(info.get("selector_params") or {})
+    for card in (folder / "README.md", path.with_name(path.name + ".hub") / "README.md"):
+        if card.is_file():
+            found = selection_from_card(card.read_text(encoding="utf-8"))
+            if found is not None:
+                return found
+    return UNKNOWN_SELECTOR, {}
 
-        data = DatasetCard.load(readme).data.to_dict()
-        selection = data.get("selection") or data.get("mprm_hf") or {}
-        if isinstance(selection, dict) and (selection.get("selector") or selection.get("method")):
-            params = selection.get("selector_params") or selection.get("params") or {}
-            return str(selection.get("selector") or selection.get("method")), dict(params)
-    return "unknown (not recorded with the dataset)", {}
+
+def selection_from_card(text: str) -> tuple[str, dict[str, Any]] | None:
+    """Selector and parameters from the table of a dataset card rendered from hub_cards/dataset_card.md."""
+    selector = re.search(r"^\| Selector \| `([^`]*)` \|$", text, flags=re.MULTILINE)
+    if selector is None:
+        return None
+    params = {}
+    for line in text[selector.end() :].lstrip("\n").splitlines():
+        row = re.fullmatch(r"\| `([^`]*)` \| `([^`]*)` \|", line)
+        if row is None:
+            break
+        params[row.group(1)] = yaml.safe_load(row.group(2))
+    return selector.group(1), params
 
 
 def load_datasets(script_args: ScriptArguments, training_args: PRMConfig) -> tuple[Any, Any]:
