@@ -17,7 +17,6 @@ _PUBLIC = {
     "PRMTrainer": "mprm_hf.prm_trainer",
     "score_steps": "mprm_hf.scoring",
     "score_traces": "mprm_hf.scoring",
-    "rerank": "mprm_hf.rerank",
     "load_visualprm400k": "mprm_hf.data.visualprm400k",
     "load_visualprocessbench": "mprm_hf.data.visualprocessbench",
     "load_stepwise": "mprm_hf.data.stepwise",
