@@ -175,6 +175,26 @@ def test_interrupted_write_is_scored_again(resumed_run, tiny_model_dir, benchmar
     assert [r["id"] for r in records].count(torn_id) == 1 and len(records) == 12
 
 
+def test_shards_of_an_interrupted_multi_process_run_are_merged(
+    resumed_run, tiny_model_dir, benchmark, tmp_path
+):
+    """A killed two-process run left a shard (with a torn last line): its complete lines are kept as they
+    are, the torn trace is scored again, and nothing is scored twice."""
+    out = tmp_path / "shards"
+    shutil.copytree(resumed_run["out"], out)
+    lines = (out / "scores.jsonl").read_text().splitlines()
+    kept, moved = lines[:7], lines[7:10]
+    (out / "scores.jsonl").write_text("".join(line + "\n" for line in kept))
+    (out / "scores.rank1.jsonl").write_text("".join(line + "\n" for line in moved) + lines[10][:30])
+    assert _evaluate(tiny_model_dir, benchmark, out, "--limit", "12") == 0
+    merged = (out / "scores.jsonl").read_text().splitlines()
+    assert merged[:10] == kept + moved
+    assert sorted(json.loads(line)["id"] for line in merged) == sorted(
+        json.loads(line)["id"] for line in lines
+    )
+    assert not list(out.glob("scores.rank*.jsonl"))
+
+
 def test_a_folder_holds_one_model_and_format(resumed_run, tiny_model_dir, benchmark, tmp_path, capsys):
     out = tmp_path / "other"
     shutil.copytree(resumed_run["out"], out)
