@@ -327,6 +327,12 @@ def _check_run_identity(out: Path, identity: dict[str, Any]) -> None:
             )
 
 
+def _name(path_or_repo: str | Path) -> str:
+    """A local folder by its absolute path (so `./ckpt` and `ckpt` are one model), a Hub id as given."""
+    local = Path(path_or_repo).expanduser()
+    return str(local.resolve()) if local.exists() else str(path_or_repo)
+
+
 def _process_state():
     """accelerate's view of this process. A CPU-only machine launched with several processes (e.g. the
     DDP recipe) must say so explicitly, or every process would believe it is alone and score everything."""
@@ -347,9 +353,9 @@ def evaluate_benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
     state = _process_state()
     out: Path = args.out
     identity = {
-        "model": str(args.model),
-        "adapter": None if args.adapter is None else str(args.adapter),
-        "benchmark": str(args.benchmark),
+        "model": _name(args.model),
+        "adapter": None if args.adapter is None else _name(args.adapter),
+        "benchmark": _name(args.benchmark),
         "split": args.split,
         "step_format": args.step_format,
     }
