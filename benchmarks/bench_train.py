@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="steps not timed")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per sampler (the best one is reported)")
     parser.add_argument("--text-layers", type=int, help="shrink the 2B shape (CPU smoke test)")
     parser.add_argument("--vision-depth", type=int, help="shrink the 2B shape (CPU smoke test)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -243,23 +244,27 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cuda.is_available():
             model.to("cuda")
         initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-        results = []
-        for strategy in ("random", "group_by_length"):
-            model.load_state_dict(initial)  # both runs start from the same weights
-            result = run(
-                model,
-                processor,
-                records,
-                strategy=strategy,
-                steps=args.steps,
-                warmup=args.warmup,
-                batch_size=args.batch_size,
-                bf16=bf16,
-            )
-            name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-            peak = next((value for key, value in PEAK_BF16_FLOPS.items() if key in name), None)
-            result["mfu"] = result["model_tflops_per_s"] * 1e12 / peak if peak else None
-            results.append(result)
+        best: dict[str, dict[str, Any]] = {}
+        # alternate the samplers and keep each one's best run: other load on the machine hits both alike
+        for _ in range(args.repeats):
+            for strategy in ("random", "group_by_length"):
+                model.load_state_dict(initial)  # every run starts from the same weights
+                result = run(
+                    model,
+                    processor,
+                    records,
+                    strategy=strategy,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    batch_size=args.batch_size,
+                    bf16=bf16,
+                )
+                name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+                peak = next((value for key, value in PEAK_BF16_FLOPS.items() if key in name), None)
+                result["mfu"] = result["model_tflops_per_s"] * 1e12 / peak if peak else None
+                if strategy not in best or result["tokens_per_s"] > best[strategy]["tokens_per_s"]:
+                    best[strategy] = result
+        results = [best["random"], best["group_by_length"]]
     device = (
         torch.cuda.get_device_name()
         if torch.cuda.is_available()

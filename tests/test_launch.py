@@ -120,6 +120,51 @@ def test_cli_recipe_with_overrides_and_push_staging(
     assert "mprm-hf train" in text and "--max_steps 3" in text
 
 
+@pytest.mark.parametrize(
+    "recipe",
+    sorted((REPO_ROOT / "recipes").glob("*/**/config.yaml")),
+    ids=lambda path: str(path.parent.relative_to(REPO_ROOT / "recipes")),
+)
+def test_shipped_recipes_parse(recipe: Path) -> None:
+    from mprm_hf.train import parse_args
+
+    # use_cpu: the GPU recipes ask for bf16, which TrainingArguments checks against this GPU-less machine
+    argv = [str(recipe), "--output_dir", "unused", "--use_cpu", "true"]
+    script_args, training_args = parse_args(argv)
+    assert training_args.num_train_epochs >= 1
+    if "tiny-cpu" not in str(recipe):  # the real set-ups keep SPEC 4's schedule and a frozen vision tower
+        assert training_args.lr_scheduler_type == "cosine" and training_args.warmup_steps == 0.05
+        assert training_args.weight_decay == 0.05 and training_args.freeze_vision_tower
+        assert script_args.model_name_or_path and script_args.dataset_name
+
+
+def test_selector_is_read_from_the_dataset_card(tmp_path: Path) -> None:
+    """The subset's card written by `mprm-hf select` (hub_cards/dataset_card.md) names selector and params."""
+    from mprm_hf.hub import render_dataset_card
+    from mprm_hf.train import read_selection_info
+
+    balance = {"steps": 10, "positive": 9, "negative": 1, "positive_fraction": 0.9}
+    card = render_dataset_card(
+        pretty_name="BIS-10%",
+        command="mprm-hf select --method bis --alpha 0.2 --top-ratio 0.1",
+        selector="bis",
+        selector_params={"alpha": 0.2, "top_ratio": 0.1},
+        source_corpus="corpus",
+        source_revision=None,
+        per_source=[{"source": "a", "kept": 1, "total": 10}],
+        label_balance_before=balance,
+        label_balance_after=balance,
+        n_rollouts_kept=1,
+        n_rollouts_total=10,
+    )
+    subset = tmp_path / "bis10"
+    subset.mkdir()
+    (tmp_path / "bis10.hub").mkdir()
+    card.save(tmp_path / "bis10.hub" / "README.md")
+    assert read_selection_info(str(subset)) == ("bis", {"alpha": 0.2, "top_ratio": 0.1})
+    assert read_selection_info(str(tmp_path / "elsewhere"))[0].startswith("unknown")
+
+
 def test_bad_recipe_is_a_one_line_error(tmp_path: Path) -> None:
     from mprm_hf.errors import MPRMError
     from mprm_hf.train import main
@@ -165,7 +210,7 @@ def test_accelerate_deepspeed_zero2_on_cpu(subset_dir: Path, tiny_model_dir: Pat
 def test_killed_run_resumes_to_the_same_weights(
     subset_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    settings = {"max_steps": 40, "save_strategy": "steps", "save_steps": 8, "per_device_train_batch_size": 2}
+    settings = {"max_steps": 24, "save_strategy": "steps", "save_steps": 6, "per_device_train_batch_size": 2}
     train = [sys.executable, "-m", "mprm_hf.cli", "train"]
 
     straight = tmp_path / "straight"
@@ -180,7 +225,7 @@ def test_killed_run_resumes_to_the_same_weights(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    checkpoint = interrupted / "checkpoint-8"
+    checkpoint = interrupted / "checkpoint-6"
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and process.poll() is None:

@@ -157,11 +157,12 @@ def test_step_metrics() -> None:
     assert metrics["n_steps"] == 5
 
 
+@pytest.mark.slow
 def test_tiny_model_trains_and_loss_falls(stepwise, tiny_model_dir: Path, tmp_path: Path) -> None:
     model, processor = load_tiny(tiny_model_dir)
     vision_before = {name: p.detach().clone() for name, p in vision_tower_parameters(model)}
-    train, held_out = stepwise.select(range(0, 480)), stepwise.select(range(480, 560))
-    args = config(tmp_path, num_train_epochs=2, max_length=384)
+    train, held_out = stepwise.select(range(0, 320)), stepwise.select(range(480, 560))
+    args = config(tmp_path, num_train_epochs=2, max_length=256)
     trainer = PRMTrainer(
         model=model, args=args, train_dataset=train, eval_dataset=held_out, processing_class=processor
     )
