@@ -17,6 +17,7 @@ _PUBLIC = {
     "PRMTrainer": "mprm_hf.prm_trainer",
     "score_steps": "mprm_hf.scoring",
     "score_traces": "mprm_hf.scoring",
+    "metrics_from_scores": "mprm_hf.evaluation",
     "load_visualprm400k": "mprm_hf.data.visualprm400k",
     "load_visualprocessbench": "mprm_hf.data.visualprocessbench",
     "load_stepwise": "mprm_hf.data.stepwise",
