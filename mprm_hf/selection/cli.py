@@ -121,7 +121,7 @@ def selector_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_reference(args: argparse.Namespace) -> tuple[SelectionReport, str]:
     """--format reference: the reference's exact bytes (bis, per-source ratio only)."""
-    from mprm_hf.selection.reference import build_reference_subset
+    from mprm_hf.selection.reference import build_reference_subset, column_numpy
 
     if args.method != "bis":
         raise MPRMError(
@@ -140,9 +140,9 @@ def run_reference(args: argparse.Namespace) -> tuple[SelectionReport, str]:
         progress=not args.quiet,
     )
     table = result.table
-    files = table.column("file").to_numpy()
-    n_scored = table.column("n_scored").to_numpy().astype(np.int64)
-    n_pos = table.column("n_pos").to_numpy().astype(np.int64)
+    files = column_numpy(table, "file")
+    n_scored = column_numpy(table, "n_scored").astype(np.int64)
+    n_pos = column_numpy(table, "n_pos").astype(np.int64)
     rows = []
     for index, path in enumerate(result.files):
         mine = files == index
@@ -166,7 +166,7 @@ def run_reference(args: argparse.Namespace) -> tuple[SelectionReport, str]:
         params={"alpha": alpha, "top_ratio": args.top_ratio, "format": "reference"},
         rows=rows,
         p_pos=scores.p_pos(n_pos, n_scored),
-        reliability=scores.reliability(table.column("sum_pos").to_numpy(), n_pos),
+        reliability=scores.reliability(column_numpy(table, "sum_pos"), n_pos),
         bis=result.bis,
         bis_alpha=alpha,
         kept_mask=result.written,

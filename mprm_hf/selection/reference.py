@@ -45,6 +45,7 @@ import math
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -76,13 +77,7 @@ SCORE_TABLE_SCHEMA = pa.schema(
         ("sum_pos", pa.float64()),  # built-in sum() of the positive scores, in step order
     ]
 )
-RECORDS_SCHEMA = pa.schema(
-    [
-        ("record", pa.string()),  # the reference's PRM line for this rollout, null if it would drop it
-        ("error", pa.string()),  # why the reference would crash on this rollout if it kept it
-    ]
-)
-SCORE_TABLE_VERSION = 2
+SCORE_TABLE_VERSION = 3
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -225,101 +220,125 @@ class ShardScan:
     n_scored: list[int] = field(default_factory=list)
     n_pos: list[int] = field(default_factory=list)
     sum_pos: list[float] = field(default_factory=list)
-    records: list[str | None] = field(default_factory=list)  # the converted PRM line, None = dropped
-    errors: list[str | None] = field(default_factory=list)  # where the reference would crash if kept
     blank: int = 0
     invalid_json: int = 0
     no_numeric_score: int = 0
 
-    def batches(self) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        """(scores, records): two files, so that ranking never reads the PRM lines."""
-        scores = pa.RecordBatch.from_arrays(
-            [
-                pa.array(np.full(len(self.offsets), self.file, dtype=np.int32)),
-                pa.array(np.asarray(self.offsets, dtype=np.int64)),
-                pa.array(np.asarray(self.lengths, dtype=np.int64)),
-                pa.array(np.asarray(self.n_scored, dtype=np.int32)),
-                pa.array(np.asarray(self.n_pos, dtype=np.int32)),
-                pa.array(np.asarray(self.sum_pos, dtype=np.float64)),
-            ],
-            schema=SCORE_TABLE_SCHEMA,
+    def batch(self) -> pa.RecordBatch:
+        columns = {
+            "file": np.full(len(self.offsets), self.file, dtype=np.int32),
+            "offset": np.asarray(self.offsets, dtype=np.int64),
+            "length": np.asarray(self.lengths, dtype=np.int64),
+            "n_scored": np.asarray(self.n_scored, dtype=np.int32),
+            "n_pos": np.asarray(self.n_pos, dtype=np.int32),
+            "sum_pos": np.asarray(self.sum_pos, dtype=np.float64),
+        }
+        return pa.RecordBatch.from_arrays(
+            [_arrow(columns[item.name], item.type) for item in SCORE_TABLE_SCHEMA], schema=SCORE_TABLE_SCHEMA
         )
-        records = pa.RecordBatch.from_arrays(
-            [pa.array(self.records, type=pa.string()), pa.array(self.errors, type=pa.string())],
-            schema=RECORDS_SCHEMA,
-        )
-        return scores, records
 
 
-def _convert_ranked(
-    record: dict, path: Path, offset: int, parsed_by_json: bool
-) -> tuple[str | None, str | None]:
-    """(PRM line or None, error or None) of a ranked rollout; errors only matter if it is kept."""
-    try:
-        line = reference_record_line(record, path, offset)
-        if line is not None and parsed_by_json:  # only `json` lets lone surrogates through
-            try:
-                line.encode("utf-8")
-            except UnicodeEncodeError:
-                raise MPRMError(
-                    f"{_where(path, offset)}: text holds a lone surrogate escape and cannot be written as UTF-8"
-                ) from None
-        return line, None
-    except MPRMError as error:
-        return None, str(error)
+def column_numpy(table: pa.Table, name: str) -> np.ndarray:
+    """A null-free numeric column as numpy without `to_numpy()` (which imports pandas: +0.4 s)."""
+    array = table.column(name).combine_chunks()
+    dtype = np.dtype(SCORE_TABLE_SCHEMA.field(name).type.to_pandas_dtype())
+    if len(array) == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(array.buffers()[1], dtype=dtype)[array.offset : array.offset + len(array)]
+
+
+def _arrow(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """A zero-copy Arrow array of a numpy column (`pa.array(ndarray)` would import pandas: +0.4 s)."""
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(values)])
+
+
+def _scan_careful(buffer: bytes, start: int, path: Path, out: ShardScan) -> list[list[float]]:
+    """The rule-by-rule path over a whole shard: every line through `_record_and_scores`."""
+    per_line: list[list[float]] = []
+    for position, piece in _split_lines(buffer):
+        stripped = piece.strip()
+        if not stripped:
+            out.blank += bool(piece)
+            continue
+        record, scores, _ = _record_and_scores(stripped, path, start + position)
+        if scores is None:
+            if record is _BLANK:
+                out.blank += 1
+            else:
+                out.invalid_json += 1
+            continue
+        if not scores:
+            out.no_numeric_score += 1
+            continue
+        out.offsets.append(start + position)
+        out.lengths.append(len(piece))
+        per_line.append(scores)
+    return per_line
+
+
+def _scan_fast(buffer: bytes, start: int, path: Path, out: ShardScan) -> list[float] | None:
+    """The common case: lines split on `\\n` only, every record read by orjson. Returns the scores of
+    all ranked lines, flattened (their counts go to `out.n_scored`), or None if a line may hold a
+    score orjson widened from a huge integer (then the careful path redoes the shard)."""
+    loads = orjson.loads
+    flat: list[float] = []
+    position = start
+    for piece in buffer.split(b"\n"):
+        try:  # orjson skips the JSON whitespace str.strip() would remove; anything unusual falls through
+            scores = [float(step["score"]) for step in loads(piece)["steps_with_score"]]
+        except (TypeError, ValueError, KeyError, OverflowError):
+            stripped = piece.strip()
+            if not stripped:
+                out.blank += bool(piece)
+                position += len(piece) + 1
+                continue
+            record, scores, _ = _record_and_scores(stripped, path, position)
+            if scores is None:
+                out.blank += record is _BLANK
+                out.invalid_json += record is not _BLANK
+                position += len(piece) + 1
+                continue
+        if scores:
+            out.offsets.append(position)
+            out.lengths.append(len(piece))
+            out.n_scored.append(len(scores))
+            flat += scores
+        else:
+            out.no_numeric_score += 1
+        position += len(piece) + 1
+    values = np.asarray(flat, dtype=np.float64)
+    if (np.abs(values) >= _WIDENED).any():
+        return None
+    return flat
 
 
 def scan_shard(task: tuple[int, str, int, int]) -> ShardScan:
-    """Score and convert every line of bytes [start, end) of one file (a worker's unit of work).
+    """Score every line of bytes [start, end) of one file (a worker's unit of work).
 
-    The fast path assumes a well-formed record and lets any exception send the line to the careful
-    path, which reproduces the reference's semantics rule by rule."""
+    The fast path assumes well-formed records (an object whose `steps_with_score` is a list of objects
+    with a float-convertible `score`) and sends any line that raises to the careful path, which
+    follows the reference rule by rule. n_pos and sum_pos are then computed for all lines at once,
+    with Python's own `sum()` order (`scores.python_sum_rows`)."""
+    from mprm_hf.selection.scores import rollout_statistics
+
     file_index, name, start, end = task
     path = Path(name)
     with path.open("rb") as handle:
         handle.seek(start)
         buffer = handle.read(end - start)
     out = ShardScan(file_index)
-    loads = orjson.loads
-    for position, piece in _split_lines(buffer):
-        stripped = piece.strip()
-        if not stripped:
-            if piece:
-                out.blank += 1
-            continue
-        offset = start + position
-        try:
-            record = loads(stripped)
-            scores = [float(step["score"]) for step in record["steps_with_score"]]
-            fast = (
-                type(record) is dict and bool(scores) and min(scores) > -_WIDENED and max(scores) < _WIDENED
-            )
-        except (TypeError, ValueError, KeyError, OverflowError):
-            fast = False
-        parsed_by_json = False
-        if not fast:
-            record, scores, parsed_by_json = _record_and_scores(stripped, path, offset)
-            if scores is None:
-                if record is _BLANK:
-                    out.blank += 1
-                else:
-                    out.invalid_json += 1
-                continue
-            if not scores:
-                out.no_numeric_score += 1
-                continue
-        if not parsed_by_json and _needs_exact(record):
-            record = _loads(stripped, path, offset, exact=True)
-            parsed_by_json = True
-        positives = [score for score in scores if score > 0.0]
-        out.offsets.append(offset)
-        out.lengths.append(len(piece))
-        out.n_scored.append(len(scores))
-        out.n_pos.append(len(positives))
-        out.sum_pos.append(sum(positives))
-        line, error = _convert_ranked(record, path, offset, parsed_by_json)
-        out.records.append(line)
-        out.errors.append(error)
+    flat = _scan_fast(buffer, start, path, out) if b"\r" not in buffer else None
+    if flat is None:
+        out = ShardScan(file_index)
+        per_line = _scan_careful(buffer, start, path, out)
+        out.n_scored = [len(scores) for scores in per_line]
+        flat = [score for scores in per_line for score in scores]
+    values = np.asarray(flat, dtype=np.float64)
+    offsets = np.concatenate([[0], np.cumsum(out.n_scored, dtype=np.int64)])
+    stats = rollout_statistics(offsets, values, np.ones(len(values), dtype=bool))
+    out.n_pos = stats["n_pos"].tolist()
+    out.sum_pos = stats["sum_pos"].tolist()
     return out
 
 
@@ -350,55 +369,60 @@ class ScanCounts:
     no_numeric_score: int = 0
 
 
+class _Workers:
+    """A fork pool when more than one process helps, else plain `map`: the same ordered `imap` API."""
+
+    def __init__(self, num_proc: int | None, n_tasks: int) -> None:
+        self.count = max(1, min(num_proc or os.cpu_count() or 1, n_tasks))
+        self.pool = multiprocessing.get_context("fork").Pool(self.count) if self.count > 1 else None
+
+    def imap(self, function, tasks):  # noqa: ANN001, ANN201 - mirrors Pool.imap
+        return self.pool.imap(function, tasks) if self.pool is not None else map(function, tasks)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+
+
 def scan_files(
     files: Sequence[Path],
     scores_path: Path,
-    records_path: Path,
     *,
     num_proc: int | None = None,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
 ) -> list[ScanCounts]:
-    """Scan all files (shards on a process pool) into two Arrow files: scores and PRM lines.
+    """Scan all files (shards on a process pool) into the Arrow score table at `scores_path`.
 
-    Shards stream into the files as they finish, in order, so memory holds one shard per worker and
-    the two files share their batch boundaries (one batch per shard)."""
+    Shards stream into the file as they finish, in order, so memory holds one shard per worker."""
     from tqdm.auto import tqdm
 
     tasks = shard_tasks(files, shard_bytes)
-    workers = max(1, min(num_proc or os.cpu_count() or 1, len(tasks)))
     counts = [ScanCounts() for _ in files]
     total = sum(end - start for _, _, start, end in tasks)
-    with (
-        tqdm(total=total, unit="B", unit_scale=True, desc="Scoring rollouts", disable=not progress) as bar,
-        pa.ipc.new_file(str(scores_path), SCORE_TABLE_SCHEMA) as score_writer,
-        pa.ipc.new_file(str(records_path), RECORDS_SCHEMA) as record_writer,
-    ):
-        if workers == 1:
-            results: Iterator[ShardScan] = map(scan_shard, tasks)
-            pool = None
-        else:
-            pool = multiprocessing.get_context("fork").Pool(workers)
-            results = pool.imap(scan_shard, tasks)
-        try:
-            for task, result in zip(tasks, results, strict=True):
-                scores, records = result.batches()
-                score_writer.write_batch(scores)
-                record_writer.write_batch(records)
+    workers = _Workers(num_proc, len(tasks))
+    try:
+        with (
+            tqdm(
+                total=total, unit="B", unit_scale=True, desc="Scoring rollouts", disable=not progress
+            ) as bar,
+            pa.ipc.new_file(str(scores_path), SCORE_TABLE_SCHEMA) as writer,
+        ):
+            for task, result in zip(tasks, workers.imap(scan_shard, tasks), strict=True):
+                writer.write_batch(result.batch())
                 tally = counts[result.file]
                 tally.ranked += len(result.offsets)
                 tally.blank += result.blank
                 tally.invalid_json += result.invalid_json
                 tally.no_numeric_score += result.no_numeric_score
                 bar.update(task[3] - task[2])
-        finally:
-            if pool is not None:
-                pool.terminate()
+    finally:
+        workers.close()
     return counts
 
 
 def read_score_table(scores_path: Path) -> pa.Table:
-    """The compact per-rollout score table (~40 bytes a rollout), one chunk per scanned shard."""
+    """The compact per-rollout score table (~36 bytes a rollout)."""
     with pa.OSFile(str(scores_path)) as source:
         return pa.ipc.open_file(source).read_all()
 
@@ -431,11 +455,11 @@ def rank_descending(bis: np.ndarray) -> np.ndarray:
 
 def select_reference_rows(table: pa.Table, n_files: int, alpha: float, top_ratio: float) -> np.ndarray:
     """Row numbers (into the score table) of the kept rollouts, in file order then line order."""
-    files = table.column("file").to_numpy()
+    files = column_numpy(table, "file")
     bis = reference_bis(
-        table.column("n_scored").to_numpy(),
-        table.column("n_pos").to_numpy(),
-        table.column("sum_pos").to_numpy(),
+        column_numpy(table, "n_scored"),
+        column_numpy(table, "n_pos"),
+        column_numpy(table, "sum_pos"),
         alpha,
     )
     bounds = np.searchsorted(files, np.arange(n_files + 1))
@@ -505,40 +529,86 @@ def reference_record_line(record: dict, path: Path, offset: int) -> str | None:
     )
 
 
-def write_reference(
-    scores: pa.Table, records_path: Path, rows: np.ndarray, output: str | os.PathLike
-) -> np.ndarray:
-    """Write the kept rows' PRM lines; returns which of `rows` were written (the rest were dropped at
-    conversion, as the reference drops them).
+def convert_line(raw: bytes, path: Path, offset: int) -> str | None:
+    """Parse one kept line again and convert it (None when the reference would drop it)."""
+    stripped = raw.strip()
+    record, _, parsed_by_json = _record_and_scores(stripped, path, offset)
+    if not parsed_by_json and _needs_exact(record):  # type: ignore[arg-type]
+        record, parsed_by_json = _loads(stripped, path, offset, exact=True), True
+    line = reference_record_line(record, path, offset)  # type: ignore[arg-type]
+    if line is not None and parsed_by_json:  # only `json` lets lone surrogates through
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MPRMError(
+                f"{_where(path, offset)}: text holds a lone surrogate escape and cannot be written as UTF-8"
+            ) from None
+    return line
 
-    Reads the PRM lines one shard batch at a time (never the whole file) and writes to a temporary
-    name first, so a failure never leaves a half-written output behind."""
+
+def convert_chunk(task: tuple[str, list[int], list[int]]) -> list[str | None]:
+    """Convert kept lines of one file given by (offset, length): a worker's unit of output work."""
+    name, offsets, lengths = task
+    path = Path(name)
+    descriptor = os.open(name, os.O_RDONLY)
+    try:
+        return [
+            convert_line(os.pread(descriptor, length, offset), path, offset)
+            for offset, length in zip(offsets, lengths, strict=True)
+        ]
+    finally:
+        os.close(descriptor)
+
+
+def write_reference(
+    files: Sequence[Path],
+    scores: pa.Table,
+    rows: np.ndarray,
+    output: str | os.PathLike,
+    *,
+    num_proc: int | None = None,
+    progress: bool = True,
+    chunk_rows: int = 2000,
+) -> np.ndarray:
+    """Convert the kept rows (re-read by byte offset, on the pool) and write them in file order.
+
+    Returns which of `rows` were written (the others were dropped at conversion, as the reference
+    drops them). Writes to a temporary name first, so a failure leaves no half-written output."""
+    from tqdm.auto import tqdm
+
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    batch_ends = np.cumsum([len(chunk) for chunk in scores.column("file").chunks])
-    row_batches = np.searchsorted(batch_ends, rows, side="right")
-    temporary = output.with_name(output.name + ".partial")
+    file_of = column_numpy(scores, "file")[rows]
+    offsets = column_numpy(scores, "offset")[rows]
+    lengths = column_numpy(scores, "length")[rows]
+    tasks = []
+    for file_index in np.unique(file_of).tolist():
+        positions = np.flatnonzero(file_of == file_index)
+        for start in range(0, len(positions), chunk_rows):
+            part = positions[start : start + chunk_rows]
+            tasks.append((str(files[file_index]), offsets[part].tolist(), lengths[part].tolist()))
     written = np.zeros(len(rows), dtype=bool)
+    temporary = output.with_name(output.name + ".partial")
+    workers = _Workers(num_proc, len(tasks))
+    position = 0
     try:
-        with pa.OSFile(str(records_path)) as source, temporary.open("w", encoding="utf-8") as sink:
-            reader = pa.ipc.open_file(source)
-            for batch_index in np.unique(row_batches).tolist():
-                selected = rows[row_batches == batch_index]
-                first_row = int(batch_ends[batch_index - 1]) if batch_index else 0
-                batch = reader.get_batch(batch_index)
-                positions = pa.array(selected - first_row)
-                errors = batch.column(1).take(positions)
-                if errors.null_count != len(errors):
-                    raise MPRMError(next(error for error in errors.to_pylist() if error is not None))
-                chunk = batch.column(0).take(positions).to_pylist()
-                lines = [line for line in chunk if line is not None]
-                if lines:
-                    sink.write("\n".join(lines) + "\n")
-                written[row_batches == batch_index] = [line is not None for line in chunk]
+        with (
+            tqdm(total=len(rows), desc="Writing PRM records", unit="rollout", disable=not progress) as bar,
+            temporary.open("w", encoding="utf-8") as sink,
+        ):
+            for lines in workers.imap(convert_chunk, tasks):
+                kept = [line for line in lines if line is not None]
+                if kept:
+                    sink.write("\n".join(kept) + "\n")
+                written[position : position + len(lines)] = [line is not None for line in lines]
+                position += len(lines)
+                bar.update(len(lines))
         temporary.replace(output)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    finally:
+        workers.close()
     return written
 
 
@@ -565,39 +635,33 @@ def default_cache_dir() -> Path:
 
 def load_or_scan(
     files: Sequence[Path],
-    work_dir: Path,
     *,
     num_proc: int | None = None,
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
-) -> tuple[pa.Table, Path, list[ScanCounts], bool]:
-    """The score table and PRM-line file of these files from the cache, or a fresh scan.
+) -> tuple[pa.Table, list[ScanCounts], bool]:
+    """The score table of these files from the cache, or a fresh scan (written to the cache).
 
-    Returns (score table, records path, counts, was_cached). Both are Arrow IPC files (which
-    `datasets.Dataset.from_file` also reads). Without the cache they are written under `work_dir`."""
+    Returns (table, counts, was_cached). The table is an Arrow IPC file in the `datasets` cache folder,
+    keyed by the files' paths, sizes and mtimes, so an edited corpus is scanned again."""
     key = _fingerprint(files)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if not use_cache:
-        folder = work_dir
-    scores_path, records_path = folder / f"{key}.scores.arrow", folder / f"{key}.records.arrow"
-    counts_path = folder / f"{key}.counts.json"
-    if use_cache and scores_path.exists() and records_path.exists() and counts_path.exists():
+    scores_path, counts_path = folder / f"{key}.scores.arrow", folder / f"{key}.counts.json"
+    if use_cache and scores_path.exists() and counts_path.exists():
         counts = [ScanCounts(**entry) for entry in json.loads(counts_path.read_text())]
-        return read_score_table(scores_path), records_path, counts, True
-    folder.mkdir(parents=True, exist_ok=True)
-    partials = [path.with_name(path.name + ".partial") for path in (scores_path, records_path)]
-    try:
-        counts = scan_files(files, *partials, num_proc=num_proc, progress=progress, shard_bytes=shard_bytes)
-    except BaseException:
-        for partial in partials:
-            partial.unlink(missing_ok=True)
-        raise
-    partials[0].replace(scores_path)
-    partials[1].replace(records_path)
-    counts_path.write_text(json.dumps([vars(count) for count in counts]))
-    return read_score_table(scores_path), records_path, counts, False
+        return read_score_table(scores_path), counts, True
+    with tempfile.TemporaryDirectory(prefix="mprm-scores-") as scratch:
+        partial = Path(scratch) / "scores.arrow"
+        counts = scan_files(files, partial, num_proc=num_proc, progress=progress, shard_bytes=shard_bytes)
+        table = read_score_table(partial)
+        if use_cache:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.move(partial, folder / f"{scores_path.name}.partial")
+            os.replace(folder / f"{scores_path.name}.partial", scores_path)
+            counts_path.write_text(json.dumps([vars(count) for count in counts]))
+    return table, counts, False
 
 
 # ----------------------------------------------------------------------------------------------- API
@@ -636,26 +700,24 @@ def build_reference_subset(
     if not math.isfinite(float(alpha)):
         raise MPRMError(f"--alpha must be a finite number, got {alpha!r}")
     files = annotation_files(annotations_dir)
-    with tempfile.TemporaryDirectory(prefix="mprm-select-") as work_dir:
-        table, records_path, counts, cached = load_or_scan(
-            files,
-            Path(work_dir),
-            num_proc=num_proc,
-            use_cache=use_cache,
-            cache_dir=cache_dir,
-            progress=progress,
-            shard_bytes=shard_bytes,
-        )
-        rows = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
-        written_rows = write_reference(table, records_path, rows, output)
+    table, counts, cached = load_or_scan(
+        files,
+        num_proc=num_proc,
+        use_cache=use_cache,
+        cache_dir=cache_dir,
+        progress=progress,
+        shard_bytes=shard_bytes,
+    )
+    rows = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
+    written_rows = write_reference(files, table, rows, output, num_proc=num_proc, progress=progress)
     kept = np.zeros(table.num_rows, dtype=bool)
     kept[rows] = True
     written = np.zeros(table.num_rows, dtype=bool)
     written[rows[written_rows]] = True
     bis = reference_bis(
-        table.column("n_scored").to_numpy(),
-        table.column("n_pos").to_numpy(),
-        table.column("sum_pos").to_numpy(),
+        column_numpy(table, "n_scored"),
+        column_numpy(table, "n_pos"),
+        column_numpy(table, "sum_pos"),
         alpha,
     )
     return ReferenceResult(files, counts, cached, table, bis, kept, written)
