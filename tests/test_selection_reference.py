@@ -209,8 +209,12 @@ def test_oracle_sees_the_hard_cases(corpora: list[Path]) -> None:
     assert ties.count(b"\n") > 30
 
 
-@pytest.mark.parametrize("corpus_index", [0, 1, 2])
-def test_reference_format_is_byte_identical(corpora: list[Path], corpus_index: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("corpus_index", "cache_records"), [(0, False), (1, False), (2, False), (0, True), (1, True)]
+)
+def test_reference_format_is_byte_identical(
+    corpora: list[Path], corpus_index: int, cache_records: bool, tmp_path: Path
+) -> None:
     annotations = corpora[corpus_index]
     cache = tmp_path / "cache"
     for run, alpha in enumerate(ALPHAS):
@@ -328,3 +332,32 @@ def test_missing_folder_and_no_files(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(MPRMError, match=r"no \*\.jsonl annotation files"):
         reference.annotation_files(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("cache_records", [False, True])
+def test_a_conversion_crash_matters_only_when_kept(tmp_path: Path, cache_records: bool) -> None:
+    """A step text that is a number crashes the reference's converter, but only for a kept rollout."""
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    good = {
+        "image": "a.png",
+        "question": "q",
+        "steps_with_score": [{"step": "s", "score": 0.5}, {"step": "t", "score": 0.0}],
+    }
+    bad = {
+        "image": "b.png",
+        "question": "q",
+        "steps_with_score": [{"step": 7, "score": 1.0}],
+    }  # BIS = alpha: last
+    (annotations / "x.jsonl").write_text("\n".join(json.dumps(record) for record in [good, good, bad]) + "\n")
+    options = {
+        "alpha": 0.05,
+        "cache_dir": tmp_path / "cache",
+        "cache_records": cache_records,
+        "progress": False,
+    }
+    reference.build_reference_subset(annotations, tmp_path / "o.jsonl", top_ratio=0.5, **options)
+    assert (tmp_path / "o.jsonl").read_bytes() == oracle_subset(annotations, 0.05, 0.5)
+    with pytest.raises(MPRMError, match=r"x\.jsonl:3: field 'steps_with_score\[0\]\.step' must be a string"):
+        reference.build_reference_subset(annotations, tmp_path / "o2.jsonl", top_ratio=1.0, **options)
+    assert not (tmp_path / "o2.jsonl").exists()

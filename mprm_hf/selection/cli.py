@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument(
         "--no-cache", action="store_true", help="reference: rescan instead of using the cached score table"
     )
+    output.add_argument(
+        "--cache-records",
+        action="store_true",
+        help="reference: also cache every ranked rollout's PRM line (a slower first scan; later alphas and "
+        "ratios only copy bytes)",
+    )
     output.add_argument("--revision", help="revision of the source corpus when it is a Hub id")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     hub = parser.add_argument_group("Hub")
@@ -137,6 +143,7 @@ def run_reference(args: argparse.Namespace) -> tuple[SelectionReport, str]:
         top_ratio=args.top_ratio,
         num_proc=args.num_proc,
         use_cache=not args.no_cache,
+        cache_records=args.cache_records,
         progress=not args.quiet,
     )
     table = result.table

@@ -42,13 +42,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import multiprocessing
 import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring  # the exact string encoder json.dumps(ensure_ascii=False) uses
 from pathlib import Path
@@ -75,6 +76,12 @@ SCORE_TABLE_SCHEMA = pa.schema(
         ("n_scored", pa.int32()),  # steps with a numeric score
         ("n_pos", pa.int32()),  # of those, score > 0
         ("sum_pos", pa.float64()),  # built-in sum() of the positive scores, in step order
+    ]
+)
+RECORDS_SCHEMA = pa.schema(
+    [
+        ("record", pa.string()),  # the reference's PRM line of a ranked rollout; null if it would drop it
+        ("error", pa.string()),  # why the reference would crash on this rollout if it kept it
     ]
 )
 SCORE_TABLE_VERSION = 3
@@ -220,9 +227,22 @@ class ShardScan:
     n_scored: list[int] = field(default_factory=list)
     n_pos: list[int] = field(default_factory=list)
     sum_pos: list[float] = field(default_factory=list)
+    records: list[str | None] | None = None  # with a records cache: the PRM line of each ranked line
+    errors: list[str | None] | None = None  # ... or why the reference would crash if it kept it
     blank: int = 0
     invalid_json: int = 0
     no_numeric_score: int = 0
+
+    def add_record(self, convert: Callable[..., str | None], *args: object) -> None:
+        """Convert a ranked line now (records cache); a crash-worthy line is remembered, not raised."""
+        if self.records is None or self.errors is None:
+            return
+        try:
+            self.records.append(convert(*args))
+            self.errors.append(None)
+        except MPRMError as error:
+            self.records.append(None)
+            self.errors.append(str(error))
 
     def batch(self) -> pa.RecordBatch:
         columns = {
@@ -274,75 +294,102 @@ def _scan_careful(buffer: bytes, start: int, path: Path, out: ShardScan) -> list
         out.offsets.append(start + position)
         out.lengths.append(len(piece))
         per_line.append(scores)
+        out.add_record(convert_line, piece, path, start + position)
     return per_line
 
 
-def _scan_fast(buffer: bytes, start: int, path: Path, out: ShardScan) -> list[float] | None:
-    """The common case: lines split on `\\n` only, every record read by orjson. Returns the scores of
-    all ranked lines, flattened (their counts go to `out.n_scored`), or None if a line may hold a
-    score orjson widened from a huge integer (then the careful path redoes the shard)."""
-    loads = orjson.loads
+def _scan_fast(path: Path, start: int, end: int, out: ShardScan) -> np.ndarray | None:
+    """The common case: bytes [start, end) split on `\\n` only, every record read by orjson straight
+    from a memory map (no copy of the shard). Returns the scores of all ranked lines, flattened (their
+    counts go to `out.n_scored`), or None if the careful path must redo the shard (a `\\r` line
+    ending, or a score orjson may have widened from a huge integer)."""
+    with path.open("rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    if mapped.find(b"\r", start, end) != -1:
+        return None
+    view = memoryview(mapped)
+    loads, find = orjson.loads, mapped.find
+    converting = out.records is not None
     flat: list[float] = []
-    position = start
-    for piece in buffer.split(b"\n"):
+    position, piece = start, None
+    while position < end:
+        newline = find(b"\n", position, end)
+        stop = end if newline == -1 else newline
+        piece = view[position:stop]
         try:  # orjson skips the JSON whitespace str.strip() would remove; anything unusual falls through
-            scores = [float(step["score"]) for step in loads(piece)["steps_with_score"]]
+            record = loads(piece)
+            scores = [float(step["score"]) for step in record["steps_with_score"]]
         except (TypeError, ValueError, KeyError, OverflowError):
-            stripped = piece.strip()
+            record = None
+            stripped = bytes(piece).strip()
+            scores = None
             if not stripped:
-                out.blank += bool(piece)
-                position += len(piece) + 1
-                continue
-            record, scores, _ = _record_and_scores(stripped, path, position)
-            if scores is None:
-                out.blank += record is _BLANK
-                out.invalid_json += record is not _BLANK
-                position += len(piece) + 1
-                continue
+                out.blank += bool(len(piece))
+            else:
+                record, scores, _ = _record_and_scores(stripped, path, position)
+                if scores is None:
+                    out.blank += record is _BLANK
+                    out.invalid_json += record is not _BLANK
         if scores:
             out.offsets.append(position)
-            out.lengths.append(len(piece))
+            out.lengths.append(stop - position)
             out.n_scored.append(len(scores))
             flat += scores
-        else:
+            if converting:
+                out.add_record(_convert_parsed, record, piece, path, position)
+        elif scores is not None:
             out.no_numeric_score += 1
-        position += len(piece) + 1
+        position = stop + 1
+    del piece
+    view.release()
     values = np.asarray(flat, dtype=np.float64)
-    if (np.abs(values) >= _WIDENED).any():
-        return None
-    return flat
+    return None if (np.abs(values) >= _WIDENED).any() else values
 
 
-def scan_shard(task: tuple[int, str, int, int]) -> ShardScan:
+def scan_shard(task: tuple[int, str, int, int, str | None]) -> ShardScan:
     """Score every line of bytes [start, end) of one file (a worker's unit of work).
 
     The fast path assumes well-formed records (an object whose `steps_with_score` is a list of objects
     with a float-convertible `score`) and sends any line that raises to the careful path, which
     follows the reference rule by rule. n_pos and sum_pos are then computed for all lines at once,
-    with Python's own `sum()` order (`scores.python_sum_rows`)."""
+    with Python's own `sum()` order (`scores.python_sum_rows`). With a records path, every ranked
+    line is converted too and written there (by the worker, so the lines never cross a pipe)."""
     from mprm_hf.selection.scores import rollout_statistics
 
-    file_index, name, start, end = task
+    file_index, name, start, end, records_path = task
     path = Path(name)
-    with path.open("rb") as handle:
-        handle.seek(start)
-        buffer = handle.read(end - start)
-    out = ShardScan(file_index)
-    flat = _scan_fast(buffer, start, path, out) if b"\r" not in buffer else None
-    if flat is None:
-        out = ShardScan(file_index)
-        per_line = _scan_careful(buffer, start, path, out)
+
+    def fresh() -> ShardScan:
+        converting = records_path is not None
+        return ShardScan(file_index, records=[] if converting else None, errors=[] if converting else None)
+
+    out = fresh()
+    values = _scan_fast(path, start, end, out)
+    if values is None:
+        out = fresh()
+        with path.open("rb") as handle:
+            handle.seek(start)
+            per_line = _scan_careful(handle.read(end - start), start, path, out)
         out.n_scored = [len(scores) for scores in per_line]
-        flat = [score for scores in per_line for score in scores]
-    values = np.asarray(flat, dtype=np.float64)
+        values = np.asarray([score for scores in per_line for score in scores], dtype=np.float64)
     offsets = np.concatenate([[0], np.cumsum(out.n_scored, dtype=np.int64)])
     stats = rollout_statistics(offsets, values, np.ones(len(values), dtype=bool))
     out.n_pos = stats["n_pos"].tolist()
     out.sum_pos = stats["sum_pos"].tolist()
+    if records_path is not None:
+        batch = pa.RecordBatch.from_arrays(
+            [pa.array(out.records, type=pa.string()), pa.array(out.errors, type=pa.string())],
+            schema=RECORDS_SCHEMA,
+        )
+        with pa.ipc.new_file(records_path, RECORDS_SCHEMA) as writer:
+            writer.write_batch(batch)
+        out.records = out.errors = None
     return out
 
 
-def shard_tasks(files: Sequence[Path], shard_bytes: int = SHARD_BYTES) -> list[tuple[int, str, int, int]]:
+def shard_tasks(
+    files: Sequence[Path], shard_bytes: int = SHARD_BYTES
+) -> list[tuple[int, str, int, int, None]]:
     """Cut each file into byte ranges that end right after a `\\n` (so `\\r\\n` never straddles two)."""
     tasks = []
     for file_index, path in enumerate(files):
@@ -354,7 +401,7 @@ def shard_tasks(files: Sequence[Path], shard_bytes: int = SHARD_BYTES) -> list[t
                 if end < size:
                     handle.seek(end)
                     end += len(handle.readline())
-                tasks.append((file_index, str(path), start, end))
+                tasks.append((file_index, str(path), start, end, None))
                 start = end
     return tasks
 
@@ -391,15 +438,20 @@ def scan_files(
     num_proc: int | None = None,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
+    records_dir: Path | None = None,
 ) -> list[ScanCounts]:
     """Scan all files (shards on a process pool) into the Arrow score table at `scores_path`.
 
-    Shards stream into the file as they finish, in order, so memory holds one shard per worker."""
+    Shards stream into the file as they finish, in order, so memory holds one shard per worker.
+    With `records_dir`, every ranked line's PRM line goes to `records_dir/<shard>.arrow` as well."""
     from tqdm.auto import tqdm
 
     tasks = shard_tasks(files, shard_bytes)
+    if records_dir is not None:
+        records_dir.mkdir(parents=True, exist_ok=True)
+        tasks = [(*task[:4], str(records_dir / f"{index:06d}.arrow")) for index, task in enumerate(tasks)]
     counts = [ScanCounts() for _ in files]
-    total = sum(end - start for _, _, start, end in tasks)
+    total = sum(task[3] - task[2] for task in tasks)
     workers = _Workers(num_proc, len(tasks))
     try:
         with (
@@ -529,8 +581,50 @@ def reference_record_line(record: dict, path: Path, offset: int) -> str | None:
     )
 
 
+def _fast_record_line(record: object) -> str | None:
+    """`reference_record_line` for a well-formed record (string image and question, string steps,
+    float-convertible scores); anything else raises, and the caller takes the careful path."""
+    image, steps = record["image"], record["steps_with_score"]  # type: ignore[index]
+    question = record.get("question_orig") or record.get("question") or ""  # type: ignore[union-attr]
+    if type(image) is not str or type(question) is not str or type(steps) is not list:
+        raise TypeError("not the common shape")
+    texts = [step["step"].strip() for step in steps]
+    labels = ["1.0" if float(step["score"]) > 0.0 else "0.0" for step in steps]
+    if not (image and steps and all(texts)):
+        return None
+    human = "Question: " + question.strip() + "\nProcess: " + "<prm>\n\n".join(texts) + "<prm>"
+    return (
+        '{"image": '
+        + encode_basestring(image)
+        + ', "conversations": [{"from": "human", "value": '
+        + encode_basestring(human)
+        + '}, {"from": "gpt", "value": ['
+        + ", ".join(labels)
+        + "]}]}"
+    )
+
+
+_COMMON_SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, OverflowError)
+
+
+def _convert_parsed(record: object, raw: bytes | memoryview, path: Path, offset: int) -> str | None:
+    """Convert a line orjson already parsed; the careful path re-reads it when the shape is unusual."""
+    try:
+        return _fast_record_line(record)
+    except _COMMON_SHAPE_ERRORS:
+        return _convert_careful(bytes(raw), path, offset)
+
+
 def convert_line(raw: bytes, path: Path, offset: int) -> str | None:
     """Parse one kept line again and convert it (None when the reference would drop it)."""
+    try:
+        return _fast_record_line(orjson.loads(raw))
+    except _COMMON_SHAPE_ERRORS:
+        return _convert_careful(raw, path, offset)
+
+
+def _convert_careful(raw: bytes, path: Path, offset: int) -> str | None:
+    """The reference's conversion rule by rule, with `json` wherever orjson could differ."""
     stripped = raw.strip()
     record, _, parsed_by_json = _record_and_scores(stripped, path, offset)
     if not parsed_by_json and _needs_exact(record):  # type: ignore[arg-type]
@@ -569,6 +663,7 @@ def write_reference(
     num_proc: int | None = None,
     progress: bool = True,
     chunk_rows: int = 2000,
+    records_dir: Path | None = None,
 ) -> np.ndarray:
     """Convert the kept rows (re-read by byte offset, on the pool) and write them in file order.
 
@@ -578,6 +673,8 @@ def write_reference(
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    if records_dir is not None:
+        return _write_cached_records(scores, rows, output, records_dir)
     file_of = column_numpy(scores, "file")[rows]
     offsets = column_numpy(scores, "offset")[rows]
     lengths = column_numpy(scores, "length")[rows]
@@ -612,6 +709,35 @@ def write_reference(
     return written
 
 
+def _write_cached_records(scores: pa.Table, rows: np.ndarray, output: Path, records_dir: Path) -> np.ndarray:
+    """Write kept rows from the records cache: per shard, one Arrow `take` and one write."""
+    batch_ends = np.cumsum([len(chunk) for chunk in scores.column("file").chunks], dtype=np.int64)
+    row_batches = np.searchsorted(batch_ends, rows, side="right")
+    written = np.zeros(len(rows), dtype=bool)
+    temporary = output.with_name(output.name + ".partial")
+    try:
+        with temporary.open("w", encoding="utf-8") as sink:
+            for batch_index in np.unique(row_batches).tolist():
+                mine = row_batches == batch_index
+                first_row = int(batch_ends[batch_index - 1]) if batch_index else 0
+                with pa.memory_map(str(records_dir / f"{batch_index:06d}.arrow")) as source:
+                    batch = pa.ipc.open_file(source).get_batch(0)
+                    positions = pa.array(rows[mine] - first_row)
+                    errors = batch.column(1).take(positions)
+                    if errors.null_count != len(errors):
+                        raise MPRMError(next(error for error in errors.to_pylist() if error is not None))
+                    lines = batch.column(0).take(positions).to_pylist()
+                kept = [line for line in lines if line is not None]
+                if kept:
+                    sink.write("\n".join(kept) + "\n")
+                written[mine] = [line is not None for line in lines]
+        temporary.replace(output)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return written
+
+
 # --------------------------------------------------------------------------------------------- cache
 def _fingerprint(files: Sequence[Path]) -> str:
     """Cache key: every file's path, size and mtime, the table's layout and the interpreter's sum()."""
@@ -639,29 +765,45 @@ def load_or_scan(
     num_proc: int | None = None,
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    cache_records: bool = False,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
-) -> tuple[pa.Table, list[ScanCounts], bool]:
+) -> tuple[pa.Table, list[ScanCounts], bool, Path | None]:
     """The score table of these files from the cache, or a fresh scan (written to the cache).
 
-    Returns (table, counts, was_cached). The table is an Arrow IPC file in the `datasets` cache folder,
-    keyed by the files' paths, sizes and mtimes, so an edited corpus is scanned again."""
+    Returns (table, counts, was_cached, records_dir). The table is an Arrow IPC file in the `datasets`
+    cache folder, keyed by the files' paths, sizes and mtimes, so an edited corpus is scanned again.
+    `cache_records` also keeps every ranked rollout's PRM line (records_dir; None when not cached)."""
     key = _fingerprint(files)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     scores_path, counts_path = folder / f"{key}.scores.arrow", folder / f"{key}.counts.json"
-    if use_cache and scores_path.exists() and counts_path.exists():
+    records_dir = folder / f"{key}.records"
+    have_records = (records_dir / "complete").exists()
+    if use_cache and scores_path.exists() and counts_path.exists() and (have_records or not cache_records):
         counts = [ScanCounts(**entry) for entry in json.loads(counts_path.read_text())]
-        return read_score_table(scores_path), counts, True
+        return read_score_table(scores_path), counts, True, records_dir if have_records else None
+    cache_records = cache_records and use_cache
     with tempfile.TemporaryDirectory(prefix="mprm-scores-") as scratch:
         partial = Path(scratch) / "scores.arrow"
-        counts = scan_files(files, partial, num_proc=num_proc, progress=progress, shard_bytes=shard_bytes)
+        if cache_records:
+            shutil.rmtree(records_dir, ignore_errors=True)
+        counts = scan_files(
+            files,
+            partial,
+            num_proc=num_proc,
+            progress=progress,
+            shard_bytes=shard_bytes,
+            records_dir=records_dir if cache_records else None,
+        )
         table = read_score_table(partial)
         if use_cache:
             folder.mkdir(parents=True, exist_ok=True)
             shutil.move(partial, folder / f"{scores_path.name}.partial")
             os.replace(folder / f"{scores_path.name}.partial", scores_path)
             counts_path.write_text(json.dumps([vars(count) for count in counts]))
-    return table, counts, False
+            if cache_records:
+                (records_dir / "complete").touch()
+    return table, counts, False, records_dir if cache_records else None
 
 
 # ----------------------------------------------------------------------------------------------- API
@@ -691,6 +833,7 @@ def build_reference_subset(
     num_proc: int | None = None,
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    cache_records: bool = False,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
 ) -> ReferenceResult:
@@ -700,16 +843,19 @@ def build_reference_subset(
     if not math.isfinite(float(alpha)):
         raise MPRMError(f"--alpha must be a finite number, got {alpha!r}")
     files = annotation_files(annotations_dir)
-    table, counts, cached = load_or_scan(
+    table, counts, cached, records_dir = load_or_scan(
         files,
         num_proc=num_proc,
         use_cache=use_cache,
         cache_dir=cache_dir,
+        cache_records=cache_records,
         progress=progress,
         shard_bytes=shard_bytes,
     )
     rows = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
-    written_rows = write_reference(files, table, rows, output, num_proc=num_proc, progress=progress)
+    written_rows = write_reference(
+        files, table, rows, output, num_proc=num_proc, progress=progress, records_dir=records_dir
+    )
     kept = np.zeros(table.num_rows, dtype=bool)
     kept[rows] = True
     written = np.zeros(table.num_rows, dtype=bool)
