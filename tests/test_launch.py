@@ -177,33 +177,39 @@ def test_bad_recipe_is_a_one_line_error(tmp_path: Path) -> None:
         main([str(bad)])
 
 
-@pytest.mark.slow
-def test_accelerate_ddp_two_processes(subset_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    output_dir = tmp_path / "ddp"
-    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, subset_dir, output_dir, max_steps=6)
-    result = run(
-        [str(ACCELERATE), "launch", "--config_file", str(ACCELERATE_CONFIGS / "ddp.yaml")]
-        + ["-m", "mprm_hf.train", "--config", str(recipe)]
-    )
-    metrics = final_train_metrics(output_dir)
-    # 6 steps x 4 rollouts per process x 2 processes, counted on both ranks and summed
-    assert metrics["prm_rollouts"] == 48, result.stdout[-2000:]
-    assert (output_dir / "model.safetensors").is_file()
+# DeepSpeed owns the device (no use_cpu); on a machine without GPUs its process group needs gloo.
+DEEPSPEED_ON_CPU = ["--use_cpu", "false", "--ddp_backend", "gloo"]
+LAUNCHES = {
+    "ddp": [],
+    "zero2": DEEPSPEED_ON_CPU,
+    "zero3": DEEPSPEED_ON_CPU,
+    "fsdp": [],  # FSDP2 over gloo on the CPU; the file's bf16 mixed precision is a GPU setting
+}
 
 
 @pytest.mark.slow
-def test_accelerate_deepspeed_zero2_on_cpu(subset_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    output_dir = tmp_path / "zero2"
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+def test_accelerate_launch_two_processes(
+    launch: str, subset_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`accelerate launch` with each shipped config, 2 processes on the CPU, trains and saves full weights."""
+    output_dir = tmp_path / launch
     recipe = write_recipe(tmp_path / "recipe.yaml", tiny_model_dir, subset_dir, output_dir, max_steps=4)
-    # DeepSpeed owns the device: no use_cpu; on a CPU-only machine its process group needs gloo.
-    run(
-        [str(ACCELERATE), "launch", "--config_file", str(ACCELERATE_CONFIGS / "zero2.yaml")]
-        + ["-m", "mprm_hf.train", "--config", str(recipe), "--use_cpu", "false", "--ddp_backend", "gloo"],
-        timeout=500,
-    )
-    metrics = final_train_metrics(output_dir)
-    assert metrics["prm_rollouts"] == 32
-    assert (output_dir / "model.safetensors").is_file()
+    accelerate = [str(ACCELERATE), "launch", "--config_file", str(ACCELERATE_CONFIGS / f"{launch}.yaml")]
+    accelerate += ["--num_processes", "2"] + (["--mixed_precision", "no"] if launch == "fsdp" else [])
+    run([*accelerate, "-m", "mprm_hf.train", "--config", str(recipe), *LAUNCHES[launch]], timeout=500)
+    # 4 steps x 4 rollouts per process x 2 processes, counted on each rank and summed over both
+    assert final_train_metrics(output_dir)["prm_rollouts"] == 32
+    # the saved checkpoint loads back (ZeRO-3 gathers its shards, DeepSpeed writes the tied head too)
+    from mprm_hf.modeling import load_model_and_processor
+
+    initial = dict(load_model_and_processor(tiny_model_dir)[0].named_parameters())
+    trained = dict(load_model_and_processor(output_dir)[0].named_parameters())
+    assert initial.keys() == trained.keys()
+    changed = {name for name in initial if not torch.equal(initial[name], trained[name])}
+    assert any(".language_model.layers." in name for name in changed)
+    assert not any(".visual." in name for name in changed)  # the frozen vision tower
+    assert all(torch.isfinite(tensor).all() for tensor in trained.values())
 
 
 @pytest.mark.slow
