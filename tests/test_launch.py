@@ -165,6 +165,27 @@ def test_selector_is_read_from_the_dataset_card(tmp_path: Path) -> None:
     assert read_selection_info(str(tmp_path / "elsewhere"))[0].startswith("unknown")
 
 
+@pytest.mark.slow
+def test_tiny_cpu_recipe_builds_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mprm-hf train recipes/tiny-cpu/config.yaml` on a fresh checkout: corpus, BIS subset and model are built."""
+    from mprm_hf import embedded
+    from mprm_hf.train import main
+
+    monkeypatch.setattr(embedded, "EMBEDDED_ROLLOUTS", 300)  # the recipe's path, at a test's size
+    monkeypatch.setattr(embedded, "EMBEDDED_BENCHMARK_TRACES", 10)
+    root, output_dir = tmp_path / "embedded", tmp_path / "out"
+    recipe = REPO_ROOT / "recipes" / "tiny-cpu" / "config.yaml"
+    argv = [str(recipe), "--embedded_root", str(root), "--output_dir", str(output_dir), "--max_steps", "2"]
+    assert main(argv) == 0
+    selection = json.loads((root / "bis-10" / "selection.json").read_text())
+    assert selection["selector"] == "bis" and selection["selector_params"] == {"top_ratio": 0.1, "alpha": 0.2}
+    assert 0 < selection["rollouts_selected"] < selection["rollouts_total"]
+    assert (output_dir / "model.safetensors").is_file() and (output_dir / "eval_results.json").is_file()
+    built = sorted(path.name for path in root.iterdir())
+    assert main(argv) == 0  # a second run reuses what is there
+    assert sorted(path.name for path in root.iterdir()) == built
+
+
 def test_bad_recipe_is_a_one_line_error(tmp_path: Path) -> None:
     from mprm_hf.errors import MPRMError
     from mprm_hf.train import main
