@@ -13,7 +13,7 @@ byte-identical, or the benchmark fails.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import subprocess
 import sys
@@ -25,7 +25,7 @@ import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-BASELINE = r'''
+BASELINE = r"""
 import json, sys
 from pathlib import Path
 
@@ -91,16 +91,18 @@ with output.open("w", encoding="utf-8") as sink:
             converted = convert(json.loads(lines[index].strip()))
             if converted is not None:
                 sink.write(json.dumps(converted, ensure_ascii=False) + "\n")
-'''
+"""
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """Run `command` under a wrapper that reports getrusage (self + children) maxrss, plus tree sampling."""
+def timed(command: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Run `command`; wall seconds, CPU seconds (user + sys of the whole tree, from getrusage), the
+    largest single process's peak RSS (getrusage) and the peak RSS of the tree (sampled every 20 ms)."""
     wrapper = [
         sys.executable,
         "-c",
         "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]);"
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)",
+        "usage = resource.getrusage(resource.RUSAGE_CHILDREN);"
+        "print(usage.ru_maxrss, usage.ru_utime + usage.ru_stime, file=sys.stderr); sys.exit(code)",
         *command,
     ]
     start = time.perf_counter()
@@ -108,18 +110,22 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, float]
     root = psutil.Process(process.pid)
     peak_tree = 0
     while process.poll() is None:
-        try:
-            members = root.children(recursive=True)
-            peak_tree = max(peak_tree, sum(member.memory_info().rss for member in members))
-        except psutil.Error:
-            pass
+        with contextlib.suppress(psutil.Error):
+            peak_tree = max(
+                peak_tree, sum(member.memory_info().rss for member in root.children(recursive=True))
+            )
         time.sleep(0.02)
     wall = time.perf_counter() - start
     _, stderr = process.communicate()
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command[:6])} ... failed:\n{stderr.decode()[-3000:]}")
-    largest_kib = int(stderr.decode().strip().splitlines()[-1])
-    return wall, peak_tree / 2**20, largest_kib / 1024
+    largest_kib, cpu = stderr.decode().strip().splitlines()[-1].split()
+    return {
+        "wall": wall,
+        "cpu": float(cpu),
+        "largest_mib": int(largest_kib) / 1024,
+        "tree_mib": peak_tree / 2**20,
+    }
 
 
 def ensure_corpus(corpus: Path, rollouts: int, env: dict[str, str]) -> Path:
@@ -127,10 +133,11 @@ def ensure_corpus(corpus: Path, rollouts: int, env: dict[str, str]) -> Path:
     if not any(annotations.glob("*.jsonl")):
         print(f"generating a {rollouts}-rollout synthetic corpus without images in {corpus} ...", flush=True)
         subprocess.run(
-            [sys.executable, "-m", "mprm_hf.cli", "synth", "--out", str(corpus), "--rollouts", str(rollouts), "--no-images"],
+            [sys.executable, "-m", "mprm_hf.cli", "synth", "--out", str(corpus), "--rollouts", str(rollouts),
+             "--benchmark-traces", "10", "--no-images"],
             env=env,
             check=True,
-        )
+        )  # fmt: skip
     return annotations
 
 
@@ -146,35 +153,66 @@ def main() -> None:
     size = sum(path.stat().st_size for path in annotations.glob("*.jsonl"))
     with tempfile.TemporaryDirectory(prefix="bench-selection-") as scratch_dir:
         scratch = Path(scratch_dir)
-        env["HF_DATASETS_CACHE"] = str(scratch / "hf_cache")  # a cold cache, owned by this run
-        rows = []
-
-        def ours(alpha: str, ratio: str, output: Path) -> list[str]:
-            return [sys.executable, "-m", "mprm_hf.cli", "select", "--annotations", str(annotations),
-                    "--method", "bis", "--alpha", alpha, "--top-ratio", ratio, "--format", "reference",
-                    "--output", str(output), "--num-proc", str(args.num_proc), "--quiet"]  # fmt: skip
-
         baseline_script = scratch / "baseline.py"
         baseline_script.write_text(BASELINE)
-        for label, alpha, ratio in (("10% alpha 0.2", "0.2", "0.1"), ("25% alpha 0.05", "0.05", "0.25")):
-            reference_out = scratch / f"baseline_{ratio}.jsonl"
-            base = timed([sys.executable, str(baseline_script), str(annotations), alpha, ratio, str(reference_out)], env)
-            phase = "cold" if not rows else "warm"
-            ours_out = scratch / f"ours_{ratio}.jsonl"
-            fast = timed(ours(alpha, ratio, ours_out), env)
-            if ours_out.read_bytes() != reference_out.read_bytes():
-                raise SystemExit(f"{label}: output differs from the baseline's")
-            rows.append((label, phase, base, fast))
 
-    print(f"\ncorpus: {args.corpus} ({size / 2**20:.0f} MiB), cpu cores: {os.cpu_count()}, num_proc={args.num_proc}")
-    print(f"{'subset':<16} {'run':<5} {'baseline s':>11} {'ours s':>8} {'speed-up':>9}   "
-          f"{'tree MiB base/ours':>19} {'largest proc MiB base/ours':>27}")  # fmt: skip
-    for label, phase, base, fast in rows:
+        def baseline(alpha: str, ratio: str) -> tuple[dict[str, float], Path]:
+            output = scratch / f"baseline_{alpha}_{ratio}.jsonl"
+            return timed(
+                [sys.executable, str(baseline_script), str(annotations), alpha, ratio, str(output)], env
+            ), output
+
+        def ours(alpha: str, ratio: str, cache: Path, *extra: str) -> tuple[dict[str, float], Path]:
+            output = scratch / f"ours_{alpha}_{ratio}.jsonl"
+            command = [sys.executable, "-m", "mprm_hf.cli", "select", "--annotations", str(annotations),
+                       "--method", "bis", "--alpha", alpha, "--top-ratio", ratio, "--format", "reference",
+                       "--output", str(output), "--num-proc", str(args.num_proc), "--quiet", *extra]  # fmt: skip
+            return timed(command, {**env, "HF_DATASETS_CACHE": str(cache)}), output
+
+        def in_session(
+            alpha: float, ratio: float, cache: Path, cache_records: bool
+        ) -> tuple[dict[str, float], Path]:
+            """A new alpha/ratio in a session that already imported mprm_hf (a notebook, a sweep)."""
+            from mprm_hf.selection.reference import build_reference_subset
+
+            output = scratch / f"session_{alpha}_{ratio}.jsonl"
+            start, cpu_start = time.perf_counter(), time.process_time()
+            build_reference_subset(annotations, output, alpha=alpha, top_ratio=ratio, num_proc=args.num_proc,
+                                   cache_dir=cache / "mprm_hf_reference_scores", cache_records=cache_records,
+                                   progress=False)  # fmt: skip
+            timing = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu_start}
+            return {**timing, "largest_mib": float("nan"), "tree_mib": float("nan")}, output
+
+        baselines = {key: baseline(*key) for key in (("0.2", "0.1"), ("0.05", "0.25"), ("0.1", "0.1"))}
+        runs = [
+            ("cold: 10% a=0.2, no cache (CLI)", ("0.2", "0.1"), lambda: ours("0.2", "0.1", scratch / "plain")),
+            ("warm: 25% a=0.05, score cache (CLI)", ("0.05", "0.25"), lambda: ours("0.05", "0.25", scratch / "plain")),
+            ("warm: 10% a=0.1, score cache (session)", ("0.1", "0.1"), lambda: in_session(0.1, 0.1, scratch / "plain", False)),
+            ("cold: 10% a=0.2, --cache-records (CLI)", ("0.2", "0.1"),
+             lambda: ours("0.2", "0.1", scratch / "records", "--cache-records")),
+            ("warm: 25% a=0.05, records cache (CLI)", ("0.05", "0.25"),
+             lambda: ours("0.05", "0.25", scratch / "records", "--cache-records")),
+            ("warm: 10% a=0.1, records cache (session)", ("0.1", "0.1"),
+             lambda: in_session(0.1, 0.1, scratch / "records", True)),
+        ]  # fmt: skip
+        rows = []
+        for label, key, run in runs:
+            fast, output = run()
+            base, base_output = baselines[key]
+            if output.read_bytes() != base_output.read_bytes():
+                raise SystemExit(f"{label}: output differs from the baseline's")
+            rows.append((label, base, fast))
+
+    print(f"\ncorpus: {args.corpus} ({size / 2**20:.0f} MiB), {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}, num_proc={args.num_proc}; every output byte-identical to the baseline's")  # fmt: skip
+    print(f"{'run':<42} {'wall s base/ours':>17} {'speed-up':>9} {'CPU s base/ours':>16}   "
+          f"{'peak MiB largest proc':>22} {'peak MiB tree':>14}")  # fmt: skip
+    for label, base, fast in rows:
         print(
-            f"{label:<16} {phase:<5} {base[0]:>11.2f} {fast[0]:>8.2f} {base[0] / fast[0]:>8.1f}x   "
-            f"{base[1]:>8.0f} / {fast[1]:<8.0f} {base[2]:>13.0f} / {fast[2]:<8.0f}"
+            f"{label:<42} {base['wall']:>7.2f} / {fast['wall']:<7.2f} {base['wall'] / fast['wall']:>8.1f}x "
+            f"{base['cpu']:>7.2f} / {fast['cpu']:<7.2f}  {base['largest_mib']:>9.0f} / {fast['largest_mib']:<9.0f}"
+            f" {base['tree_mib']:>6.0f} / {fast['tree_mib']:<6.0f}"
         )
-    print(json.dumps({label + " " + phase: {"speedup": base[0] / fast[0]} for label, phase, base, fast in rows}))
 
 
 if __name__ == "__main__":
