@@ -734,20 +734,17 @@ def _write_cached_records(scores: pa.Table, rows: np.ndarray, output: Path, reco
                 first_row = int(batch_ends[batch_index - 1]) if batch_index else 0
                 with pa.memory_map(str(records_dir / f"{batch_index:06d}.arrow")) as source:
                     batch = pa.ipc.open_file(source).get_batch(0)
-                    positions = pa.array(rows[mine] - first_row)
-                    errors = batch.column(1).take(positions)
+                    positions = (rows[mine] - first_row).astype(np.int64)
+                    errors = batch.column(1).take(_arrow(positions, pa.int64()))
                     if errors.null_count != len(errors):
                         raise MPRMError(next(error for error in errors.to_pylist() if error is not None))
-                    lines = batch.column(0).take(positions)
-                    if lines.null_count:
+                    lines = batch.column(0).take(_arrow(positions, pa.int64()))
+                    written[mine] = True
+                    if lines.null_count:  # dropped at conversion: take the others only
                         bits = np.frombuffer(lines.buffers()[0], dtype=np.uint8)
-                        valid = np.unpackbits(bits, bitorder="little")[
-                            lines.offset : lines.offset + len(lines)
-                        ]
-                        written[mine] = valid.astype(bool)
-                        lines = lines.filter(pa.array(valid.astype(bool)))
-                    else:
-                        written[mine] = True
+                        valid = np.unpackbits(bits, bitorder="little")[: len(lines)].astype(bool)
+                        written[mine] = valid
+                        lines = batch.column(0).take(_arrow(positions[valid], pa.int64()))
                     if len(lines):
                         _, offsets, data = lines.buffers()
                         bounds = np.frombuffer(offsets, dtype=np.int32)[
