@@ -3,8 +3,8 @@
 Baseline: the reference's algorithm as published (read each annotation file whole, `json.loads` every
 line, score it in Python, sort, convert the kept ones with `json.dumps`). Ours: `mprm-hf select
 --format reference` cold (no score cache) and warm (cached score table, a new alpha and ratio). Every
-run is a fresh subprocess; wall time and peak memory (resident set of the whole process tree, sampled,
-and the largest single process from getrusage) are measured from outside. The outputs must be
+run is a fresh subprocess; wall time and peak memory (proportional set size of the whole process tree, sampled,
+and of the largest single process from getrusage) are measured from outside. The outputs must be
 byte-identical, or the benchmark fails.
 
     python benchmarks/bench_selection.py [--corpus /tmp/mprm_bench_corpus] [--rollouts 565149]
@@ -96,7 +96,7 @@ with output.open("w", encoding="utf-8") as sink:
 
 def timed(command: list[str], env: dict[str, str]) -> dict[str, float]:
     """Run `command`; wall seconds, CPU seconds (user + sys of the whole tree, from getrusage), the
-    largest single process's peak RSS (getrusage) and the peak RSS of the tree (sampled every 20 ms)."""
+    largest single process's peak RSS (getrusage) and the peak PSS of the tree (sampled every 20 ms)."""
     wrapper = [
         sys.executable,
         "-c",
@@ -111,8 +111,9 @@ def timed(command: list[str], env: dict[str, str]) -> dict[str, float]:
     peak_tree = 0
     while process.poll() is None:
         with contextlib.suppress(psutil.Error):
+            # PSS: pages shared by forked workers count once, split between them
             peak_tree = max(
-                peak_tree, sum(member.memory_info().rss for member in root.children(recursive=True))
+                peak_tree, sum(member.memory_full_info().pss for member in root.children(recursive=True))
             )
         time.sleep(0.02)
     wall = time.perf_counter() - start
@@ -206,7 +207,7 @@ def main() -> None:
     print(f"\ncorpus: {args.corpus} ({size / 2**20:.0f} MiB), {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}, num_proc={args.num_proc}; every output byte-identical to the baseline's")  # fmt: skip
     print(f"{'run':<42} {'wall s base/ours':>17} {'speed-up':>9} {'CPU s base/ours':>16}   "
-          f"{'peak MiB largest proc':>22} {'peak MiB tree':>14}")  # fmt: skip
+          f"{'peak RSS MiB largest proc':>26} {'peak PSS MiB tree':>18}")  # fmt: skip
     for label, base, fast in rows:
         print(
             f"{label:<42} {base['wall']:>7.2f} / {fast['wall']:<7.2f} {base['wall'] / fast['wall']:>8.1f}x "
