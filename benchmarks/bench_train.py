@@ -183,7 +183,7 @@ def run(model, processor, records, *, strategy: str, steps: int, warmup: int, ba
             max_steps=steps,
             per_device_train_batch_size=batch_size,
             train_sampling_strategy=strategy,
-            gradient_checkpointing=bf16,
+            activation_checkpointing=bf16,
             max_length=8192,
             learning_rate=1e-5,
             save_strategy="no",

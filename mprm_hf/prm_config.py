@@ -138,7 +138,14 @@ class PRMConfig(TrainingArguments):
             raise MPRMError(f"PRMConfig: field 'max_length' must be positive, got {self.max_length}")
         if self.curriculum:
             self.train_sampling_strategy = "sequential"
-        if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
+        checkpointing = (
+            self.activation_checkpointing or self.gradient_checkpointing
+        )  # the old name is an alias
+        if (
+            checkpointing
+            and self.activation_checkpointing_kwargs is None
+            and self.gradient_checkpointing_kwargs is None
+        ):
             # Reentrant checkpointing needs inputs that require grad, which a frozen vision tower does not give.
-            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
+            self.activation_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()

@@ -54,7 +54,7 @@ CARD_HYPERPARAMETERS = (
     "freeze_vision_tower",
     "train_sampling_strategy",
     "bf16",
-    "gradient_checkpointing",
+    "activation_checkpointing",
     "use_peft",
     "lora_r",
     "lora_alpha",
