@@ -303,6 +303,13 @@ class PRMTrainer(Trainer):
             desc=f"Measuring {name} rollouts",
         )
 
+    def _get_eval_sampler(self, eval_dataset: Dataset) -> torch.utils.data.Sampler | None:
+        """Evaluation and `predict` keep dataset order (also under length grouping), so that predictions line
+        up with their records; the base class would group eval batches by length, in a shuffled order."""
+        if self.args.world_size <= 1:
+            return torch.utils.data.SequentialSampler(eval_dataset)
+        return None
+
     # ---- loss -------------------------------------------------------------------------------------------
 
     def _reward_logits(self, model: torch.nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, ...]:

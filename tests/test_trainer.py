@@ -233,3 +233,26 @@ def test_lora_adapter_saves_loads_and_scores_identically(
         untrained = forward_step_reward_logits(base, encode_traces(processor, fmt, traces), ids)
     torch.testing.assert_close(theirs, ours)
     assert not torch.allclose(untrained, ours)  # the adapter changed the scores
+
+
+def test_training_inputs_and_scores_match_scoring(stepwise, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The collator builds the same tokens as `score_traces`, and the trainer's step probabilities equal its
+    rewards: a trained model is scored on exactly the layout it was trained on."""
+    from mprm_hf.scoring import score_traces
+
+    model, processor = load_tiny(tiny_model_dir)
+    records = stepwise.select(range(200, 206))
+    trainer = PRMTrainer(
+        model=model, args=config(tmp_path, max_length=None), train_dataset=records, processing_class=processor
+    )
+    traces = [{"prompt": r["prompt"], "steps": r["completions"], "images": r["images"]} for r in records]
+    fmt = get_step_format("prm-token")
+    for record, trace in zip(records, traces, strict=True):
+        ours = trainer.data_collator([record])
+        theirs = encode_traces(processor, fmt, [trace])
+        assert torch.equal(ours["input_ids"], theirs["input_ids"])
+        assert torch.equal(ours["step_positions"], theirs["step_positions"])
+    predictions = trainer.predict(records).predictions
+    rewards = score_traces(model, processor, traces, batch_size=4, progress=False)
+    for row, expected in enumerate(rewards):
+        assert predictions[row, : len(expected)].tolist() == pytest.approx(expected, abs=1e-5)
