@@ -216,6 +216,7 @@ class PRMTrainer(Trainer):
             raise MPRMError("PRMTrainer: processing_class (the model's processor) is required")
 
         self.step_format = get_step_format(args.step_format)
+        vocabulary_before = len(getattr(processing_class, "tokenizer", processing_class))
         prepared = prepare_model_and_processor(model, processing_class, self.step_format)
         if isinstance(prepared, tuple):
             model, processing_class = prepared
@@ -230,7 +231,10 @@ class PRMTrainer(Trainer):
             for _, parameter in frozen:
                 parameter.requires_grad_(False)
         if args.use_peft:
-            model = self._wrap_lora(model, args)
+            added = list(
+                range(vocabulary_before, len(getattr(processing_class, "tokenizer", processing_class)))
+            )
+            model = self._wrap_lora(model, args, added)
 
         with args.main_process_first(desc="measuring rollout lengths"):
             train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
@@ -266,7 +270,9 @@ class PRMTrainer(Trainer):
     # ---- set-up ------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _wrap_lora(model: PreTrainedModel, args: PRMConfig) -> torch.nn.Module:
+    def _wrap_lora(model: PreTrainedModel, args: PRMConfig, added_tokens: list[int]) -> torch.nn.Module:
+        """LoRA on the language model; tokens the step format added (e.g. `<prm>`) get trainable embedding
+        rows (peft's `trainable_token_indices`), since their fresh embeddings would otherwise stay untrained."""
         from peft import LoraConfig, get_peft_model
 
         targets: str | list[str] = args.lora_target_modules or DEFAULT_LORA_TARGETS
@@ -277,6 +283,7 @@ class PRMTrainer(Trainer):
             lora_alpha=args.lora_alpha,
             lora_dropout=args.lora_dropout,
             target_modules=targets,
+            trainable_token_indices=added_tokens or None,
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, config)

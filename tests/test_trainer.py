@@ -256,3 +256,49 @@ def test_training_inputs_and_scores_match_scoring(stepwise, tiny_model_dir: Path
     rewards = score_traces(model, processor, traces, batch_size=4, progress=False)
     for row, expected in enumerate(rewards):
         assert predictions[row, : len(expected)].tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_lora_trains_the_embedding_of_a_marker_the_base_lacks(
+    stepwise, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A base model without the format's marker token (any real VLM) gets it added, and under LoRA its new
+    embedding row trains and is saved with the adapter."""
+    from dataclasses import replace
+
+    from mprm_hf import step_format
+    from mprm_hf.modeling import load_model_and_processor
+    from mprm_hf.step_format import forward_step_reward_logits
+
+    marker_format = replace(step_format.STEP_FORMATS["prm-token"], marker_token="<step_end>")
+    monkeypatch.setitem(step_format.STEP_FORMATS, "prm-token", marker_format)
+    model, processor = load_tiny(tiny_model_dir)
+    vocabulary = len(processor.tokenizer)
+    args = config(
+        tmp_path, use_peft=True, lora_r=4, lora_alpha=8, max_steps=4, learning_rate=5e-2, warmup_steps=0
+    )
+    trainer = PRMTrainer(
+        model=model, args=args, train_dataset=stepwise.select(range(32)), processing_class=processor
+    )
+    marker_id = processor.tokenizer.convert_tokens_to_ids("<step_end>")
+    assert marker_id == vocabulary  # added by prepare_model_and_processor
+    embeddings = trainer.model.get_input_embeddings()
+    before = embeddings(torch.tensor([marker_id, 5])).detach().clone()
+    trainer.train()
+    after = embeddings(torch.tensor([marker_id, 5])).detach()
+    assert not torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    trainer.save_model(args.output_dir)
+
+    loaded, loaded_processor = load_model_and_processor(tiny_model_dir, adapter=args.output_dir)
+    traces = [
+        {"prompt": r["prompt"], "steps": r["completions"], "images": r["images"]}
+        for r in stepwise.select(range(40, 43))
+    ]
+    ids = reward_token_ids(processor, marker_format)
+    with torch.no_grad():
+        ours = forward_step_reward_logits(
+            trainer.model.eval(), encode_traces(processor, marker_format, traces), ids
+        )
+        theirs = forward_step_reward_logits(
+            loaded, encode_traces(loaded_processor, marker_format, traces), ids
+        )
+    torch.testing.assert_close(theirs, ours)
