@@ -5,15 +5,17 @@ and converts the kept rollouts. This module gives the same bytes with three chan
 the result:
 
 * **Scan once, rank many times.** A scan keeps, per ranked line, only its byte span and the three
-  numbers BIS needs (`n_scored`, `n_pos`, `sum_pos`). That table is cached as Arrow through `datasets`
-  (keyed by the files' size and mtime), so a new alpha or ratio never reads the corpus again; only the
-  kept lines are re-read (by byte offset) and converted.
+  numbers BIS needs (`n_scored`, `n_pos`, `sum_pos`). That table is cached as an Arrow file in the
+  `datasets` cache (keyed by the files' paths, sizes and mtimes), so a new alpha or ratio never reads
+  the corpus again; only the kept lines are re-read (by byte offset) and converted. With
+  `cache_records`, every ranked line's PRM line is cached too and a new alpha or ratio copies bytes.
 * **orjson first, `json` when it must.** Every line goes through `orjson`; a line orjson rejects
   (NaN / Infinity literals, lone surrogates, numbers out of range, Unicode whitespace around the
   record) is parsed again with `json.loads`, and a value orjson may have widened (an integer beyond
   64 bits becomes a float there) sends the line to `json.loads` too. Both parsers give identical
   values on every line both accept.
-* **Shards on both cores.** Files are cut into newline-aligned shards scanned by a process pool.
+* **Shards on both cores.** Files are cut into newline-aligned shards, memory-mapped and scanned by
+  a process pool; memory holds one shard per worker, whatever the corpus size.
 
 Rules copied from the reference, all of them load-bearing for byte equality:
 
@@ -430,19 +432,30 @@ class ScanCounts:
     no_numeric_score: int = 0
 
 
-class _Workers:
-    """A fork pool when more than one process helps, else plain `map`: the same ordered `imap` API."""
+class Workers:
+    """A fork pool when more than one process helps, else plain `map`: the same ordered `imap` API.
 
-    def __init__(self, num_proc: int | None, n_tasks: int) -> None:
-        self.count = max(1, min(num_proc or os.cpu_count() or 1, n_tasks))
+    Made once, early, by `build_reference_subset` and shared by the scan and the conversion: forking
+    before the score table and BIS arrays exist keeps them out of every worker's memory."""
+
+    def __init__(self, num_proc: int | None, n_tasks: int | None = None) -> None:
+        self.count = max(1, min(num_proc or os.cpu_count() or 1, n_tasks or 1 << 30))
         self.pool = multiprocessing.get_context("fork").Pool(self.count) if self.count > 1 else None
 
     def imap(self, function, tasks):  # noqa: ANN001, ANN201 - mirrors Pool.imap
-        return self.pool.imap(function, tasks) if self.pool is not None else map(function, tasks)
+        if self.pool is None or len(tasks) < 2:
+            return map(function, tasks)
+        return self.pool.imap(function, tasks)
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.terminate()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def scan_files(
@@ -453,6 +466,7 @@ def scan_files(
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
     records_dir: Path | None = None,
+    workers: Workers | None = None,
 ) -> list[ScanCounts]:
     """Scan all files (shards on a process pool) into the Arrow score table at `scores_path`.
 
@@ -466,7 +480,8 @@ def scan_files(
         tasks = [(*task[:4], str(records_dir / f"{index:06d}.arrow")) for index, task in enumerate(tasks)]
     counts = [ScanCounts() for _ in files]
     total = sum(task[3] - task[2] for task in tasks)
-    workers = _Workers(num_proc, len(tasks))
+    own = workers is None
+    workers = workers or Workers(num_proc, len(tasks))
     try:
         with (
             tqdm(
@@ -483,7 +498,8 @@ def scan_files(
                 tally.no_numeric_score += result.no_numeric_score
                 bar.update(task[3] - task[2])
     finally:
-        workers.close()
+        if own:
+            workers.close()
     return counts
 
 
@@ -685,6 +701,7 @@ def write_reference(
     progress: bool = True,
     chunk_rows: int = 2000,
     records_dir: Path | None = None,
+    workers: Workers | None = None,
 ) -> np.ndarray:
     """Convert the kept rows (re-read by byte offset, on the pool) and write them in file order.
 
@@ -707,7 +724,8 @@ def write_reference(
             tasks.append((str(files[file_index]), offsets[part].tolist(), lengths[part].tolist()))
     written = np.zeros(len(rows), dtype=bool)
     temporary = output.with_name(output.name + ".partial")
-    workers = _Workers(num_proc, len(tasks))
+    own = workers is None
+    workers = workers or Workers(num_proc, len(tasks))
     position = 0
     try:
         with (
@@ -726,7 +744,8 @@ def write_reference(
         temporary.unlink(missing_ok=True)
         raise
     finally:
-        workers.close()
+        if own:
+            workers.close()
     return written
 
 
@@ -798,6 +817,7 @@ def load_or_scan(
     cache_records: bool = False,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
+    workers: Workers | None = None,
 ) -> tuple[pa.Table, list[ScanCounts], bool, Path | None]:
     """The score table of these files from the cache, or a fresh scan (written to the cache).
 
@@ -824,6 +844,7 @@ def load_or_scan(
             progress=progress,
             shard_bytes=shard_bytes,
             records_dir=records_dir if cache_records else None,
+            workers=workers,
         )
         table = read_score_table(partial)
         if use_cache:
@@ -873,19 +894,21 @@ def build_reference_subset(
     if not math.isfinite(float(alpha)):
         raise MPRMError(f"--alpha must be a finite number, got {alpha!r}")
     files = annotation_files(annotations_dir)
-    table, counts, cached, records_dir = load_or_scan(
-        files,
-        num_proc=num_proc,
-        use_cache=use_cache,
-        cache_dir=cache_dir,
-        cache_records=cache_records,
-        progress=progress,
-        shard_bytes=shard_bytes,
-    )
-    rows = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
-    written_rows = write_reference(
-        files, table, rows, output, num_proc=num_proc, progress=progress, records_dir=records_dir
-    )
+    with Workers(num_proc) as workers:
+        table, counts, cached, records_dir = load_or_scan(
+            files,
+            num_proc=num_proc,
+            use_cache=use_cache,
+            cache_dir=cache_dir,
+            cache_records=cache_records,
+            progress=progress,
+            shard_bytes=shard_bytes,
+            workers=workers,
+        )
+        rows = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
+        written_rows = write_reference(
+            files, table, rows, output, progress=progress, records_dir=records_dir, workers=workers
+        )
     kept = np.zeros(table.num_rows, dtype=bool)
     kept[rows] = True
     written = np.zeros(table.num_rows, dtype=bool)
