@@ -16,7 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("mprm_hf.scoring", "print the reward of every step of one reasoning trace"),
     "rerank": ("mprm_hf.rerank", "pick the best of N candidate traces per question"),
     "push": ("mprm_hf.hub", "push a subset or a checkpoint folder to the Hub with its card"),
-    "demo": ("mprm_hf.demo", "run the whole pipeline on the embedded default (synth, select, train, evaluate)"),
+    "demo": (
+        "mprm_hf.demo",
+        "run the whole pipeline on the embedded default (synth, select, train, evaluate)",
+    ),
 }
 
 
