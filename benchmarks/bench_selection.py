@@ -3,9 +3,9 @@
 Baseline: the reference's algorithm as published (read each annotation file whole, `json.loads` every
 line, score it in Python, sort, convert the kept ones with `json.dumps`). Ours: `mprm-hf select
 --format reference` cold (no score cache) and warm (cached score table, a new alpha and ratio). Every
-run is a fresh subprocess; wall time and peak memory (proportional set size of the whole process tree, sampled,
-and of the largest single process from getrusage) are measured from outside. The outputs must be
-byte-identical, or the benchmark fails.
+run is a fresh subprocess; wall time, CPU time and peak memory (proportional set size of the whole
+process tree, sampled, and resident set of the largest single process, from getrusage) are measured
+from outside. The outputs must be byte-identical, or the benchmark fails.
 
     python benchmarks/bench_selection.py [--corpus /tmp/mprm_bench_corpus] [--rollouts 565149]
 """
@@ -211,8 +211,8 @@ def main() -> None:
     for label, base, fast in rows:
         print(
             f"{label:<42} {base['wall']:>7.2f} / {fast['wall']:<7.2f} {base['wall'] / fast['wall']:>8.1f}x "
-            f"{base['cpu']:>7.2f} / {fast['cpu']:<7.2f}  {base['largest_mib']:>9.0f} / {fast['largest_mib']:<9.0f}"
-            f" {base['tree_mib']:>6.0f} / {fast['tree_mib']:<6.0f}"
+            f"{base['cpu']:>7.2f} / {fast['cpu']:<7.2f}  {base['largest_mib']:>12.0f} / {fast['largest_mib']:<11.0f}"
+            f" {base['tree_mib']:>8.0f} / {fast['tree_mib']:<7.0f}"
         )
 
 

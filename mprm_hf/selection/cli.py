@@ -148,35 +148,43 @@ def run_reference(args: argparse.Namespace) -> tuple[SelectionReport, str]:
     )
     table = result.table
     files = column_numpy(table, "file")
-    n_scored = column_numpy(table, "n_scored").astype(np.int64)
-    n_pos = column_numpy(table, "n_pos").astype(np.int64)
-    rows = []
-    for index, path in enumerate(result.files):
-        mine = files == index
-        out = mine & result.written
-        rows.append(
-            SourceRow(
-                source=path.stem,
-                total=int(mine.sum()),
-                kept=int(out.sum()),
-                steps_before=int(n_scored[mine].sum()),
-                positive_before=int(n_pos[mine].sum()),
-                steps_after=int(n_scored[out].sum()),
-                positive_after=int(n_pos[out].sum()),
-                dropped_at_conversion=int((mine & result.kept & ~result.written).sum()),
-            )
+    n_scored, n_pos = column_numpy(table, "n_scored"), column_numpy(table, "n_pos")
+
+    def per_file(weights: np.ndarray | None = None, mask: np.ndarray | None = None) -> list[int]:
+        chosen = files if mask is None else files[mask]
+        weighted = None if weights is None else (weights if mask is None else weights[mask])
+        return np.bincount(chosen, weights=weighted, minlength=len(result.files)).astype(np.int64).tolist()
+
+    totals, kept, written = per_file(), per_file(mask=result.kept), per_file(mask=result.written)
+    steps_before, positive_before = per_file(n_scored), per_file(n_pos)
+    steps_after, positive_after = per_file(n_scored, result.written), per_file(n_pos, result.written)
+    rows = [
+        SourceRow(
+            source=path.stem,
+            total=totals[index],
+            kept=written[index],
+            steps_before=steps_before[index],
+            positive_before=positive_before[index],
+            steps_after=steps_after[index],
+            positive_after=positive_after[index],
+            dropped_at_conversion=kept[index] - written[index],
         )
+        for index, path in enumerate(result.files)
+    ]
     from mprm_hf.selection import scores
 
+    staging = bool(
+        args.push_to_hub or args.dry_run
+    )  # the histogram is the only user of the per-rollout arrays
     report = SelectionReport(
         selector="bis",
         params={"alpha": alpha, "top_ratio": args.top_ratio, "format": "reference"},
         rows=rows,
-        p_pos=scores.p_pos(n_pos, n_scored),
-        reliability=scores.reliability(column_numpy(table, "sum_pos"), n_pos),
-        bis=result.bis,
+        p_pos=scores.p_pos(n_pos, n_scored) if staging else np.zeros(0),
+        reliability=scores.reliability(column_numpy(table, "sum_pos"), n_pos) if staging else np.zeros(0),
+        bis=result.bis if staging else np.zeros(0),
         bis_alpha=alpha,
-        kept_mask=result.written,
+        kept_mask=result.written if staging else np.zeros(0, dtype=bool),
         order_note="file order (as the reference)",
     )
     note = "score table from cache" if result.cached else "score table scanned and cached"

@@ -542,8 +542,10 @@ def rank_descending(bis: np.ndarray) -> np.ndarray:
     return np.argsort(-bis, kind="stable")
 
 
-def select_reference_rows(table: pa.Table, n_files: int, alpha: float, top_ratio: float) -> np.ndarray:
-    """Row numbers (into the score table) of the kept rollouts, in file order then line order."""
+def select_reference_rows(
+    table: pa.Table, n_files: int, alpha: float, top_ratio: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row numbers of the kept rollouts in file then line order, BIS of every row of the table)."""
     files = column_numpy(table, "file")
     bis = reference_bis(
         column_numpy(table, "n_scored"),
@@ -559,7 +561,7 @@ def select_reference_rows(table: pa.Table, n_files: int, alpha: float, top_ratio
             continue
         order = rank_descending(bis[start:end])
         kept.append(np.sort(order[: reference_top_k(end - start, top_ratio)]) + start)
-    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+    return (np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)), bis
 
 
 # ------------------------------------------------------------------------------------------- convert
@@ -905,7 +907,7 @@ def build_reference_subset(
             shard_bytes=shard_bytes,
             workers=workers,
         )
-        rows = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
+        rows, bis = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
         written_rows = write_reference(
             files, table, rows, output, progress=progress, records_dir=records_dir, workers=workers
         )
@@ -913,10 +915,4 @@ def build_reference_subset(
     kept[rows] = True
     written = np.zeros(table.num_rows, dtype=bool)
     written[rows[written_rows]] = True
-    bis = reference_bis(
-        column_numpy(table, "n_scored"),
-        column_numpy(table, "n_pos"),
-        column_numpy(table, "sum_pos"),
-        alpha,
-    )
     return ReferenceResult(files, counts, cached, table, bis, kept, written)
