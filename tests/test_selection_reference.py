@@ -361,3 +361,23 @@ def test_a_conversion_crash_matters_only_when_kept(tmp_path: Path, cache_records
     with pytest.raises(MPRMError, match=r"x\.jsonl:3: field 'steps_with_score\[0\]\.step' must be a string"):
         reference.build_reference_subset(annotations, tmp_path / "o2.jsonl", top_ratio=1.0, **options)
     assert not (tmp_path / "o2.jsonl").exists()
+
+
+def test_cache_follows_the_files(tmp_path: Path) -> None:
+    """An edited annotation file is scanned again; an unchanged corpus is not; the table loads in datasets."""
+    import datasets
+
+    annotations = write_corpus(tmp_path / "corpus", seed=7, lines_per_file=(40, 30, 0, 1, 5))
+    options = {"alpha": 0.2, "top_ratio": 0.25, "cache_dir": tmp_path / "cache", "progress": False}
+    first = reference.build_reference_subset(annotations, tmp_path / "a.jsonl", **options)
+    again = reference.build_reference_subset(annotations, tmp_path / "b.jsonl", **options)
+    assert (first.cached, again.cached) == (False, True)
+    with (annotations / "b_source.jsonl").open("a", encoding="utf-8") as handle:
+        steps = [{"step": "new", "score": 0.5}, {"step": "n2", "score": 0.0}]
+        handle.write("\n" + json.dumps({"image": "new.png", "question": "q", "steps_with_score": steps}) + "\n")
+    edited = reference.build_reference_subset(annotations, tmp_path / "c.jsonl", **options)
+    assert not edited.cached
+    assert (tmp_path / "c.jsonl").read_bytes() == oracle_subset(annotations, 0.2, 0.25)
+    tables = sorted((tmp_path / "cache").glob("*.scores.arrow"))
+    assert len(tables) == 2
+    assert all(datasets.Dataset.from_file(str(table)).num_rows > 0 for table in tables)

@@ -86,7 +86,7 @@ RECORDS_SCHEMA = pa.schema(
         ("error", pa.string()),  # why the reference would crash on this rollout if it kept it
     ]
 )
-SCORE_TABLE_VERSION = 4
+SCORE_TABLE_VERSION = 5
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -397,7 +397,7 @@ def scan_shard(task: tuple[int, str, int, int, str | None]) -> ShardScan:
     if records_path is not None:
         lines = [None if line is None else line + "\n" for line in out.records]  # output bytes, ready to copy
         batch = pa.RecordBatch.from_arrays([_strings(lines), _strings(out.errors)], schema=RECORDS_SCHEMA)
-        with pa.ipc.new_file(records_path, RECORDS_SCHEMA) as writer:
+        with pa.OSFile(records_path, "wb") as sink, pa.ipc.new_stream(sink, RECORDS_SCHEMA) as writer:
             writer.write_batch(batch)
         out.records = out.errors = None
     return out
@@ -487,7 +487,8 @@ def scan_files(
             tqdm(
                 total=total, unit="B", unit_scale=True, desc="Scoring rollouts", disable=not progress
             ) as bar,
-            pa.ipc.new_file(str(scores_path), SCORE_TABLE_SCHEMA) as writer,
+            pa.OSFile(str(scores_path), "wb") as sink,
+            pa.ipc.new_stream(sink, SCORE_TABLE_SCHEMA) as writer,
         ):
             for task, result in zip(tasks, workers.imap(scan_shard, tasks), strict=True):
                 writer.write_batch(result.batch())
@@ -505,7 +506,7 @@ def scan_files(
 
 def read_score_table(scores_path: Path) -> pa.Table:
     """The compact per-rollout score table (~36 bytes a rollout), memory-mapped (no copy)."""
-    return pa.ipc.open_file(pa.memory_map(str(scores_path))).read_all()
+    return pa.ipc.open_stream(pa.memory_map(str(scores_path))).read_all()
 
 
 # -------------------------------------------------------------------------------------------- ranking
@@ -764,7 +765,7 @@ def _write_cached_records(scores: pa.Table, rows: np.ndarray, output: Path, reco
                 mine = row_batches == batch_index
                 first_row = int(batch_ends[batch_index - 1]) if batch_index else 0
                 with pa.memory_map(str(records_dir / f"{batch_index:06d}.arrow")) as source:
-                    batch = pa.ipc.open_file(source).get_batch(0)
+                    batch = pa.ipc.open_stream(source).read_next_batch()
                     positions = (rows[mine] - first_row).astype(np.int64)
                     errors = batch.column(1).take(_arrow(positions, pa.int64()))
                     if errors.null_count != len(errors):
