@@ -374,7 +374,9 @@ def test_cache_follows_the_files(tmp_path: Path) -> None:
     assert (first.cached, again.cached) == (False, True)
     with (annotations / "b_source.jsonl").open("a", encoding="utf-8") as handle:
         steps = [{"step": "new", "score": 0.5}, {"step": "n2", "score": 0.0}]
-        handle.write("\n" + json.dumps({"image": "new.png", "question": "q", "steps_with_score": steps}) + "\n")
+        handle.write(
+            "\n" + json.dumps({"image": "new.png", "question": "q", "steps_with_score": steps}) + "\n"
+        )
     edited = reference.build_reference_subset(annotations, tmp_path / "c.jsonl", **options)
     assert not edited.cached
     assert (tmp_path / "c.jsonl").read_bytes() == oracle_subset(annotations, 0.2, 0.25)
