@@ -824,8 +824,9 @@ def load_or_scan(
 ) -> tuple[pa.Table, list[ScanCounts], bool, Path | None]:
     """The score table of these files from the cache, or a fresh scan (written to the cache).
 
-    Returns (table, counts, was_cached, records_dir). The table is an Arrow IPC file in the `datasets`
-    cache folder, keyed by the files' paths, sizes and mtimes, so an edited corpus is scanned again.
+    Returns (table, counts, was_cached, records_dir). The table is an Arrow stream file (which
+    `datasets.Dataset.from_file` loads) in the `datasets` cache folder, keyed by the files' paths,
+    sizes and mtimes, so an edited corpus is scanned again.
     `cache_records` also keeps every ranked rollout's PRM line (records_dir; None when not cached)."""
     key = _fingerprint(files)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
