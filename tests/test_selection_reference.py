@@ -383,3 +383,34 @@ def test_cache_follows_the_files(tmp_path: Path) -> None:
     tables = sorted((tmp_path / "cache").glob("*.scores.arrow"))
     assert len(tables) == 2
     assert all(datasets.Dataset.from_file(str(table)).num_rows > 0 for table in tables)
+
+
+def test_orjson_and_json_agree_on_every_float_both_accept() -> None:
+    """The fast path trusts orjson's floats: on literals both parsers accept, the values are identical."""
+    import struct
+
+    import orjson
+
+    rnd = random.Random(0)
+    literals = []
+    for _ in range(20_000):
+        kind = rnd.random()
+        if kind < 0.4:
+            literal = repr(struct.unpack("d", struct.pack("Q", rnd.getrandbits(64)))[0])
+            if "n" in literal:  # nan / inf have no JSON literal orjson accepts
+                continue
+        elif kind < 0.7:
+            literal = f"{rnd.randint(0, 10**20)}.{rnd.randint(0, 10**25):025d}e{rnd.randint(-330, 310)}"
+        else:
+            literal = "0." + "".join(rnd.choice("0123456789") for _ in range(rnd.randint(15, 40)))
+        literals.append(literal)
+    compared = 0
+    for literal in literals:
+        text = '{"score": ' + literal + "}"
+        try:
+            fast = orjson.loads(text.encode())["score"]
+        except orjson.JSONDecodeError:
+            continue  # falls back to json: nothing to compare
+        assert repr(fast) == repr(json.loads(text)["score"]), literal
+        compared += 1
+    assert compared > 15_000
