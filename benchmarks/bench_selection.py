@@ -170,13 +170,13 @@ def main() -> None:
                        "--output", str(output), "--num-proc", str(args.num_proc), "--quiet", *extra]  # fmt: skip
             return timed(command, {**env, "HF_DATASETS_CACHE": str(cache)}), output
 
-        def in_session(
+        def in_process(
             alpha: float, ratio: float, cache: Path, cache_records: bool
         ) -> tuple[dict[str, float], Path]:
-            """A new alpha/ratio in a session that already imported mprm_hf (a notebook, a sweep)."""
+            """A new alpha/ratio in a Python process that already imported mprm_hf (a notebook, a sweep)."""
             from mprm_hf.selection.reference import build_reference_subset
 
-            output = scratch / f"session_{alpha}_{ratio}.jsonl"
+            output = scratch / f"in_process_{alpha}_{ratio}.jsonl"
             start, cpu_start = time.perf_counter(), time.process_time()
             build_reference_subset(annotations, output, alpha=alpha, top_ratio=ratio, num_proc=args.num_proc,
                                    cache_dir=cache / "mprm_hf_reference_scores", cache_records=cache_records,
@@ -188,13 +188,13 @@ def main() -> None:
         runs = [
             ("cold: 10% a=0.2, no cache (CLI)", ("0.2", "0.1"), lambda: ours("0.2", "0.1", scratch / "plain")),
             ("warm: 25% a=0.05, score cache (CLI)", ("0.05", "0.25"), lambda: ours("0.05", "0.25", scratch / "plain")),
-            ("warm: 10% a=0.1, score cache (session)", ("0.1", "0.1"), lambda: in_session(0.1, 0.1, scratch / "plain", False)),
+            ("warm: 10% a=0.1, score cache (in process)", ("0.1", "0.1"), lambda: in_process(0.1, 0.1, scratch / "plain", False)),
             ("cold: 10% a=0.2, --cache-records (CLI)", ("0.2", "0.1"),
              lambda: ours("0.2", "0.1", scratch / "records", "--cache-records")),
             ("warm: 25% a=0.05, records cache (CLI)", ("0.05", "0.25"),
              lambda: ours("0.05", "0.25", scratch / "records", "--cache-records")),
-            ("warm: 10% a=0.1, records cache (session)", ("0.1", "0.1"),
-             lambda: in_session(0.1, 0.1, scratch / "records", True)),
+            ("warm: 10% a=0.1, records cache (in process)", ("0.1", "0.1"),
+             lambda: in_process(0.1, 0.1, scratch / "records", True)),
         ]  # fmt: skip
         rows = []
         for label, key, run in runs:
