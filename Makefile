@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+MPRM := $(VENV)/bin/mprm-hf
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
@@ -19,8 +20,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-build-isolation -c constraints.txt deepspeed
 	touch $(STAMP)
 
+# The main job on the embedded default: a synthetic corpus, its BIS-10% subset, a tiny PRM trained on it,
+# scored on the synthetic VisualProcessBench. Offline, on a CPU, in a few minutes.
 demo: $(STAMP)
-	$(VENV)/bin/mprm-hf demo-pipeline
+	$(MPRM) synth --out embedded/synthetic --rollouts 2000 --benchmark-traces 300 --seed 0
+	$(MPRM) select --annotations embedded/synthetic --method bis --alpha 0.2 --top-ratio 0.1 \
+		--format arrow --output embedded/bis-10 --dry-run
+	$(MPRM) train recipes/tiny-cpu/config.yaml
+	$(MPRM) evaluate --model outputs/tiny-cpu --benchmark embedded/synthetic/VisualProcessBench \
+		--out outputs/tiny-cpu/eval
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -n 2 --timeout 900
