@@ -25,21 +25,8 @@ import torch
 from PIL import Image
 
 from mprm_hf.data.synthetic import draw_scene, simulate_benchmark
-from mprm_hf.modeling import count_parameters, create_tiny_model
+from mprm_hf.modeling import count_parameters, create_tiny_model, qwen2_vl_2b_config
 from mprm_hf.scoring import score_traces
-
-# Qwen2-VL-2B-Instruct's published dimensions.
-QWEN2_VL_2B_TEXT = {
-    "vocab_size": 151936,
-    "hidden_size": 1536,
-    "intermediate_size": 8960,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 12,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 32768,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-}
-QWEN2_VL_2B_VISION = {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4}
 
 
 def build_model(shape: str, device: str, dtype: torch.dtype, image_size: int) -> tuple[Any, Any]:
@@ -47,20 +34,10 @@ def build_model(shape: str, device: str, dtype: torch.dtype, image_size: int) ->
     model, processor = create_tiny_model(arch="qwen2_vl", seed=0)
     if shape == "tiny":
         return model.to(device=device, dtype=dtype), processor
-    from transformers import AutoModelForImageTextToText, Qwen2VLConfig
+    from transformers import AutoModelForImageTextToText
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    tiny = model.config.to_dict()
-    text = {
-        **{key: tiny["text_config"][key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")},
-        **QWEN2_VL_2B_TEXT,
-    }
-    vision = dict(QWEN2_VL_2B_VISION)
-    special = {
-        key: tiny[key]
-        for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-    }
-    config = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **special)
+    config = qwen2_vl_2b_config(processor.tokenizer)
     # Real benchmark images are large: let the processor keep `image_size` x `image_size` pixels.
     processor.image_processor = Qwen2VLImageProcessorPil(
         min_pixels=56 * 56, max_pixels=image_size * image_size

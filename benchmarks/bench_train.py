@@ -37,27 +37,6 @@ PEAK_BF16_FLOPS = {
     "A10G": 125e12,
     "L4": 121e12,
 }
-# Qwen2-VL-2B-Instruct's architecture (config.json of the released checkpoint).
-QWEN2_VL_2B_TEXT = {
-    "vocab_size": 151936,
-    "hidden_size": 1536,
-    "intermediate_size": 8960,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 12,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 32768,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-}
-QWEN2_VL_2B_VISION = {
-    "depth": 32,
-    "embed_dim": 1280,
-    "hidden_size": 1536,
-    "num_heads": 16,
-    "mlp_ratio": 4,
-    "patch_size": 14,
-    "spatial_merge_size": 2,
-    "temporal_patch_size": 2,
-}
 # Image sizes of VisualPRM400K's sources (geometry diagrams, charts, photos, documents).
 REALISTIC_IMAGE_SIZES = [(336, 336), (448, 448), (512, 384), (640, 480), (800, 600), (1024, 768)]
 
@@ -110,7 +89,9 @@ def tiny_setup(workdir: Path, rollouts: int) -> tuple[Any, Any, Any]:
 def qwen2_vl_2b_setup(workdir: Path, rollouts: int, text_layers: int | None, vision_depth: int | None):
     """Qwen2-VL-2B's shape with random weights (bf16, SDPA on a GPU), and realistic-size rollouts."""
     from PIL import Image
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from mprm_hf.modeling import qwen2_vl_2b_config
 
     model, processor, records = tiny_setup(workdir, rollouts)
     del model
@@ -119,23 +100,7 @@ def qwen2_vl_2b_setup(workdir: Path, rollouts: int, text_layers: int | None, vis
         1024 * 28 * 28
     )  # at most 1,024 image tokens, as in VisualPRM400K training
     processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 1024 * 28 * 28}
-    tokenizer = processor.tokenizer
-    text = dict(QWEN2_VL_2B_TEXT, num_hidden_layers=text_layers or QWEN2_VL_2B_TEXT["num_hidden_layers"])
-    text.update(
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    vision = dict(QWEN2_VL_2B_VISION, depth=vision_depth or QWEN2_VL_2B_VISION["depth"])
-    config = Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
-        tie_word_embeddings=True,
-    )
+    config = qwen2_vl_2b_config(processor.tokenizer, text_layers=text_layers, vision_depth=vision_depth)
     cuda = torch.cuda.is_available()
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration._from_config(

@@ -211,6 +211,53 @@ def tiny_model_config(arch: Arch, tokenizer: PreTrainedTokenizerFast) -> Any:
     return config_class(text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **ids)
 
 
+# Qwen2-VL-2B-Instruct's published dimensions, for benchmarks at a real model's size without a download.
+QWEN2_VL_2B_TEXT = {
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+}
+QWEN2_VL_2B_VISION = {
+    "depth": 32,
+    "embed_dim": 1280,
+    "hidden_size": 1536,
+    "num_heads": 16,
+    "mlp_ratio": 4,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
+QWEN2_VL_2B_VOCAB_SIZE = 151936
+
+
+def qwen2_vl_2b_config(
+    tokenizer: PreTrainedTokenizerFast, *, text_layers: int | None = None, vision_depth: int | None = None
+) -> Any:
+    """A Qwen2-VL-2B-shaped config (full vocabulary size) whose special ids are the tiny tokenizer's.
+
+    Random weights at the real size give honest speed and memory figures with no checkpoint to download;
+    `text_layers` / `vision_depth` shrink it for a quick check on a CPU."""
+    from transformers import Qwen2VLConfig
+
+    text_config = {
+        **QWEN2_VL_2B_TEXT,
+        "vocab_size": max(QWEN2_VL_2B_VOCAB_SIZE, len(tokenizer)),
+        "num_hidden_layers": text_layers or QWEN2_VL_2B_TEXT["num_hidden_layers"],
+        "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision_config = dict(QWEN2_VL_2B_VISION, depth=vision_depth or QWEN2_VL_2B_VISION["depth"])
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _VISION_TOKEN_NAMES.items()}
+    return Qwen2VLConfig(
+        text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **ids
+    )
+
+
 def create_tiny_model(*, arch: Arch = "qwen2_vl", seed: int = 0) -> tuple[Any, Qwen2VLImageTextProcessor]:
     """The tiny model and its processor in memory (random weights drawn under `seed`)."""
     processor = build_tiny_processor(seed=seed)
