@@ -210,7 +210,7 @@ def test_oracle_sees_the_hard_cases(corpora: list[Path]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("corpus_index", "cache_records"), [(0, False), (1, False), (2, False), (0, True), (1, True)]
+    ("corpus_index", "cache_records"), [(0, False), (1, False), (2, False), (0, True), (1, True), (2, True)]
 )
 def test_reference_format_is_byte_identical(
     corpora: list[Path], corpus_index: int, cache_records: bool, tmp_path: Path
@@ -223,7 +223,7 @@ def test_reference_format_is_byte_identical(
             output = tmp_path / f"out_{alpha}_{ratio}.jsonl"
             result = reference.build_reference_subset(
                 annotations, output, alpha=alpha, top_ratio=ratio, num_proc=1 + corpus_index % 2,
-                cache_dir=cache, progress=False, shard_bytes=4096,
+                cache_dir=cache, cache_records=cache_records, progress=False, shard_bytes=4096,
             )  # fmt: skip
             assert output.read_bytes() == expected, (alpha, ratio)
             assert result.n_written == expected.count(b"\n")
@@ -414,3 +414,19 @@ def test_orjson_and_json_agree_on_every_float_both_accept() -> None:
         assert repr(fast) == repr(json.loads(text)["score"]), literal
         compared += 1
     assert compared > 15_000
+
+
+def test_orjson_writes_strings_as_json_dumps_does() -> None:
+    """The scan writes PRM lines with `orjson.dumps(str)`: it must equal `json.dumps(str, ensure_ascii=False)`
+    (`encode_basestring`) encoded as UTF-8, for every code point a parsed string can hold and mixtures."""
+    from json.encoder import encode_basestring
+
+    import orjson
+
+    every = [chr(code) for code in range(0x110000) if not 0xD800 <= code <= 0xDFFF]
+    assert all(orjson.dumps(char) == encode_basestring(char).encode("utf-8") for char in every)
+    rnd = random.Random(0)
+    pool = [chr(code) for code in range(0x80)] + ["\u2028", "\u2029", "\u00e9", "\U0001f600", "\ufeff"]
+    for _ in range(2000):
+        text = "".join(rnd.choice(pool) for _ in range(rnd.randint(0, 40)))
+        assert orjson.dumps(text) == encode_basestring(text).encode("utf-8"), text

@@ -89,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     output.add_argument(
         "--cache-records",
-        action="store_true",
-        help="reference: also cache every ranked rollout's PRM line (a slower first scan; later alphas and "
-        "ratios only copy bytes)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reference: also cache every ranked rollout's PRM line, so later alphas and ratios only copy "
+        "bytes (default; --no-cache-records: a faster first scan, later runs convert their kept lines)",
     )
     output.add_argument("--revision", help="revision of the source corpus when it is a Hub id")
     output.add_argument("--quiet", action="store_true", help="no progress bars")

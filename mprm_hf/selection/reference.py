@@ -82,11 +82,11 @@ SCORE_TABLE_SCHEMA = pa.schema(
 )
 RECORDS_SCHEMA = pa.schema(
     [
-        ("record", pa.string()),  # the reference's PRM line + "\n" of a ranked rollout; null if it is dropped
-        ("error", pa.string()),  # why the reference would crash on this rollout if it kept it
+        ("record", pa.large_string()),  # the reference's PRM line + "\n" of a ranked rollout; null if dropped
+        ("error", pa.large_string()),  # why the reference would crash on this rollout if it kept it
     ]
 )
-SCORE_TABLE_VERSION = 5
+SCORE_TABLE_VERSION = 6
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -229,13 +229,13 @@ class ShardScan:
     n_scored: list[int] = field(default_factory=list)
     n_pos: list[int] = field(default_factory=list)
     sum_pos: list[float] = field(default_factory=list)
-    records: list[str | None] | None = None  # with a records cache: the PRM line of each ranked line
+    records: list[bytes | None] | None = None  # with a records cache: the PRM line of each ranked line
     errors: list[str | None] | None = None  # ... or why the reference would crash if it kept it
     blank: int = 0
     invalid_json: int = 0
     no_numeric_score: int = 0
 
-    def add_record(self, convert: Callable[..., str | None], *args: object) -> None:
+    def add_record(self, convert: Callable[..., bytes | None], *args: object) -> None:
         """Convert a ranked line now (records cache); a crash-worthy line is remembered, not raised."""
         if self.records is None or self.errors is None:
             return
@@ -272,16 +272,16 @@ def column_numpy(table: pa.Table, name: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
-def _strings(values: Sequence[str | None]) -> pa.Array:
-    """An Arrow string array built from its buffers (`pa.array(list)` would import pandas: +0.4 s)."""
-    encoded = [b"" if value is None else value.encode("utf-8") for value in values]
+def _strings(values: Sequence[bytes | None]) -> pa.Array:
+    """An Arrow large_string array of UTF-8 values, built from its buffers (`pa.array(list)` would
+    import pandas: +0.4 s); 64-bit offsets, so no shard can overflow them."""
     valid = np.fromiter((value is not None for value in values), dtype=bool, count=len(values))
-    offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum([len(item) for item in encoded], out=offsets[1:])
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter((len(value or b"") for value in values), np.int64, len(values)), out=offsets[1:])
     bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
-    data = pa.py_buffer(b"".join(encoded))
+    data = pa.py_buffer(b"".join([value for value in values if value is not None]))
     return pa.Array.from_buffers(
-        pa.string(), len(values), [bitmap, pa.py_buffer(offsets), data], int((~valid).sum())
+        pa.large_string(), len(values), [bitmap, pa.py_buffer(offsets), data], int((~valid).sum())
     )
 
 
@@ -337,7 +337,9 @@ def _scan_fast(path: Path, start: int, end: int, out: ShardScan) -> np.ndarray |
         try:  # orjson skips the JSON whitespace str.strip() would remove; anything unusual falls through
             record = loads(piece)
             scores = [float(step["score"]) for step in record["steps_with_score"]]
+            common = True  # one score per step, in step order: the converter reuses them as labels
         except (TypeError, ValueError, KeyError, OverflowError):
+            common = False
             record = None
             stripped = bytes(piece).strip()
             scores = None
@@ -354,7 +356,7 @@ def _scan_fast(path: Path, start: int, end: int, out: ShardScan) -> np.ndarray |
             out.n_scored.append(len(scores))
             flat += scores
             if converting:
-                out.add_record(_convert_parsed, record, piece, path, position)
+                out.add_record(_convert_parsed, record, piece, path, position, scores if common else None)
         elif scores is not None:
             out.no_numeric_score += 1
         position = stop + 1
@@ -395,8 +397,8 @@ def scan_shard(task: tuple[int, str, int, int, str | None]) -> ShardScan:
     out.n_pos = stats["n_pos"].tolist()
     out.sum_pos = stats["sum_pos"].tolist()
     if records_path is not None:
-        lines = [None if line is None else line + "\n" for line in out.records]  # output bytes, ready to copy
-        batch = pa.RecordBatch.from_arrays([_strings(lines), _strings(out.errors)], schema=RECORDS_SCHEMA)
+        errors = [None if error is None else error.encode("utf-8") for error in out.errors]
+        batch = pa.RecordBatch.from_arrays([_strings(out.records), _strings(errors)], schema=RECORDS_SCHEMA)
         with pa.OSFile(records_path, "wb") as sink, pa.ipc.new_stream(sink, RECORDS_SCHEMA) as writer:
             writer.write_batch(batch)
         out.records = out.errors = None
@@ -435,16 +437,19 @@ class ScanCounts:
 class Workers:
     """A fork pool when more than one process helps, else plain `map`: the same ordered `imap` API.
 
-    Made once, early, by `build_reference_subset` and shared by the scan and the conversion: forking
-    before the score table and BIS arrays exist keeps them out of every worker's memory."""
+    Made once by `build_reference_subset` and shared by the scan and the conversion. The pool is
+    forked on the first `imap` that needs it, so a run served from the records cache forks nothing;
+    a scan forks before the score table and BIS arrays exist, which keeps them out of every worker."""
 
     def __init__(self, num_proc: int | None, n_tasks: int | None = None) -> None:
         self.count = max(1, min(num_proc or os.cpu_count() or 1, n_tasks or 1 << 30))
-        self.pool = multiprocessing.get_context("fork").Pool(self.count) if self.count > 1 else None
+        self.pool = None
 
     def imap(self, function, tasks):  # noqa: ANN001, ANN201 - mirrors Pool.imap
-        if self.pool is None or len(tasks) < 2:
+        if self.count < 2 or len(tasks) < 2:
             return map(function, tasks)
+        if self.pool is None:
+            self.pool = multiprocessing.get_context("fork").Pool(self.count)
         return self.pool.imap(function, tasks)
 
     def close(self) -> None:
@@ -621,66 +626,77 @@ def reference_record_line(record: dict, path: Path, offset: int) -> str | None:
     )
 
 
-def _fast_record_line(record: object) -> str | None:
-    """`reference_record_line` for a well-formed record (string image and question, string steps,
-    float-convertible scores); anything else raises, and the caller takes the careful path."""
+def _fast_record_bytes(record: object, scores: list[float] | None = None) -> bytes | None:
+    """`reference_record_line` + "\n" as UTF-8 for a well-formed record (string image and question,
+    string steps, float-convertible scores); anything else raises, and the caller takes the careful
+    path. `orjson.dumps` of a string writes exactly `encode_basestring`'s text, encoded (a test checks
+    every code point), and a string orjson parsed holds no lone surrogate, so this needs no `str` round
+    trip: it is the cheap conversion the scan can afford for every ranked line. `scores`, when given,
+    are `float(step["score"])` of every step, already computed by the scan."""
     image, steps = record["image"], record["steps_with_score"]  # type: ignore[index]
     question = record.get("question_orig") or record.get("question") or ""  # type: ignore[union-attr]
     if type(image) is not str or type(question) is not str or type(steps) is not list:
         raise TypeError("not the common shape")
     texts = [step["step"].strip() for step in steps]
-    labels = ["1.0" if float(step["score"]) > 0.0 else "0.0" for step in steps]
+    if scores is None:
+        scores = [float(step["score"]) for step in steps]
+    labels = [b"1.0" if score > 0.0 else b"0.0" for score in scores]
     if not (image and steps and all(texts)):
         return None
     human = "Question: " + question.strip() + "\nProcess: " + "<prm>\n\n".join(texts) + "<prm>"
-    return (
-        '{"image": '
-        + encode_basestring(image)
-        + ', "conversations": [{"from": "human", "value": '
-        + encode_basestring(human)
-        + '}, {"from": "gpt", "value": ['
-        + ", ".join(labels)
-        + "]}]}"
+    return b"".join(
+        (
+            b'{"image": ',
+            orjson.dumps(image),
+            b', "conversations": [{"from": "human", "value": ',
+            orjson.dumps(human),
+            b'}, {"from": "gpt", "value": [',
+            b", ".join(labels),
+            b"]}]}\n",
+        )
     )
 
 
 _COMMON_SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, OverflowError)
 
 
-def _convert_parsed(record: object, raw: bytes | memoryview, path: Path, offset: int) -> str | None:
+def _convert_parsed(
+    record: object, raw: bytes | memoryview, path: Path, offset: int, scores: list[float] | None
+) -> bytes | None:
     """Convert a line orjson already parsed; the careful path re-reads it when the shape is unusual."""
     try:
-        return _fast_record_line(record)
+        return _fast_record_bytes(record, scores)
     except _COMMON_SHAPE_ERRORS:
         return _convert_careful(bytes(raw), path, offset)
 
 
-def convert_line(raw: bytes, path: Path, offset: int) -> str | None:
-    """Parse one kept line again and convert it (None when the reference would drop it)."""
+def convert_line(raw: bytes, path: Path, offset: int) -> bytes | None:
+    """Parse one kept line again and convert it: its PRM line + "\n" as UTF-8, or None when the
+    reference would drop it."""
     try:
-        return _fast_record_line(orjson.loads(raw))
+        return _fast_record_bytes(orjson.loads(raw))
     except _COMMON_SHAPE_ERRORS:
         return _convert_careful(raw, path, offset)
 
 
-def _convert_careful(raw: bytes, path: Path, offset: int) -> str | None:
+def _convert_careful(raw: bytes, path: Path, offset: int) -> bytes | None:
     """The reference's conversion rule by rule, with `json` wherever orjson could differ."""
     stripped = raw.strip()
     record, _, parsed_by_json = _record_and_scores(stripped, path, offset)
     if not parsed_by_json and _needs_exact(record):  # type: ignore[arg-type]
         record, parsed_by_json = _loads(stripped, path, offset, exact=True), True
     line = reference_record_line(record, path, offset)  # type: ignore[arg-type]
-    if line is not None and parsed_by_json:  # only `json` lets lone surrogates through
-        try:
-            line.encode("utf-8")
-        except UnicodeEncodeError:
-            raise MPRMError(
-                f"{_where(path, offset)}: text holds a lone surrogate escape and cannot be written as UTF-8"
-            ) from None
-    return line
+    if line is None:
+        return None
+    try:  # only `json` lets lone surrogates through
+        return (line + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        raise MPRMError(
+            f"{_where(path, offset)}: text holds a lone surrogate escape and cannot be written as UTF-8"
+        ) from None
 
 
-def convert_chunk(task: tuple[str, list[int], list[int]]) -> list[str | None]:
+def convert_chunk(task: tuple[str, list[int], list[int]]) -> list[bytes | None]:
     """Convert kept lines of one file given by (offset, length): a worker's unit of output work."""
     name, offsets, lengths = task
     path = Path(name)
@@ -710,12 +726,12 @@ def write_reference(
 
     Returns which of `rows` were written (the others were dropped at conversion, as the reference
     drops them). Writes to a temporary name first, so a failure leaves no half-written output."""
-    from tqdm.auto import tqdm
-
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if records_dir is not None:
         return _write_cached_records(scores, rows, output, records_dir)
+    from tqdm.auto import tqdm  # imported here: the records-cache path above needs no progress bar
+
     file_of = column_numpy(scores, "file")[rows]
     offsets = column_numpy(scores, "offset")[rows]
     lengths = column_numpy(scores, "length")[rows]
@@ -733,12 +749,10 @@ def write_reference(
     try:
         with (
             tqdm(total=len(rows), desc="Writing PRM records", unit="rollout", disable=not progress) as bar,
-            temporary.open("w", encoding="utf-8") as sink,
+            temporary.open("wb") as sink,
         ):
             for lines in workers.imap(convert_chunk, tasks):
-                kept = [line for line in lines if line is not None]
-                if kept:
-                    sink.write("\n".join(kept) + "\n")
+                sink.write(b"".join([line for line in lines if line is not None]))
                 written[position : position + len(lines)] = [line is not None for line in lines]
                 position += len(lines)
                 bar.update(len(lines))
@@ -779,7 +793,7 @@ def _write_cached_records(scores: pa.Table, rows: np.ndarray, output: Path, reco
                         lines = batch.column(0).take(_arrow(positions[valid], pa.int64()))
                     if len(lines):
                         _, offsets, data = lines.buffers()
-                        bounds = np.frombuffer(offsets, dtype=np.int32)[
+                        bounds = np.frombuffer(offsets, dtype=np.int64)[
                             lines.offset : lines.offset + len(lines) + 1
                         ]
                         sink.write(memoryview(data)[int(bounds[0]) : int(bounds[-1])])
@@ -817,7 +831,7 @@ def load_or_scan(
     num_proc: int | None = None,
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
-    cache_records: bool = False,
+    cache_records: bool = True,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
     workers: Workers | None = None,
@@ -888,7 +902,7 @@ def build_reference_subset(
     num_proc: int | None = None,
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
-    cache_records: bool = False,
+    cache_records: bool = True,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
 ) -> ReferenceResult:
