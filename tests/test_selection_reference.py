@@ -430,3 +430,16 @@ def test_orjson_writes_strings_as_json_dumps_does() -> None:
     for _ in range(2000):
         text = "".join(rnd.choice(pool) for _ in range(rnd.randint(0, 40)))
         assert orjson.dumps(text) == encode_basestring(text).encode("utf-8"), text
+
+
+def test_top_k_positions_is_the_stable_sort_prefix() -> None:
+    """The partition-based top-k keeps exactly what a stable descending sort keeps, ties and -0.0 included."""
+    rnd = np.random.default_rng(0)
+    for trial in range(300):
+        size = int(rnd.integers(1, 60))
+        values = rnd.choice([0.0, -0.0, 0.05, 0.25, 0.3, 1.0, 1e-300], size=size)
+        if trial % 3 == 0:
+            values = values + rnd.normal(size=size) * (trial % 2)
+        for top_k in {1, size // 3 or 1, size // 2 or 1, size}:
+            expected = np.sort(np.argsort(-values, kind="stable")[:top_k])
+            assert reference.top_k_positions(values, top_k).tolist() == expected.tolist()

@@ -548,6 +548,19 @@ def rank_descending(bis: np.ndarray) -> np.ndarray:
     return np.argsort(-bis, kind="stable")
 
 
+def top_k_positions(bis: np.ndarray, top_k: int) -> np.ndarray:
+    """The first `top_k` of `rank_descending(bis)`, in file order, without sorting everything: every
+    value above the k-th largest, then the ties at it in file order (exactly the stable sort's prefix)."""
+    if top_k >= len(bis):
+        return np.arange(len(bis), dtype=np.int64)
+    if np.isnan(bis).any():
+        return np.sort(rank_descending(bis)[:top_k])
+    kth = np.partition(bis, len(bis) - top_k)[len(bis) - top_k]
+    above = np.flatnonzero(bis > kth)
+    ties = np.flatnonzero(bis == kth)[: top_k - len(above)]
+    return np.sort(np.concatenate([above, ties]))
+
+
 def select_reference_rows(
     table: pa.Table, n_files: int, alpha: float, top_ratio: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -565,8 +578,7 @@ def select_reference_rows(
         start, end = int(bounds[file_index]), int(bounds[file_index + 1])
         if end == start:
             continue
-        order = rank_descending(bis[start:end])
-        kept.append(np.sort(order[: reference_top_k(end - start, top_ratio)]) + start)
+        kept.append(top_k_positions(bis[start:end], reference_top_k(end - start, top_ratio)) + start)
     return (np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)), bis
 
 
@@ -767,36 +779,44 @@ def write_reference(
 
 
 def _write_cached_records(scores: pa.Table, rows: np.ndarray, output: Path, records_dir: Path) -> np.ndarray:
-    """Write kept rows from the records cache: per shard, one Arrow `take`, then the taken lines'
-    UTF-8 bytes (each cached with its newline) go to the file in one write, no Python string per row."""
+    """Write kept rows from the records cache: per shard, the kept lines' byte ranges (each cached with
+    its newline) are read off the memory-mapped Arrow offsets, merged where they touch, and copied to
+    the file: no Arrow compute call and no Python object per row."""
     batch_ends = np.cumsum([len(chunk) for chunk in scores.column("file").chunks], dtype=np.int64)
-    row_batches = np.searchsorted(batch_ends, rows, side="right")
+    cuts = np.searchsorted(rows, batch_ends).tolist()  # rows ascend: each shard's kept rows are one slice
     written = np.zeros(len(rows), dtype=bool)
     temporary = output.with_name(output.name + ".partial")
     try:
         with temporary.open("wb") as sink:
-            for batch_index in np.unique(row_batches).tolist():
-                mine = row_batches == batch_index
+            begin = 0
+            for batch_index, stop in enumerate(cuts):
+                if stop == begin:
+                    continue
                 first_row = int(batch_ends[batch_index - 1]) if batch_index else 0
+                positions = (rows[begin:stop] - first_row).astype(np.int64)
                 with pa.memory_map(str(records_dir / f"{batch_index:06d}.arrow")) as source:
-                    batch = pa.ipc.open_stream(source).read_next_batch()
-                    positions = (rows[mine] - first_row).astype(np.int64)
-                    errors = batch.column(1).take(_arrow(positions, pa.int64()))
-                    if errors.null_count != len(errors):
-                        raise MPRMError(next(error for error in errors.to_pylist() if error is not None))
-                    lines = batch.column(0).take(_arrow(positions, pa.int64()))
-                    written[mine] = True
-                    if lines.null_count:  # dropped at conversion: take the others only
-                        bits = np.frombuffer(lines.buffers()[0], dtype=np.uint8)
-                        valid = np.unpackbits(bits, bitorder="little")[: len(lines)].astype(bool)
-                        written[mine] = valid
-                        lines = batch.column(0).take(_arrow(positions[valid], pa.int64()))
-                    if len(lines):
-                        _, offsets, data = lines.buffers()
-                        bounds = np.frombuffer(offsets, dtype=np.int64)[
-                            lines.offset : lines.offset + len(lines) + 1
-                        ]
-                        sink.write(memoryview(data)[int(bounds[0]) : int(bounds[-1])])
+                    lines, errors = pa.ipc.open_stream(source).read_next_batch().columns
+                if errors.null_count != len(errors):  # a kept line the reference would crash on
+                    for error in errors.take(_arrow(positions, pa.int64())).to_pylist():
+                        if error is not None:
+                            raise MPRMError(error)
+                valid, offsets, data = lines.buffers()
+                if lines.null_count:  # dropped at conversion: write the others only
+                    bits = np.unpackbits(np.frombuffer(valid, dtype=np.uint8), bitorder="little")
+                    positions = positions[bits[lines.offset + positions].astype(bool)]
+                    written[begin:stop] = bits[lines.offset + rows[begin:stop] - first_row].astype(bool)
+                else:
+                    written[begin:stop] = True
+                begin = stop
+                if not len(positions):
+                    continue
+                bounds = np.frombuffer(offsets, dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
+                starts, ends = bounds[positions], bounds[positions + 1]
+                joins = np.ones(len(starts), dtype=bool)  # a range that does not continue the previous one
+                joins[1:] = starts[1:] != ends[:-1]
+                run_ends = ends[np.append(joins[1:], True)]
+                view, run_starts = memoryview(data), starts[joins].tolist()
+                sink.write(b"".join([view[a:b] for a, b in zip(run_starts, run_ends.tolist(), strict=True)]))
         temporary.replace(output)
     except BaseException:
         temporary.unlink(missing_ok=True)
