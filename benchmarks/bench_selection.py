@@ -2,10 +2,13 @@
 
 Baseline: the reference's algorithm as published (read each annotation file whole, `json.loads` every
 line, score it in Python, sort, convert the kept ones with `json.dumps`). Ours: `mprm-hf select
---format reference` cold (no score cache) and warm (cached score table, a new alpha and ratio). Every
-run is a fresh subprocess; wall time, CPU time and peak memory (proportional set size of the whole
-process tree, sampled, and resident set of the largest single process, from getrusage) are measured
-from outside. The outputs must be byte-identical, or the benchmark fails.
+--format reference` cold (no cache) and warm (a new alpha and ratio from the cache), with the default
+cache (score table + converted records) and with `--no-cache-records` (score table only); warm runs
+both through the CLI (a fresh process: interpreter start-up and imports included) and in a process
+that already imported `mprm_hf`. CLI runs are fresh subprocesses; wall time, CPU time (the whole
+tree, getrusage) and peak memory (the largest single process's RSS from getrusage, and the whole
+process tree's RSS and PSS summed from /proc/PID/smaps_rollup, sampled every 20 ms) are measured from
+outside. The outputs must be byte-identical, or the benchmark fails.
 
     python benchmarks/bench_selection.py [--corpus /tmp/mprm_bench_corpus] [--rollouts 565149]
 """
@@ -94,9 +97,28 @@ with output.open("w", encoding="utf-8") as sink:
 """
 
 
+def tree_memory(root: psutil.Process) -> tuple[int, int]:
+    """(RSS, PSS) in bytes summed over `root`'s descendants, from smaps_rollup (cheap enough to sample
+    often without stealing a core from the run being measured, unlike a full smaps walk)."""
+    rss = pss = 0
+    for member in root.children(recursive=True):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member.pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+    return rss, pss
+
+
+SETTLE_SECONDS = 3.0
+"""Pause before each measured run: the run before it (a cold scan writes ~650 MiB of cache) leaves
+the kernel busy for a moment, which would otherwise be billed to whichever run comes next."""
+
+
 def timed(command: list[str], env: dict[str, str]) -> dict[str, float]:
     """Run `command`; wall seconds, CPU seconds (user + sys of the whole tree, from getrusage), the
-    largest single process's peak RSS (getrusage) and the peak PSS of the tree (sampled every 20 ms)."""
+    largest single process's peak RSS (getrusage) and the tree's peak RSS and PSS (sampled)."""
     wrapper = [
         sys.executable,
         "-c",
@@ -105,16 +127,15 @@ def timed(command: list[str], env: dict[str, str]) -> dict[str, float]:
         "print(usage.ru_maxrss, usage.ru_utime + usage.ru_stime, file=sys.stderr); sys.exit(code)",
         *command,
     ]
+    time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
     process = subprocess.Popen(wrapper, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root = psutil.Process(process.pid)
-    peak_tree = 0
+    peak_rss = peak_pss = 0
     while process.poll() is None:
         with contextlib.suppress(psutil.Error):
-            # PSS: pages shared by forked workers count once, split between them
-            peak_tree = max(
-                peak_tree, sum(member.memory_full_info().pss for member in root.children(recursive=True))
-            )
+            rss, pss = tree_memory(root)  # PSS: pages shared by forked workers count once, split
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(0.02)
     wall = time.perf_counter() - start
     _, stderr = process.communicate()
@@ -125,7 +146,8 @@ def timed(command: list[str], env: dict[str, str]) -> dict[str, float]:
         "wall": wall,
         "cpu": float(cpu),
         "largest_mib": int(largest_kib) / 1024,
-        "tree_mib": peak_tree / 2**20,
+        "tree_rss_mib": peak_rss / 2**20,
+        "tree_pss_mib": peak_pss / 2**20,
     }
 
 
@@ -150,6 +172,8 @@ def main() -> None:
     args = parser.parse_args()
 
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # an installed package has its bytecode; with PYTHONDONTWRITEBYTECODE set, a checkout would not
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO_ROOT / "mprm_hf")], check=True)
     annotations = ensure_corpus(args.corpus, args.rollouts, env)
     size = sum(path.stat().st_size for path in annotations.glob("*.jsonl"))
     with tempfile.TemporaryDirectory(prefix="bench-selection-") as scratch_dir:
@@ -177,24 +201,26 @@ def main() -> None:
             from mprm_hf.selection.reference import build_reference_subset
 
             output = scratch / f"in_process_{alpha}_{ratio}.jsonl"
+            time.sleep(SETTLE_SECONDS)
             start, cpu_start = time.perf_counter(), time.process_time()
             build_reference_subset(annotations, output, alpha=alpha, top_ratio=ratio, num_proc=args.num_proc,
                                    cache_dir=cache / "mprm_hf_reference_scores", cache_records=cache_records,
                                    progress=False)  # fmt: skip
             timing = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu_start}
-            return {**timing, "largest_mib": float("nan"), "tree_mib": float("nan")}, output
+            memory = dict.fromkeys(("largest_mib", "tree_rss_mib", "tree_pss_mib"), float("nan"))
+            return {**timing, **memory}, output
 
         baselines = {key: baseline(*key) for key in (("0.2", "0.1"), ("0.05", "0.25"), ("0.1", "0.1"))}
         runs = [
-            ("cold: 10% a=0.2, no cache (CLI)", ("0.2", "0.1"), lambda: ours("0.2", "0.1", scratch / "plain")),
-            ("warm: 25% a=0.05, score cache (CLI)", ("0.05", "0.25"), lambda: ours("0.05", "0.25", scratch / "plain")),
-            ("warm: 10% a=0.1, score cache (in process)", ("0.1", "0.1"), lambda: in_process(0.1, 0.1, scratch / "plain", False)),
-            ("cold: 10% a=0.2, --cache-records (CLI)", ("0.2", "0.1"),
-             lambda: ours("0.2", "0.1", scratch / "records", "--cache-records")),
-            ("warm: 25% a=0.05, records cache (CLI)", ("0.05", "0.25"),
-             lambda: ours("0.05", "0.25", scratch / "records", "--cache-records")),
-            ("warm: 10% a=0.1, records cache (in process)", ("0.1", "0.1"),
-             lambda: in_process(0.1, 0.1, scratch / "records", True)),
+            ("cold: 10% a=0.2, default (CLI)", ("0.2", "0.1"), lambda: ours("0.2", "0.1", scratch / "default")),
+            ("warm: 25% a=0.05, default (CLI)", ("0.05", "0.25"), lambda: ours("0.05", "0.25", scratch / "default")),
+            ("warm: 10% a=0.1, default (in process)", ("0.1", "0.1"), lambda: in_process(0.1, 0.1, scratch / "default", True)),
+            ("cold: 10% a=0.2, --no-cache-records (CLI)", ("0.2", "0.1"),
+             lambda: ours("0.2", "0.1", scratch / "scores", "--no-cache-records")),
+            ("warm: 25% a=0.05, --no-cache-records (CLI)", ("0.05", "0.25"),
+             lambda: ours("0.05", "0.25", scratch / "scores", "--no-cache-records")),
+            ("warm: 10% a=0.1, --no-cache-records (in process)", ("0.1", "0.1"),
+             lambda: in_process(0.1, 0.1, scratch / "scores", False)),
         ]  # fmt: skip
         rows = []
         for label, key, run in runs:
@@ -206,13 +232,16 @@ def main() -> None:
 
     print(f"\ncorpus: {args.corpus} ({size / 2**20:.0f} MiB), {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}, num_proc={args.num_proc}; every output byte-identical to the baseline's")  # fmt: skip
-    print(f"{'run':<42} {'wall s base/ours':>17} {'speed-up':>9} {'CPU s base/ours':>16}   "
-          f"{'peak RSS MiB largest proc':>26} {'peak PSS MiB tree':>18}")  # fmt: skip
+    print(f"{'run':<50} {'wall s base/ours':>17} {'speed-up':>9} {'CPU s base/ours':>16}   "
+          f"{'peak MiB base/ours: largest RSS':>31} {'tree RSS':>13} {'tree PSS':>13}")  # fmt: skip
     for label, base, fast in rows:
+        memory = "".join(
+            f" {base[key]:>6.0f} / {fast[key]:<5.0f}"
+            for key in ("largest_mib", "tree_rss_mib", "tree_pss_mib")
+        )
         print(
-            f"{label:<42} {base['wall']:>7.2f} / {fast['wall']:<7.2f} {base['wall'] / fast['wall']:>8.1f}x "
-            f"{base['cpu']:>7.2f} / {fast['cpu']:<7.2f}  {base['largest_mib']:>12.0f} / {fast['largest_mib']:<11.0f}"
-            f" {base['tree_mib']:>8.0f} / {fast['tree_mib']:<7.0f}"
+            f"{label:<50} {base['wall']:>7.2f} / {fast['wall']:<7.2f} {base['wall'] / fast['wall']:>8.1f}x "
+            f"{base['cpu']:>7.2f} / {fast['cpu']:<7.2f}  {' ' * 16}{memory}"
         )
 
 

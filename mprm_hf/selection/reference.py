@@ -787,7 +787,7 @@ def _write_cached_records(scores: pa.Table, rows: np.ndarray, output: Path, reco
     written = np.zeros(len(rows), dtype=bool)
     temporary = output.with_name(output.name + ".partial")
     try:
-        with temporary.open("wb") as sink:
+        with temporary.open("wb", buffering=1 << 20) as sink:
             begin = 0
             for batch_index, stop in enumerate(cuts):
                 if stop == begin:
@@ -816,7 +816,7 @@ def _write_cached_records(scores: pa.Table, rows: np.ndarray, output: Path, reco
                 joins[1:] = starts[1:] != ends[:-1]
                 run_ends = ends[np.append(joins[1:], True)]
                 view, run_starts = memoryview(data), starts[joins].tolist()
-                sink.write(b"".join([view[a:b] for a, b in zip(run_starts, run_ends.tolist(), strict=True)]))
+                sink.writelines([view[a:b] for a, b in zip(run_starts, run_ends.tolist(), strict=True)])
         temporary.replace(output)
     except BaseException:
         temporary.unlink(missing_ok=True)
