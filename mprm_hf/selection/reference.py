@@ -435,11 +435,14 @@ class ScanCounts:
 
 
 class Workers:
-    """A fork pool when more than one process helps, else plain `map`: the same ordered `imap` API.
+    """`num_proc` processes for an ordered `imap`: this one and a fork pool of `num_proc - 1`, or plain
+    `map` when one process is enough.
 
-    Made once by `build_reference_subset` and shared by the scan and the conversion. The pool is
-    forked on the first `imap` that needs it, so a run served from the records cache forks nothing;
-    a scan forks before the score table and BIS arrays exist, which keeps them out of every worker."""
+    The calling process takes every `num_proc`-th task itself instead of waiting on a pool of
+    `num_proc` workers: one process fewer holds the interpreter, numpy and pyarrow, with the same
+    cores busy. Made once by `build_reference_subset` and shared by the scan and the conversion; the
+    pool is forked on the first `imap` that needs it (a run served from the records cache forks
+    nothing), and a scan forks before the score table and BIS arrays exist."""
 
     def __init__(self, num_proc: int | None, n_tasks: int | None = None) -> None:
         self.count = max(1, min(num_proc or os.cpu_count() or 1, n_tasks or 1 << 30))
@@ -449,8 +452,15 @@ class Workers:
         if self.count < 2 or len(tasks) < 2:
             return map(function, tasks)
         if self.pool is None:
-            self.pool = multiprocessing.get_context("fork").Pool(self.count)
-        return self.pool.imap(function, tasks)
+            self.pool = multiprocessing.get_context("fork").Pool(self.count - 1)
+        return self._shared_imap(function, tasks)
+
+    def _shared_imap(self, function, tasks):  # noqa: ANN001, ANN202
+        """Results in task order: every `count`-th task runs here, the others on the pool meanwhile."""
+        step = self.count
+        pooled = self.pool.imap(function, [task for index, task in enumerate(tasks) if index % step])
+        for index, task in enumerate(tasks):
+            yield function(task) if index % step == 0 else next(pooled)
 
     def close(self) -> None:
         if self.pool is not None:
