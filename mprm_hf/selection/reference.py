@@ -229,8 +229,8 @@ class ShardScan:
     n_scored: list[int] = field(default_factory=list)
     n_pos: list[int] = field(default_factory=list)
     sum_pos: list[float] = field(default_factory=list)
-    records: list[bytes | None] | None = None  # with a records cache: the PRM line of each ranked line
-    errors: list[str | None] | None = None  # ... or why the reference would crash if it kept it
+    records: list[bytes] | None = None  # with a records cache: each ranked line's PRM line (b"": dropped)
+    errors: list[bytes] | None = None  # ... or why the reference would crash if it kept it (b"": fine)
     blank: int = 0
     invalid_json: int = 0
     no_numeric_score: int = 0
@@ -240,11 +240,11 @@ class ShardScan:
         if self.records is None or self.errors is None:
             return
         try:
-            self.records.append(convert(*args))
-            self.errors.append(None)
+            self.records.append(convert(*args) or b"")
+            self.errors.append(b"")
         except MPRMError as error:
-            self.records.append(None)
-            self.errors.append(str(error))
+            self.records.append(b"")
+            self.errors.append(str(error).encode("utf-8"))
 
     def batch(self) -> pa.RecordBatch:
         columns = {
@@ -272,14 +272,15 @@ def column_numpy(table: pa.Table, name: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
-def _strings(values: Sequence[bytes | None]) -> pa.Array:
-    """An Arrow large_string array of UTF-8 values, built from its buffers (`pa.array(list)` would
-    import pandas: +0.4 s); 64-bit offsets, so no shard can overflow them."""
-    valid = np.fromiter((value is not None for value in values), dtype=bool, count=len(values))
+def _strings(values: Sequence[bytes]) -> pa.Array:
+    """An Arrow large_string array of UTF-8 values, b"" meaning null, built from its buffers in three C
+    passes (`pa.array(list)` would import pandas: +0.4 s); 64-bit offsets, so no shard can overflow."""
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    valid = lengths > 0
     offsets = np.zeros(len(values) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter((len(value or b"") for value in values), np.int64, len(values)), out=offsets[1:])
+    np.cumsum(lengths, out=offsets[1:])
     bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
-    data = pa.py_buffer(b"".join([value for value in values if value is not None]))
+    data = pa.py_buffer(b"".join(values))
     return pa.Array.from_buffers(
         pa.large_string(), len(values), [bitmap, pa.py_buffer(offsets), data], int((~valid).sum())
     )
@@ -397,8 +398,9 @@ def scan_shard(task: tuple[int, str, int, int, str | None]) -> ShardScan:
     out.n_pos = stats["n_pos"].tolist()
     out.sum_pos = stats["sum_pos"].tolist()
     if records_path is not None:
-        errors = [None if error is None else error.encode("utf-8") for error in out.errors]
-        batch = pa.RecordBatch.from_arrays([_strings(out.records), _strings(errors)], schema=RECORDS_SCHEMA)
+        batch = pa.RecordBatch.from_arrays(
+            [_strings(out.records), _strings(out.errors)], schema=RECORDS_SCHEMA
+        )
         with pa.OSFile(records_path, "wb") as sink, pa.ipc.new_stream(sink, RECORDS_SCHEMA) as writer:
             writer.write_batch(batch)
         out.records = out.errors = None
