@@ -4,8 +4,6 @@ jsonl), print the per-source table, and stage / push it to the Hub with a datase
 from __future__ import annotations
 
 import argparse
-import shlex
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +273,9 @@ def write_records(records: Any, output: Path, fmt: str) -> None:
 
 def stage_and_push(args: argparse.Namespace, argv: list[str], report: SelectionReport, records: Any) -> None:
     """Write the Hub folder (data + README.md card + histogram); push it unless --dry-run."""
+    import shlex
+    import tempfile
+
     from mprm_hf import hub
 
     folder = args.stage_dir or args.output.with_name(args.output.name + ".hub")
