@@ -16,10 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("mprm_hf.scoring", "print the reward of every step of one reasoning trace"),
     "rerank": ("mprm_hf.rerank", "pick the best of N candidate traces per question"),
     "push": ("mprm_hf.hub", "push a subset or a checkpoint folder to the Hub with its card"),
-    "demo": (
-        "mprm_hf.demo",
-        "run the whole pipeline on the embedded default (synth, select, train, evaluate)",
-    ),
+    "demo": ("mprm_hf.demo", "start the Gradio app that shows the reward of every step of a trace"),
 }
 
 
@@ -41,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)
-    except MPRMError as error:
+    except (MPRMError, OSError) as error:  # OSError: a path that cannot be read or written
         print(f"mprm-hf {name}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
