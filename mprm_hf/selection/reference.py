@@ -7,15 +7,17 @@ the result:
 * **Scan once, rank many times.** A scan keeps, per ranked line, only its byte span and the three
   numbers BIS needs (`n_scored`, `n_pos`, `sum_pos`). That table is cached as an Arrow file in the
   `datasets` cache (keyed by the files' paths, sizes and mtimes), so a new alpha or ratio never reads
-  the corpus again; only the kept lines are re-read (by byte offset) and converted. With
-  `cache_records`, every ranked line's PRM line is cached too and a new alpha or ratio copies bytes.
+  the corpus again. By default (`cache_records`) the same scan also converts every ranked line from
+  the record orjson has just parsed and caches its PRM line bytes, so a new alpha or ratio is a
+  numpy top-k plus byte copies; without it, only the kept lines are re-read (by byte offset) and
+  converted.
 * **orjson first, `json` when it must.** Every line goes through `orjson`; a line orjson rejects
   (NaN / Infinity literals, lone surrogates, numbers out of range, Unicode whitespace around the
   record) is parsed again with `json.loads`, and a value orjson may have widened (an integer beyond
   64 bits becomes a float there) sends the line to `json.loads` too. Both parsers give identical
   values on every line both accept.
 * **Shards on both cores.** Files are cut into newline-aligned shards, memory-mapped and scanned by
-  a process pool; memory holds one shard per worker, whatever the corpus size.
+  this process and a fork pool; memory holds one shard per process, whatever the corpus size.
 
 Rules copied from the reference, all of them load-bearing for byte equality:
 
