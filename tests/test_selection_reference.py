@@ -280,6 +280,15 @@ def test_cli_reference_format_matches_oracle(corpora: list[Path], tmp_path: Path
             "--format", "reference", "--output", str(output)]  # fmt: skip
     assert main(argv) == 0
     assert output.read_bytes() == oracle_subset(corpora[1], 0.2, 0.1)
+    assert len(list((tmp_path / "hf_cache").glob("*/*.records/complete"))) == 1  # the default caches records
+    argv[argv.index("0.1")] = "0.25"
+    assert main(argv) == 0  # served from the records cache
+    assert output.read_bytes() == oracle_subset(corpora[1], 0.2, 0.25)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "scores_only"))
+    for _ in range(2):  # a scan, then the score table: the kept lines are converted each time
+        assert main([*argv, "--no-cache-records"]) == 0
+        assert output.read_bytes() == oracle_subset(corpora[1], 0.2, 0.25)
+    assert not list((tmp_path / "scores_only").glob("*/*.records"))
 
 
 @pytest.mark.parametrize(
