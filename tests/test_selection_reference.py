@@ -167,8 +167,15 @@ def _line(rnd: random.Random) -> str:
     return text
 
 
-def write_corpus(folder: Path, seed: int, lines_per_file: tuple[int, ...] = (160, 120, 90, 1, 0)) -> Path:
-    """Several files (names chosen to sort by code point), mixed line terminators, an ignored .txt."""
+def write_corpus(
+    folder: Path,
+    seed: int,
+    lines_per_file: tuple[int, ...] = (160, 120, 90, 1, 0),
+    *,
+    newline_only: bool = False,
+) -> Path:
+    """Several files (names chosen to sort by code point), mixed line terminators (or `\\n` only, which
+    the scan's fast path reads), an ignored .txt."""
     rnd = random.Random(seed)
     annotations = folder / "annotations"
     annotations.mkdir(parents=True)
@@ -177,7 +184,7 @@ def write_corpus(folder: Path, seed: int, lines_per_file: tuple[int, ...] = (160
         parts = []
         for _ in range(count):
             parts.append(_line(rnd))
-            parts.append(rnd.choice(["\n"] * 8 + ["\r\n", "\r"]))
+            parts.append("\n" if newline_only else rnd.choice(["\n"] * 8 + ["\r\n", "\r"]))
         if parts and rnd.random() < 0.5:
             parts.pop()  # no final newline
         (annotations / name).write_bytes("".join(parts).encode("utf-8"))
@@ -228,6 +235,146 @@ def test_reference_format_is_byte_identical(
             assert output.read_bytes() == expected, (alpha, ratio)
             assert result.n_written == expected.count(b"\n")
             assert result.cached == (run > 0 or ratio != RATIOS[0])
+
+
+def _count_plain_shards(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record, per shard, whether the whole-shard msgspec read served it (in this process)."""
+    served: list[bool] = []
+    scan = reference._scan_plain_shard
+
+    def counting(*args: object) -> object:
+        values = scan(*args)
+        served.append(values is not None)
+        return values
+
+    monkeypatch.setattr(reference, "_scan_plain_shard", counting)
+    return served
+
+
+@pytest.mark.parametrize("seed", [10, 11])
+def test_score_only_scan_is_byte_identical(
+    seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a records cache the scan reads only scores with msgspec, a whole shard at once when
+    every line is plain, else line by line; on `\\n`-only adversarial corpora (where both happen) it
+    must match the oracle."""
+    annotations = write_corpus(tmp_path / "corpus", seed, newline_only=True)
+    served = _count_plain_shards(monkeypatch)
+    for alpha in ALPHAS:
+        for ratio in RATIOS:
+            output = tmp_path / "out.jsonl"
+            reference.build_reference_subset(
+                annotations, output, alpha=alpha, top_ratio=ratio, num_proc=1, use_cache=False,
+                progress=False, shard_bytes=2048,
+            )  # fmt: skip
+            assert output.read_bytes() == oracle_subset(annotations, alpha, ratio), (alpha, ratio)
+    assert any(served) and not all(served)
+
+
+def test_score_only_scan_matches_the_oracle_on_the_synthetic_world(
+    synthetic_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clean corpus is read a whole shard at once, every shard."""
+    annotations = Path(synthetic_dir) / "annotations"
+    served = _count_plain_shards(monkeypatch)
+    for alpha, ratio in [(0.05, 0.1), (0.2, 0.25), (0.0, 1 / 3), (1.0, 0.5)]:
+        output = tmp_path / "out.jsonl"
+        reference.build_reference_subset(
+            annotations, output, alpha=alpha, top_ratio=ratio, num_proc=1, use_cache=False, progress=False,
+            shard_bytes=65536,
+        )  # fmt: skip
+        assert output.read_bytes() == oracle_subset(annotations, alpha, ratio), (alpha, ratio)
+    assert served and all(served)
+
+
+@pytest.mark.parametrize(
+    "shard",
+    [
+        b'{"steps_with_score": [{"score": 1}]} {"steps_with_score": [{"score": 1}]}\n',  # two values, one line
+        b'{"steps_with_score": [{"score": 1}]}\n   \n',  # a blank line
+        b'{"steps_with_score": [{"score": 1}]}\n\n',  # an empty line
+        b' {"steps_with_score": [{"score": 1}]}\n',  # whitespace str.strip() would remove
+        b'{"steps_with_score": [{"score": null}]}\n',  # a null score is skipped, not counted
+        b'{"steps_with_score": [{"score": "0.5"}]}\n',  # float("0.5") semantics
+        b'{"steps_with_score": [{"score": 1, "n": ' + b"7" * 4301 + b"}]}\n",  # over the integer limit
+    ],
+)
+def test_plain_shard_read_declines_unusual_shards(shard: bytes) -> None:
+    """Each of these must go line by line (the whole-shard read returns None and records nothing)."""
+    out = reference.ShardScan(0)
+    assert reference._scan_plain_shard(memoryview(shard), 0, out) is None
+    assert out.offsets == [] and out.no_numeric_score == 0
+
+
+def test_plain_shard_read_reads_a_plain_shard() -> None:
+    shard = b'{"steps_with_score": [{"score": 1}, {"score": 0.25}]}\n{"steps_with_score": []}\n{"x": 1}'
+    out = reference.ShardScan(0)
+    values = reference._scan_plain_shard(memoryview(shard), 100, out)
+    assert values.tolist() == [1.0, 0.25] and out.offsets == [100] and out.n_scored == [2]
+    assert out.lengths == [shard.index(b"\n")] and out.no_numeric_score == 2
+
+
+@pytest.mark.parametrize("cache_records", [False, True])
+@pytest.mark.parametrize(
+    "bad_value",
+    [b'"\xff"', b"1" + b"0" * 5000],
+    ids=["invalid-utf8-in-an-unread-field", "integer-over-digit-limit"],
+)
+def test_unread_fields_still_crash_as_the_reference(
+    tmp_path: Path, cache_records: bool, bad_value: bytes
+) -> None:
+    """msgspec skips fields it does not read without decoding them: the reference still fails on them,
+    even when that line is not kept (it ties with line 1, which the 50% budget keeps)."""
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    good = b'{"image": "a", "steps_with_score": [{"step": "s", "score": 1}]}\n'
+    (annotations / "x.jsonl").write_bytes(
+        good
+        + b'{"image": "a", "answer": '
+        + bad_value
+        + b', "steps_with_score": [{"step": "s", "score": 1}]}\n'
+    )
+    with pytest.raises(MPRMError, match=r"x\.jsonl:2: (not valid UTF-8|cannot be parsed as JSON)"):
+        reference.build_reference_subset(
+            annotations, tmp_path / "o.jsonl", alpha=0.1, top_ratio=0.5, cache_dir=tmp_path / "cache", progress=False,
+            cache_records=cache_records,
+        )  # fmt: skip
+
+
+def test_msgspec_rejects_what_json_rejects() -> None:
+    """The score decoder may only reject more than `json.loads`, never less (else a line the reference
+    skips as invalid would be ranked)."""
+    rejected_by_json = [b'{"a":1,}', b'{"a":[1,]}', b"{'a':1}", b'{"a":1 "b":2}', b'{"a":.5}', b'{"a":+1}',
+        b'{"a":0x10}', b'{"a":"\x1f"}', b'{"a":"\\q"}', b'{"a":"\\u12"}', b'{"a":tru}', b'{"a":True}',
+        b'{"a":[1 2]}', b'{"a":"x', b'{"a":1}x', b"", b'{"a":-}', b'{"a":1e}', b'{"a":-01}', b'{"a"}',
+        b'{"a":1}}', b'{"a":\x0b1}', b'{"a":"\t"}', b'{"a":[1]]}', b"{}{}", b"[1]"]  # fmt: skip
+    for text in rejected_by_json:
+        try:
+            json.loads(text.decode())
+        except json.JSONDecodeError:
+            pass
+        else:
+            assert text == b"[1]"  # JSON, but not an object: the reference crashes, the careful path says so
+        with pytest.raises((ValueError, reference.msgspec.MsgspecError)):
+            reference._decode_scores(text)
+    duplicate = b'{"steps_with_score": [{"score": 1, "score": 2}], "steps_with_score": [{"score": 3}]}'
+    assert [step.score for step in reference._decode_scores(duplicate).steps_with_score] == [3.0]  # last wins
+
+
+def test_msgspec_floats_are_python_floats() -> None:
+    """Correctly rounded like float(): random 17-digit, long, subnormal and huge-integer literals."""
+    rnd = random.Random(0)
+    literals = ["0.1", "1e-320", "4.9406564584124654e-324", "2.2250738585072011e-308", "9007199254740993",
+                "18446744073709551617", "0.30000000000000004", "1.7976931348623157e308"]  # fmt: skip
+    for _ in range(20000):
+        literals.append(repr(rnd.random()))
+        digits, value = rnd.randint(0, 25), rnd.uniform(-1, 1) * 10.0 ** rnd.randint(-320, 300)
+        literals.append(f"{value:.{digits}e}")
+        literals.append("0." + "".join(rnd.choice("0123456789") for _ in range(rnd.randint(1, 40))))
+        literals.append(str(rnd.randint(-(2**80), 2**80)))
+    for literal in literals:
+        decoded = reference._decode_scores(b'{"steps_with_score": [{"score": %s}]}' % literal.encode())
+        assert decoded.steps_with_score[0].score.hex() == float(json.loads(literal)).hex(), literal
 
 
 def test_near_ties_follow_python_sum_order(tmp_path: Path) -> None:

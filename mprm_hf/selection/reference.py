@@ -15,7 +15,9 @@ the result:
   (NaN / Infinity literals, lone surrogates, numbers out of range, Unicode whitespace around the
   record) is parsed again with `json.loads`, and a value orjson may have widened (an integer beyond
   64 bits becomes a float there) sends the line to `json.loads` too. Both parsers give identical
-  values on every line both accept.
+  values on every line both accept. A scan that builds no records cache reads only the scores, with
+  a typed `msgspec` decoder that skips every other value without making Python objects; a line it
+  rejects takes the same rule-by-rule path.
 * **Shards on both cores.** Files are cut into newline-aligned shards, memory-mapped and scanned by
   this process and a fork pool; memory holds one shard per process, whatever the corpus size.
 
@@ -58,6 +60,7 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring  # the exact string encoder json.dumps(ensure_ascii=False) uses
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -68,6 +71,24 @@ SHARD_BYTES = 8 * 1024 * 1024
 """Bytes per scan shard: small enough to bound a worker's memory, large enough to amortise the pool."""
 
 _WIDENED = float(2**63)  # orjson turns integer literals beyond 64 bits into floats at least this large
+_INT_DIGITS = sys.get_int_max_str_digits() or 1 << 40  # `json.loads` rejects longer integer literals
+
+
+class _ScoredStep(msgspec.Struct):
+    score: float | None = None
+
+
+class _ScoredRecord(msgspec.Struct):
+    steps_with_score: list[_ScoredStep] | None = None
+
+
+_decode_scores = msgspec.json.Decoder(_ScoredRecord).decode
+_decode_lines = msgspec.json.Decoder(_ScoredRecord).decode_lines
+"""The score-only decoders (a line; a whole shard): every other value is validated as JSON and skipped
+without building Python objects (~1.7x orjson's speed on a rollout). They accept nothing `json.loads`
+rejects except invalid UTF-8 (checked per shard) and integer literals over Python's digit limit
+(longer lines take orjson; a plain shard is checked for digit runs); strings, booleans, NaN and
+out-of-range numbers as scores raise, and the line takes the rule-by-rule path."""
 _NEWLINES = re.compile(rb"(\r\n|\r|\n)")
 _BLANK = object()
 _INVALID = object()
@@ -319,29 +340,89 @@ def _scan_careful(buffer: bytes, start: int, path: Path, out: ShardScan) -> list
     return per_line
 
 
+def _scan_plain_shard(data: memoryview, start: int, out: ShardScan) -> np.ndarray | None:
+    """Scores of a whole shard in one `msgspec` call, when every line is plain: it starts with `{` and
+    ends with `}` right at its newlines (so it is not blank, and as a string never holds a raw newline,
+    each newline falls between two top-level values), none holds a digit run over Python's integer
+    limit, the decoder reads exactly one record per line, and no score is null. Else None (nothing
+    recorded), and the caller reads the shard line by line."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(buffer == 10)
+    starts = np.concatenate([[0], newlines + 1])
+    ends = np.append(newlines, len(buffer))
+    if len(buffer) and buffer[-1] == 10:  # nothing after the last newline
+        starts, ends = starts[:-1], ends[:-1]
+    if (ends <= starts).any() or (buffer[starts] != 123).any() or (buffer[ends - 1] != 125).any():
+        return None
+    # A digit run longer than _INT_DIGITS covers two neighbouring bytes sampled every _INT_DIGITS // 2.
+    sampled_digits = (buffer[:: _INT_DIGITS // 2] - 48) < 10
+    if (sampled_digits[:-1] & sampled_digits[1:]).any():
+        return None
+    try:
+        records = _decode_lines(data)
+    except (ValueError, RecursionError, msgspec.MsgspecError):
+        return None
+    if len(records) != len(starts):
+        return None
+    steps = [record.steps_with_score or () for record in records]
+    flat = [step.score for line in steps for step in line]
+    if None in flat:
+        return None
+    n_scored = np.fromiter(map(len, steps), dtype=np.int64, count=len(steps))
+    ranked = n_scored > 0
+    out.offsets = (starts[ranked] + start).tolist()
+    out.lengths = (ends - starts)[ranked].tolist()
+    out.n_scored = n_scored[ranked].tolist()
+    out.no_numeric_score += int((~ranked).sum())
+    return np.asarray(flat, dtype=np.float64)
+
+
+def _is_utf8(data: memoryview) -> bool:
+    """Whether the bytes decode as UTF-8 (the reference reads each file as UTF-8 text and crashes if not)."""
+    if not len(data) or int(np.frombuffer(data, dtype=np.uint8).max()) < 0x80:
+        return True
+    try:
+        str(data, "utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _scan_fast(path: Path, start: int, end: int, out: ShardScan) -> np.ndarray | None:
     """The common case: bytes [start, end) split on `\\n` only, every record read by orjson straight
     from a memory map (no copy of the shard). Returns the scores of all ranked lines, flattened (their
     counts go to `out.n_scored`), or None if the careful path must redo the shard (a `\\r` line
-    ending, or a score orjson may have widened from a huge integer)."""
+    ending, bytes that are not UTF-8, or a score orjson may have widened from a huge integer)."""
     with path.open("rb") as handle:
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     if mapped.find(b"\r", start, end) != -1:
         return None
     view = memoryview(mapped)
-    loads, find = orjson.loads, mapped.find
+    loads, find, decode_scores = orjson.loads, mapped.find, _decode_scores
     converting = out.records is not None
+    if not converting:
+        if not _is_utf8(view[start:end]):
+            return None
+        values = _scan_plain_shard(view[start:end], start, out)
+        if values is not None:
+            view.release()
+            return values
     flat: list[float] = []
     position, piece = start, None
     while position < end:
         newline = find(b"\n", position, end)
         stop = end if newline == -1 else newline
         piece = view[position:stop]
-        try:  # orjson skips the JSON whitespace str.strip() would remove; anything unusual falls through
-            record = loads(piece)
-            scores = [float(step["score"]) for step in record["steps_with_score"]]
-            common = True  # one score per step, in step order: the converter reuses them as labels
-        except (TypeError, ValueError, KeyError, OverflowError):
+        try:  # both parsers skip the JSON whitespace str.strip() would remove; anything unusual falls through
+            if converting or stop - position > _INT_DIGITS:
+                record = loads(piece)
+                scores = [float(step["score"]) for step in record["steps_with_score"]]
+                common = True  # one score per step, in step order: the converter reuses them as labels
+            else:  # scores only: the kept lines are parsed again when they are converted
+                steps = decode_scores(piece).steps_with_score or ()
+                scores = [step.score for step in steps if step.score is not None]
+                record, common = None, False
+        except (TypeError, ValueError, KeyError, OverflowError, RecursionError, msgspec.MsgspecError):
             common = False
             record = None
             stripped = bytes(piece).strip()
