@@ -1,8 +1,9 @@
 """The Gradio demo: the reward a process reward model gives every step of a reasoning trace about an image.
 
 One app serves both `mprm-hf demo` on a laptop and the Hugging Face Space in `spaces_demo/`. The model
-comes from `--model`, else `$MPRM_MODEL` (a folder or a Hub id), else the embedded tiny model, built
-offline on first use so that the demo always starts, even without a trained checkpoint.
+comes from `--model`, else `$MPRM_MODEL` (a folder or a Hub id), else the PRM that `make demo` trains
+(`outputs/tiny-cpu`), else the untrained embedded tiny model, built offline on first use so that the demo
+always starts, even without a trained checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 EMBEDDED_DIR = Path("embedded")
 EMBEDDED_MODEL = EMBEDDED_DIR / "tiny-qwen2-vl"
+DEMO_TRAINED_MODEL = Path("outputs/tiny-cpu")  # what `make demo` trains from recipes/tiny-cpu
 EXAMPLES_DIR = EMBEDDED_DIR / "demo-examples"
 STEP_FORMATS = ("prm-token", "visualprm")
 N_EXAMPLES = 4
@@ -33,10 +35,12 @@ def split_steps(text: str) -> list[str]:
 
 
 def resolve_model_path(model: str | os.PathLike[str] | None = None) -> str:
-    """`model`, else `$MPRM_MODEL`, else the embedded tiny model (built here when missing)."""
+    """`model`, else `$MPRM_MODEL`, else `make demo`'s trained PRM, else the embedded tiny model."""
     chosen = model or os.environ.get("MPRM_MODEL")
     if chosen:
         return str(chosen)
+    if (DEMO_TRAINED_MODEL / "config.json").is_file():
+        return str(DEMO_TRAINED_MODEL)
     if not (EMBEDDED_MODEL / "config.json").is_file():
         from mprm_hf.modeling import build_tiny_model
 
@@ -206,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve the Gradio app that shows the reward of every step of a trace.",
     )
     parser.add_argument(
-        "--model", help="model folder or Hub id (default: $MPRM_MODEL, else the embedded tiny model)"
+        "--model",
+        help="model folder or Hub id (default: $MPRM_MODEL, else outputs/tiny-cpu, else the embedded tiny model)",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve a network)"

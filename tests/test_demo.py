@@ -66,6 +66,15 @@ def test_model_path_falls_back_from_flag_to_environment(monkeypatch: pytest.Monk
     assert demo.resolve_model_path() == "someone/trained-prm"
 
 
+def test_model_path_prefers_the_demo_trained_prm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MPRM_MODEL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    trained = tmp_path / "outputs" / "tiny-cpu"
+    trained.mkdir(parents=True)
+    (trained / "config.json").write_text("{}")
+    assert demo.resolve_model_path() == str(demo.DEMO_TRAINED_MODEL)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
