@@ -166,14 +166,20 @@ class _Widened(Exception):
     """A score orjson may have widened from a huge integer: re-parse the line with `json`."""
 
 
-def _numeric(value: object) -> float | None:
-    """`float(value)` if the reference counts it as a score, else None (OverflowError propagates)."""
+def _numeric(value: object, path: Path, offset: int, index: int) -> float | None:
+    """`float(value)` if the reference counts it as a score, else None.
+
+    Where the reference crashes (an integer too large for a float), stop with the located error."""
     if value is None:
         return None
     try:
         return float(value)
     except (TypeError, ValueError):
         return None
+    except OverflowError:
+        raise MPRMError(
+            f"{_where(path, offset)}: field 'steps_with_score[{index}].score' is too large for a float"
+        ) from None
 
 
 def _step_scores(record: object, path: Path, offset: int, *, check_widened: bool) -> list[float]:
@@ -202,12 +208,7 @@ def _step_scores(record: object, path: Path, offset: int, *, check_widened: bool
         elif kind is int:
             scores.append(float(score))
         elif score is not None:
-            try:
-                value = _numeric(score)
-            except OverflowError:
-                raise MPRMError(
-                    f"{_where(path, offset)}: field 'steps_with_score[{index}].score' is too large for a float"
-                ) from None
+            value = _numeric(score, path, offset, index)
             if value is not None:
                 scores.append(value)
     return scores
@@ -709,12 +710,7 @@ def reference_record_line(record: dict, path: Path, offset: int) -> str | None:
         score = step.get("score")
         if not text or score is None:
             return None
-        try:
-            value = _numeric(score)
-        except OverflowError:
-            raise MPRMError(
-                f"{_where(path, offset)}: field 'steps_with_score[{index}].score' is too large for a float"
-            ) from None
+        value = _numeric(score, path, offset, index)
         if value is None:
             return None
         parts.append(text + "<prm>")
