@@ -599,3 +599,35 @@ def test_top_k_positions_is_the_stable_sort_prefix() -> None:
         for top_k in {1, size // 3 or 1, size // 2 or 1, size}:
             expected = np.sort(np.argsort(-values, kind="stable")[:top_k])
             assert reference.top_k_positions(values, top_k).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("use_cache,cache_records", [(False, False), (True, False), (True, True)])
+def test_a_score_too_large_for_a_float_is_a_located_error(
+    tmp_path: Path, use_cache: bool, cache_records: bool
+) -> None:
+    """float() of a 400-digit integer overflows, where the reference crashes: one line, file, line, field."""
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    good = {"image": "a.png", "question": "q", "steps_with_score": [{"step": "s", "score": 0.5}]}
+    huge = (
+        '{"image": "b.png", "question": "q", "steps_with_score": [{"step": "s", "score": 1'
+        + "0" * 400
+        + "}]}"
+    )
+    (annotations / "src.jsonl").write_text(json.dumps(good) + "\n" + huge + "\n", encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    with pytest.raises(MPRMError) as error:
+        reference.build_reference_subset(
+            annotations,
+            output,
+            alpha=0.2,
+            top_ratio=1.0,
+            num_proc=1,
+            use_cache=use_cache,
+            cache_dir=tmp_path / "cache",
+            cache_records=cache_records,
+        )
+    message = str(error.value)
+    assert "src.jsonl:2" in message and "steps_with_score[0].score" in message and "too large" in message
+    assert "\n" not in message
+    assert not output.exists()

@@ -205,9 +205,7 @@ def _step_scores(record: object, path: Path, offset: int, *, check_widened: bool
             if check_widened and not -_WIDENED < score < _WIDENED:
                 raise _Widened
             scores.append(score)
-        elif kind is int:
-            scores.append(float(score))
-        elif score is not None:
+        elif score is not None:  # ints (which may overflow a float), bools, strings: as float() reads them
             value = _numeric(score, path, offset, index)
             if value is not None:
                 scores.append(value)
