@@ -133,6 +133,10 @@ def parse_args(argv: list[str]) -> tuple[ScriptArguments, PRMConfig]:
         if isinstance(error, MPRMError):
             raise
         raise MPRMError(str(error).splitlines()[0]) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{mark.name}:{mark.line + 1}" if mark else "recipe"
+        raise MPRMError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
     return script_args, training_args
 
 

@@ -196,6 +196,11 @@ def test_bad_recipe_is_a_one_line_error(tmp_path: Path) -> None:
     bad.write_text("output_dir: x\nnot_a_field: 3\n", encoding="utf-8")
     with pytest.raises(MPRMError, match="not_a_field"):
         main([str(bad)])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("output_dir: x\nlearning_rate: [1e-5\n", encoding="utf-8")
+    with pytest.raises(MPRMError, match=r"broken\.yaml:\d+: not valid YAML") as error:
+        main([str(broken)])
+    assert "\n" not in str(error.value)
 
 
 # DeepSpeed owns the device (no use_cpu); on a machine without GPUs its process group needs gloo.
