@@ -290,7 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a scores.jsonl of a separate split; the threshold is chosen on it",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="traces per forward pass")
-    parser.add_argument("--step-format", default="prm-token", choices=["prm-token", "visualprm"])
+    parser.add_argument(
+        "--step-format",
+        default=None,
+        choices=["prm-token", "visualprm"],
+        help="how a trace is laid out (default: the one the model was trained with, else prm-token)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="score only the first N traces")
     parser.add_argument(
         "--dtype", default=None, help="model dtype, e.g. bfloat16 (default: the checkpoint's)"
@@ -346,12 +351,26 @@ def _process_state():
     )
 
 
+def _trained_step_format(model: str) -> str:
+    """The step format recorded in the checkpoint's config, so that run.json names the one scored with."""
+    from transformers import AutoConfig
+
+    from mprm_hf.step_format import CONFIG_KEY, DEFAULT_STEP_FORMAT
+
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError):  # loading the model reports the real error, in one line
+        return DEFAULT_STEP_FORMAT
+    return getattr(config, CONFIG_KEY, None) or DEFAULT_STEP_FORMAT
+
+
 def evaluate_benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
     """Score what is not yet scored, then (main process) gather and report. Returns the metrics there."""
     from mprm_hf.data.visualprocessbench import load_visualprocessbench
 
     state = _process_state()
     out: Path = args.out
+    args.step_format = args.step_format or _trained_step_format(args.model)
     identity = {
         "model": _name(args.model),
         "adapter": None if args.adapter is None else _name(args.adapter),

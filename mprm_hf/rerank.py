@@ -45,7 +45,7 @@ def rerank(
     candidates: Sequence[dict[str, Any]],
     *,
     aggregate: str = "mean",
-    step_format: str = "prm-token",
+    step_format: str | None = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from mprm_hf.step_format import (
     check_trace_fields,
     encode_traces,
     forward_step_reward_logits,
-    get_step_format,
+    model_step_format,
     reward_token_ids,
 )
 
@@ -57,7 +57,7 @@ def score_traces(
     traces: Sequence[dict[str, Any]],
     *,
     batch_size: int = 8,
-    step_format: str = "prm-token",
+    step_format: str | None = None,
     progress: bool = True,
 ) -> list[list[float]]:
     """Step rewards of many traces `{"question" (or "prompt"), "steps", "images"}`, in input order.
@@ -67,7 +67,7 @@ def score_traces(
     """
     if batch_size < 1:
         raise MPRMError(f"batch_size must be at least 1 (got {batch_size})")
-    fmt = get_step_format(step_format)
+    fmt = model_step_format(model, step_format)
     reward_ids = reward_token_ids(processor, fmt)
     prepared = [_as_encoder_trace(trace, index) for index, trace in enumerate(traces)]
     order = sorted(range(len(prepared)), key=lambda index: _trace_size(prepared[index]), reverse=True)
@@ -96,9 +96,10 @@ def score_steps(
     question: str,
     steps: Sequence[str],
     *,
-    step_format: str = "prm-token",
+    step_format: str | None = None,
 ) -> list[float]:
-    """The reward of every step of one trace (one forward pass)."""
+    """The reward of every step of one trace (one forward pass). `step_format` defaults to the one the
+    model was trained with (`prm-token` for a model without one)."""
     if images is None:
         images = []
     elif isinstance(images, (Image.Image, str, Path)):
@@ -149,9 +150,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", help="optional PEFT (LoRA) adapter folder applied on top of --model")
     parser.add_argument(
         "--step-format",
-        default="prm-token",
+        default=None,
         choices=sorted(STEP_FORMATS),
-        help="how a trace is laid out; must be the one the model was trained with (default: prm-token)",
+        help="how a trace is laid out (default: the one the model was trained with, else prm-token)",
     )
     parser.add_argument("--dtype", default=None, help="e.g. float32, bfloat16 (default: the checkpoint's)")
     parser.add_argument(

@@ -29,6 +29,7 @@ batch stays valid and the caller counts and reports it; `steps_that_fit` finds s
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ import torch
 from PIL import Image
 
 from mprm_hf.errors import MPRMError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_TAG = re.compile(r"<image\d*>\n?")
 
@@ -106,6 +109,23 @@ def get_step_format(name: str | StepFormat) -> StepFormat:
     return STEP_FORMATS[name]
 
 
+DEFAULT_STEP_FORMAT = "prm-token"
+CONFIG_KEY = "prm_step_format"  # written into a trained PRM's config.json
+
+
+def model_step_format(model: Any, requested: str | StepFormat | None = None) -> StepFormat:
+    """The format to score `model` with: `requested`, else the one it was trained with, else prm-token.
+
+    A PRM's rewards mean nothing in another layout, so the trained format travels in its config."""
+    saved = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+    if requested is None:
+        return get_step_format(saved or DEFAULT_STEP_FORMAT)
+    fmt = get_step_format(requested)
+    if saved and saved != fmt.name:
+        logger.warning("scoring with step format %r, but the model was trained with %r", fmt.name, saved)
+    return fmt
+
+
 def clean_question(prompt: str) -> str:
     """The question without `<image>` / `<imageN>` tags: images are placed by the format, not the text."""
     return IMAGE_TAG.sub("", prompt).strip()
@@ -137,9 +157,11 @@ def reward_token_ids(processor: Any, fmt: StepFormat | str) -> tuple[int, int]:
 
 
 def prepare_model_and_processor(model: Any, processor: Any, fmt: StepFormat | str) -> tuple[Any, Any]:
-    """Add the format's marker token and any reward token that is not a single token, then resize the
-    embeddings to the tokenizer. A no-op for a model that already has them (the tiny model, a trained PRM)."""
+    """Record the format in the model's config, add the format's marker token and any reward token that is
+    not a single token, then resize the embeddings to the tokenizer (a no-op for a model that already has
+    them: the tiny model, a trained PRM)."""
     fmt = get_step_format(fmt)
+    model.config.update({CONFIG_KEY: fmt.name})  # saved with the checkpoint, read by `model_step_format`
     tokenizer = _tokenizer(processor)
     if fmt.marker_token is not None and fmt.marker_token not in tokenizer.get_vocab():
         tokenizer.add_special_tokens(

@@ -225,3 +225,30 @@ def test_cli_score_errors_are_one_line(
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert message in error
+
+
+def test_a_saved_prm_scores_with_the_step_format_it_was_trained_with(
+    tiny_model_dir: Path, images: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mprm_hf.step_format import prepare_model_and_processor
+
+    model, processor = load_model_and_processor(tiny_model_dir)
+    prepare_model_and_processor(model, processor, "visualprm")  # what PRMTrainer does before training
+    model.save_pretrained(tmp_path / "prm")
+    processor.save_pretrained(tmp_path / "prm")
+    saved = json.loads((tmp_path / "prm" / "config.json").read_text())
+    assert saved["prm_step_format"] == "visualprm"
+
+    prm, prm_processor = load_model_and_processor(tmp_path / "prm")
+    steps = ["There is a red square.", "So the answer is 1."]
+    default = score_steps(prm, prm_processor, [images[0]], "How many squares?", steps)
+    visualprm = score_steps(
+        prm, prm_processor, [images[0]], "How many squares?", steps, step_format="visualprm"
+    )
+    assert default == visualprm
+    with caplog.at_level("WARNING", logger="mprm_hf.step_format"):
+        prm_token = score_steps(
+            prm, prm_processor, [images[0]], "How many squares?", steps, step_format="prm-token"
+        )
+    assert prm_token != visualprm
+    assert "trained with 'visualprm'" in caplog.text
