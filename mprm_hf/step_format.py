@@ -29,8 +29,8 @@ batch stays valid and the caller counts and reports it; `steps_that_fit` finds s
 
 from __future__ import annotations
 
-import logging
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +40,6 @@ import torch
 from PIL import Image
 
 from mprm_hf.errors import MPRMError
-
-logger = logging.getLogger(__name__)
 
 IMAGE_TAG = re.compile(r"<image\d*>\n?")
 
@@ -122,7 +120,10 @@ def model_step_format(model: Any, requested: str | StepFormat | None = None) -> 
         return get_step_format(saved or DEFAULT_STEP_FORMAT)
     fmt = get_step_format(requested)
     if saved and saved != fmt.name:
-        logger.warning("scoring with step format %r, but the model was trained with %r", fmt.name, saved)
+        # warnings, not logging: a runner scoring batch after batch shows it once, not once per batch
+        warnings.warn(
+            f"scoring with step format {fmt.name!r}, but the model was trained with {saved!r}", stacklevel=2
+        )
     return fmt
 
 
