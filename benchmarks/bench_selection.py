@@ -3,7 +3,7 @@
 Baseline: the reference's algorithm as published (read each annotation file whole, `json.loads` every
 line, score it in Python, sort, convert the kept ones with `json.dumps`). Ours: `mprm-hf select
 --format reference` cold (no cache) and warm (a new alpha and ratio from the cache), with the default
-cache (score table + converted records) and with `--no-cache-records` (score table only); warm runs
+cache (the score table) and with `--cache-records` (score table + converted records); warm runs
 both through the CLI (a fresh process: interpreter start-up and imports included) and in a process
 that already imported `mprm_hf`. CLI runs are fresh subprocesses; wall time, CPU time (the whole
 tree, getrusage) and peak memory (the largest single process's RSS from getrusage, and the whole
@@ -234,8 +234,8 @@ def main() -> None:
         }
         runs = []
         for mode, flags, records in (
-            ("default", (), True),
-            ("--no-cache-records", ("--no-cache-records",), False),
+            ("default", (), False),
+            ("--cache-records", ("--cache-records",), True),
         ):
             cache = scratch / mode.strip("-")
             runs += [

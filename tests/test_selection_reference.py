@@ -427,15 +427,18 @@ def test_cli_reference_format_matches_oracle(corpora: list[Path], tmp_path: Path
             "--format", "reference", "--output", str(output)]  # fmt: skip
     assert main(argv) == 0
     assert output.read_bytes() == oracle_subset(corpora[1], 0.2, 0.1)
-    assert len(list((tmp_path / "hf_cache").glob("*/*.records/complete"))) == 1  # the default caches records
+    assert not list((tmp_path / "hf_cache").glob("*/*.records"))  # the default caches the score table only
+    assert len(list((tmp_path / "hf_cache").glob("*/*.scores.arrow"))) == 1
     argv[argv.index("0.1")] = "0.25"
-    assert main(argv) == 0  # served from the records cache
-    assert output.read_bytes() == oracle_subset(corpora[1], 0.2, 0.25)
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "scores_only"))
-    for _ in range(2):  # a scan, then the score table: the kept lines are converted each time
-        assert main([*argv, "--no-cache-records"]) == 0
+    for _ in range(2):  # from the score table: the kept lines are converted each time
+        assert main(argv) == 0
         assert output.read_bytes() == oracle_subset(corpora[1], 0.2, 0.25)
-    assert not list((tmp_path / "scores_only").glob("*/*.records"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "records"))
+    assert main([*argv, "--cache-records"]) == 0
+    assert len(list((tmp_path / "records").glob("*/*.records/complete"))) == 1
+    argv[argv.index("0.25")] = "0.5"
+    assert main(argv) == 0  # served from the records cache built earlier
+    assert output.read_bytes() == oracle_subset(corpora[1], 0.2, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -631,3 +634,102 @@ def test_a_score_too_large_for_a_float_is_a_located_error(
     assert "src.jsonl:2" in message and "steps_with_score[0].score" in message and "too large" in message
     assert "\n" not in message
     assert not output.exists()
+
+
+# ------------------------------------------------------------------ typed (msgspec) conversion path
+def _plain_record(rnd: random.Random) -> dict:
+    """A record of the common shape (what the typed decoder reads), with the values where its
+    conversion must still agree with the reference: list and empty images, blank or null step texts,
+    null and integer scores, question fallbacks, escapes and non-ASCII text."""
+    text = rnd.choice(
+        ["step", " padded step\t", "é ü 你好 😀", 'quote " and \\ back', "line\nbreak", "\u2028sep", ""]
+    )
+    steps = []
+    for _ in range(rnd.randint(0, 5)):
+        step: dict = {
+            "step": rnd.choice([text, "plain", "plain", "  ", None]),
+            "score": rnd.choice([0.0, 0.25, 1, 0, 0.5, 1e-999, -0.0] * 5 + [None]),
+        }
+        if rnd.random() < 0.1:
+            del step["step"]
+        steps.append(step)
+    record: dict = {
+        "image": rnd.choice(["a.png", "b.png", ["x.png", "y.png"], [], ""]),
+        "steps_with_score": steps,
+    }
+    record.update(
+        rnd.choice(
+            [
+                {"question": "q?"},
+                {"question_orig": " orig ", "question": "q"},
+                {"question_orig": "", "question": "q2"},
+                {},
+            ]
+        )
+    )
+    if rnd.random() < 0.3:
+        record["response"] = "skipped " * rnd.randint(0, 20)
+    return record
+
+
+@pytest.mark.parametrize("cache_records", [False, True])
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_typed_conversion_matches_the_oracle(
+    tmp_path: Path, cache_records: bool, num_proc: int, monkeypatch
+) -> None:
+    """Plain lines are converted from one msgspec call per shard (records cache) or per chunk of kept
+    lines; a chunk msgspec cannot type goes line by line. Both must give the oracle's bytes."""
+    rnd = random.Random(7)
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    for name in ("a", "b", "c"):
+        lines = [
+            json.dumps(_plain_record(rnd), ensure_ascii=rnd.random() < 0.5)
+            for _ in range(rnd.randint(40, 160))
+        ]
+        (annotations / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with (annotations / "c.jsonl").open("a", encoding="utf-8") as handle:  # a chunk msgspec cannot type
+        handle.write('{"image": "t.png", "steps_with_score": [{"step": "s", "score": true}]}\n')
+    typed, per_line = [], []
+    typed_convert, line_convert = reference._typed_record_bytes, reference.convert_line
+    monkeypatch.setattr(reference, "_typed_record_bytes", lambda *a: typed.append(1) or typed_convert(*a))
+    monkeypatch.setattr(reference, "convert_line", lambda *a: per_line.append(1) or line_convert(*a))
+    served = _count_plain_shards(monkeypatch)
+    for alpha in ALPHAS[:3]:
+        for ratio in RATIOS:
+            output = tmp_path / "out.jsonl"
+            reference.build_reference_subset(
+                annotations, output, alpha=alpha, top_ratio=ratio, num_proc=num_proc, use_cache=True,
+                cache_dir=tmp_path / "cache", cache_records=cache_records, progress=False, shard_bytes=2048,
+            )  # fmt: skip
+            assert output.read_bytes() == oracle_subset(annotations, alpha, ratio), (alpha, ratio)
+    if num_proc == 1:  # the counters see this process only
+        assert typed and (per_line or cache_records)
+        assert any(served) and not all(served)  # a null score sends its shard line by line
+
+
+def test_long_digit_runs_are_found_and_short_ones_are_not() -> None:
+    step = reference._INT_DIGITS // 2
+    short = bytearray(b"x" * (step * 12))
+    for position in range(0, len(short), step):  # a digit at every sampled byte, in runs of two
+        short[position : position + 2] = b"16"
+    assert not reference._may_hold_long_digit_run(np.frombuffer(bytes(short), dtype=np.uint8))
+    long = bytearray(short)
+    long[step * 3 + 5 : step * 3 + 5 + reference._INT_DIGITS + 1] = b"7" * (reference._INT_DIGITS + 1)
+    assert reference._may_hold_long_digit_run(np.frombuffer(bytes(long), dtype=np.uint8))
+
+
+def _slow_square(value: int) -> int:
+    import time
+
+    time.sleep(0.001 * (value % 3))
+    if value == 13:
+        raise MPRMError("thirteen")
+    return value * value
+
+
+def test_workers_return_results_in_order_and_raise_what_a_task_raises() -> None:
+    with reference.Workers(2) as workers:
+        assert list(workers.imap(_slow_square, list(range(12)))) == [value * value for value in range(12)]
+        with pytest.raises(MPRMError, match="thirteen"):
+            list(workers.imap(_slow_square, list(range(20))))

@@ -88,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument(
         "--cache-records",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="reference: also cache every ranked rollout's PRM line, so later alphas and ratios only copy "
-        "bytes (default; --no-cache-records: a faster first scan, later runs convert their kept lines; "
-        "a records cache built earlier is still used)",
+        default=False,
+        help="reference: also cache every ranked rollout's PRM line (about half the corpus size on disk), "
+        "so later alphas and ratios only copy bytes: for sweeps. Default: cache the score table only, "
+        "for the fastest first run; later runs convert their kept lines (a records cache built earlier "
+        "is still used)",
     )
     output.add_argument("--revision", help="revision of the source corpus when it is a Hub id")
     output.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -7,17 +7,17 @@ the result:
 * **Scan once, rank many times.** A scan keeps, per ranked line, only its byte span and the three
   numbers BIS needs (`n_scored`, `n_pos`, `sum_pos`). That table is cached as an Arrow file in the
   `datasets` cache (keyed by the files' paths, sizes and mtimes), so a new alpha or ratio never reads
-  the corpus again. By default (`cache_records`) the same scan also converts every ranked line from
-  the record orjson has just parsed and caches its PRM line bytes, so a new alpha or ratio is a
-  numpy top-k plus byte copies; without it, only the kept lines are re-read (by byte offset) and
-  converted.
-* **orjson first, `json` when it must.** Every line goes through `orjson`; a line orjson rejects
-  (NaN / Infinity literals, lone surrogates, numbers out of range, Unicode whitespace around the
-  record) is parsed again with `json.loads`, and a value orjson may have widened (an integer beyond
-  64 bits becomes a float there) sends the line to `json.loads` too. Both parsers give identical
-  values on every line both accept. A scan that builds no records cache reads only the scores, with
-  a typed `msgspec` decoder that skips every other value without making Python objects; a line it
-  rejects takes the same rule-by-rule path.
+  the corpus again: only its kept lines are re-read (by byte offset) and converted. With
+  `cache_records` (for sweeps) the scan also converts every ranked line and caches its PRM line
+  bytes, so a new alpha or ratio is a numpy top-k plus byte copies.
+* **msgspec first, then orjson, then `json`.** A shard whose every line is a plain record is read in
+  one typed `msgspec` call that validates every value as JSON but builds Python objects only for what
+  is needed (the scores; with `cache_records`, or when converting kept lines, also the image,
+  question and step texts). Anything unusual goes line by line through `orjson`; a line orjson
+  rejects (NaN / Infinity literals, lone surrogates, numbers out of range, Unicode whitespace around
+  the record) is parsed again with `json.loads`, and a value orjson may have widened (an integer
+  beyond 64 bits becomes a float there) sends the line to `json.loads` too. All three give identical
+  values on every line they accept.
 * **Shards on both cores.** Files are cut into newline-aligned shards, memory-mapped and scanned by
   this process and a fork pool; memory holds one shard per process, whatever the corpus size.
 
@@ -57,7 +57,9 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from json.encoder import encode_basestring  # the exact string encoder json.dumps(ensure_ascii=False) uses
+from operator import attrgetter
 from pathlib import Path
 
 import msgspec
@@ -74,21 +76,38 @@ _WIDENED = float(2**63)  # orjson turns integer literals beyond 64 bits into flo
 _INT_DIGITS = sys.get_int_max_str_digits() or 1 << 40  # `json.loads` rejects longer integer literals
 
 
-class _ScoredStep(msgspec.Struct):
+class _ScoredStep(msgspec.Struct, gc=False):
     score: float | None = None
 
 
-class _ScoredRecord(msgspec.Struct):
+class _ScoredRecord(msgspec.Struct, gc=False):
     steps_with_score: list[_ScoredStep] | None = None
+
+
+class _PRMStep(msgspec.Struct, gc=False):
+    step: str | None = None
+    score: float | None = None
+
+
+class _PRMRecord(msgspec.Struct, gc=False):
+    image: str | list[str] = ""
+    question_orig: str | None = None
+    question: str | None = None
+    steps_with_score: list[_PRMStep] | None = None
 
 
 _decode_scores = msgspec.json.Decoder(_ScoredRecord).decode
 _decode_lines = msgspec.json.Decoder(_ScoredRecord).decode_lines
 """The score-only decoders (a line; a whole shard): every other value is validated as JSON and skipped
-without building Python objects (~1.7x orjson's speed on a rollout). They accept nothing `json.loads`
+without building Python objects (~4x orjson's speed on a rollout). They accept nothing `json.loads`
 rejects except invalid UTF-8 (checked per shard) and integer literals over Python's digit limit
 (longer lines take orjson; a plain shard is checked for digit runs); strings, booleans, NaN and
 out-of-range numbers as scores raise, and the line takes the rule-by-rule path."""
+_decode_prm_lines = msgspec.json.Decoder(_PRMRecord).decode_lines
+"""The same, reading also what a PRM line needs (image, question, step texts), for the common shape
+only: any other type raises, and the lines go through orjson and the rule-by-rule path."""
+_score_of = attrgetter("score")
+_step_of = attrgetter("step")
 _NEWLINES = re.compile(rb"(\r\n|\r|\n)")
 _BLANK = object()
 _INVALID = object()
@@ -339,12 +358,28 @@ def _scan_careful(buffer: bytes, start: int, path: Path, out: ShardScan) -> list
     return per_line
 
 
-def _scan_plain_shard(data: memoryview, start: int, out: ShardScan) -> np.ndarray | None:
+def _may_hold_long_digit_run(buffer: np.ndarray) -> bool:
+    """Whether some run of ASCII digits may be longer than `_INT_DIGITS`. Such a run covers two
+    neighbouring bytes sampled every `_INT_DIGITS // 2` and every byte between them: the samples find
+    the few candidate stretches, and each is checked whole (sampled pairs of digits are common)."""
+    step = _INT_DIGITS // 2
+    sampled = (buffer[::step] - 48) < 10
+    for index in np.flatnonzero(sampled[:-1] & sampled[1:]).tolist():
+        if bool(((buffer[index * step : (index + 1) * step + 1] - 48) < 10).all()):
+            return True
+    return False
+
+
+def _scan_plain_shard(
+    data: memoryview, start: int, out: ShardScan, path: Path | None = None
+) -> np.ndarray | None:
     """Scores of a whole shard in one `msgspec` call, when every line is plain: it starts with `{` and
     ends with `}` right at its newlines (so it is not blank, and as a string never holds a raw newline,
     each newline falls between two top-level values), none holds a digit run over Python's integer
     limit, the decoder reads exactly one record per line, and no score is null. Else None (nothing
-    recorded), and the caller reads the shard line by line."""
+    recorded), and the caller reads the shard line by line. With a records cache (`out.records`) the
+    decoder also reads what a PRM line needs, and every ranked line is converted from it (`path`
+    locates the ones the careful path must redo)."""
     buffer = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(buffer == 10)
     starts = np.concatenate([[0], newlines + 1])
@@ -353,18 +388,17 @@ def _scan_plain_shard(data: memoryview, start: int, out: ShardScan) -> np.ndarra
         starts, ends = starts[:-1], ends[:-1]
     if (ends <= starts).any() or (buffer[starts] != 123).any() or (buffer[ends - 1] != 125).any():
         return None
-    # A digit run longer than _INT_DIGITS covers two neighbouring bytes sampled every _INT_DIGITS // 2.
-    sampled_digits = (buffer[:: _INT_DIGITS // 2] - 48) < 10
-    if (sampled_digits[:-1] & sampled_digits[1:]).any():
+    if _may_hold_long_digit_run(buffer):
         return None
+    converting = out.records is not None
     try:
-        records = _decode_lines(data)
+        records = (_decode_prm_lines if converting else _decode_lines)(data)
     except (ValueError, RecursionError, msgspec.MsgspecError):
         return None
     if len(records) != len(starts):
         return None
     steps = [record.steps_with_score or () for record in records]
-    flat = [step.score for line in steps for step in line]
+    flat = list(map(_score_of, chain.from_iterable(steps)))
     if None in flat:
         return None
     n_scored = np.fromiter(map(len, steps), dtype=np.int64, count=len(steps))
@@ -373,6 +407,12 @@ def _scan_plain_shard(data: memoryview, start: int, out: ShardScan) -> np.ndarra
     out.lengths = (ends - starts)[ranked].tolist()
     out.n_scored = n_scored[ranked].tolist()
     out.no_numeric_score += int((~ranked).sum())
+    if converting:
+        for index, offset, length in zip(
+            np.flatnonzero(ranked).tolist(), out.offsets, out.lengths, strict=True
+        ):
+            local = offset - start
+            out.add_record(_convert_typed, records[index], data[local : local + length], path, offset)
     return np.asarray(flat, dtype=np.float64)
 
 
@@ -399,13 +439,12 @@ def _scan_fast(path: Path, start: int, end: int, out: ShardScan) -> np.ndarray |
     view = memoryview(mapped)
     loads, find, decode_scores = orjson.loads, mapped.find, _decode_scores
     converting = out.records is not None
-    if not converting:
-        if not _is_utf8(view[start:end]):
-            return None
-        values = _scan_plain_shard(view[start:end], start, out)
-        if values is not None:
-            view.release()
-            return values
+    if not _is_utf8(view[start:end]):
+        return None
+    values = _scan_plain_shard(view[start:end], start, out, path)
+    if values is not None:
+        view.release()
+        return values
     flat: list[float] = []
     position, piece = start, None
     while position < end:
@@ -518,15 +557,30 @@ class ScanCounts:
     no_numeric_score: int = 0
 
 
+class _Done:
+    """A task this process ran itself, in the place of a pool result."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def ready(self) -> bool:
+        return True
+
+    def get(self) -> object:
+        return self.value
+
+
 class Workers:
     """`num_proc` processes for an ordered `imap`: this one and a fork pool of `num_proc - 1`, or plain
     `map` when one process is enough.
 
-    The calling process takes every `num_proc`-th task itself instead of waiting on a pool of
-    `num_proc` workers: one process fewer holds the interpreter, numpy and pyarrow, with the same
-    cores busy. Made once by `build_reference_subset` and shared by the scan and the conversion; the
-    pool is forked on the first `imap` that needs it (a run served from the records cache forks
-    nothing), and a scan forks before the score table and BIS arrays exist."""
+    The pool keeps a few tasks in flight, dispatched in order; while the next result is not ready,
+    this process runs the next task itself. So the calling process, which also writes what comes
+    back, takes as much of the work as it has time for (a static share would leave it the slowest),
+    and one process fewer holds the interpreter, numpy and pyarrow. Made once by
+    `build_reference_subset` and shared by the scan and the conversion; the pool is forked on the first
+    `imap` that needs it (a run served from the records cache forks nothing), and a scan forks before
+    the score table and BIS arrays exist."""
 
     def __init__(self, num_proc: int | None, n_tasks: int | None = None) -> None:
         self.count = max(1, min(num_proc or os.cpu_count() or 1, n_tasks or 1 << 30))
@@ -540,11 +594,21 @@ class Workers:
         return self._shared_imap(function, tasks)
 
     def _shared_imap(self, function, tasks):  # noqa: ANN001, ANN202
-        """Results in task order: every `count`-th task runs here, the others on the pool meanwhile."""
-        step = self.count
-        pooled = self.pool.imap(function, [task for index, task in enumerate(tasks) if index % step])
-        for index, task in enumerate(tasks):
-            yield function(task) if index % step == 0 else next(pooled)
+        """Results in task order; at most `4 * (count - 1)` tasks wait on the pool."""
+        window = 4 * (self.count - 1)
+        waiting: dict[int, object] = {}
+        dispatched = 0
+        for index in range(len(tasks)):
+            while True:
+                pooled = sum(type(result) is not _Done for result in waiting.values())
+                while dispatched < len(tasks) and pooled < window:
+                    waiting[dispatched] = self.pool.apply_async(function, (tasks[dispatched],))
+                    dispatched, pooled = dispatched + 1, pooled + 1
+                if dispatched == len(tasks) or waiting[index].ready():
+                    break
+                waiting[dispatched] = _Done(function(tasks[dispatched]))
+                dispatched += 1
+            yield waiting.pop(index).get()
 
     def close(self) -> None:
         if self.pool is not None:
@@ -727,13 +791,31 @@ def reference_record_line(record: dict, path: Path, offset: int) -> str | None:
     )
 
 
+def _prm_line_bytes(image: str | list[str], question: str, texts: list[str], scores: list[float]) -> bytes:
+    """The PRM line + "\n" as UTF-8 from already stripped, non-empty step texts. `orjson.dumps` of a
+    string writes exactly `encode_basestring`'s text, encoded (a test checks every code point), and
+    raises on a lone surrogate (then the caller takes the careful path), so no `str` round trip is
+    needed; a list image is written with `json.dumps`'s ", " separator."""
+    dumps = orjson.dumps
+    image_json = dumps(image) if type(image) is str else b"[" + b", ".join(map(dumps, image)) + b"]"
+    human = "Question: " + question.strip() + "\nProcess: " + "<prm>\n\n".join(texts) + "<prm>"
+    return b"".join(
+        (
+            b'{"image": ',
+            image_json,
+            b', "conversations": [{"from": "human", "value": ',
+            dumps(human),
+            b'}, {"from": "gpt", "value": [',
+            b", ".join([b"1.0" if score > 0.0 else b"0.0" for score in scores]),
+            b"]}]}\n",
+        )
+    )
+
+
 def _fast_record_bytes(record: object, scores: list[float] | None = None) -> bytes | None:
-    """`reference_record_line` + "\n" as UTF-8 for a well-formed record (string image and question,
-    string steps, float-convertible scores); anything else raises, and the caller takes the careful
-    path. `orjson.dumps` of a string writes exactly `encode_basestring`'s text, encoded (a test checks
-    every code point), and a string orjson parsed holds no lone surrogate, so this needs no `str` round
-    trip: it is the cheap conversion the scan can afford for every ranked line. `scores`, when given,
-    are `float(step["score"])` of every step, already computed by the scan."""
+    """`reference_record_line` + "\n" as UTF-8 for a well-formed parsed record (string image and
+    question, string steps, float-convertible scores); anything else raises, and the caller takes the
+    careful path. `scores`, when given, are `float(step["score"])` of every step, already computed."""
     image, steps = record["image"], record["steps_with_score"]  # type: ignore[index]
     question = record.get("question_orig") or record.get("question") or ""  # type: ignore[union-attr]
     if type(image) is not str or type(question) is not str or type(steps) is not list:
@@ -741,21 +823,23 @@ def _fast_record_bytes(record: object, scores: list[float] | None = None) -> byt
     texts = [step["step"].strip() for step in steps]
     if scores is None:
         scores = [float(step["score"]) for step in steps]
-    labels = [b"1.0" if score > 0.0 else b"0.0" for score in scores]
     if not (image and steps and all(texts)):
         return None
-    human = "Question: " + question.strip() + "\nProcess: " + "<prm>\n\n".join(texts) + "<prm>"
-    return b"".join(
-        (
-            b'{"image": ',
-            orjson.dumps(image),
-            b', "conversations": [{"from": "human", "value": ',
-            orjson.dumps(human),
-            b'}, {"from": "gpt", "value": [',
-            b", ".join(labels),
-            b"]}]}\n",
-        )
-    )
+    return _prm_line_bytes(image, question, texts, scores)
+
+
+def _typed_record_bytes(record: _PRMRecord) -> bytes | None:
+    """The same for a record `_decode_prm_lines` read. Every field already has its common type (a
+    string or null text, a finite float or null score), so the reference can only drop such a record
+    (an empty image, no steps, an empty or null text, a null score), never crash on it."""
+    image, steps = record.image, record.steps_with_score
+    if not image or not steps:
+        return None
+    scores = list(map(_score_of, steps))
+    texts = [(text or "").strip() for text in map(_step_of, steps)]
+    if None in scores or not all(texts):
+        return None
+    return _prm_line_bytes(image, record.question_orig or record.question or "", texts, scores)  # type: ignore[arg-type]
 
 
 _COMMON_SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, OverflowError)
@@ -767,6 +851,14 @@ def _convert_parsed(
     """Convert a line orjson already parsed; the careful path re-reads it when the shape is unusual."""
     try:
         return _fast_record_bytes(record, scores)
+    except _COMMON_SHAPE_ERRORS:
+        return _convert_careful(bytes(raw), path, offset)
+
+
+def _convert_typed(record: _PRMRecord, raw: bytes | memoryview, path: Path, offset: int) -> bytes | None:
+    """Convert a line `_decode_prm_lines` already read; the careful path re-reads it when it must."""
+    try:
+        return _typed_record_bytes(record)
     except _COMMON_SHAPE_ERRORS:
         return _convert_careful(bytes(raw), path, offset)
 
@@ -798,17 +890,25 @@ def _convert_careful(raw: bytes, path: Path, offset: int) -> bytes | None:
 
 
 def convert_chunk(task: tuple[str, list[int], list[int]]) -> list[bytes | None]:
-    """Convert kept lines of one file given by (offset, length): a worker's unit of output work."""
+    """Convert kept lines of one file given by (offset, length): a worker's unit of output work. The
+    lines are read in one `msgspec` call when all have the common shape, else one by one."""
     name, offsets, lengths = task
     path = Path(name)
     descriptor = os.open(name, os.O_RDONLY)
     try:
-        return [
-            convert_line(os.pread(descriptor, length, offset), path, offset)
-            for offset, length in zip(offsets, lengths, strict=True)
-        ]
+        raws = [os.pread(descriptor, length, offset) for offset, length in zip(offsets, lengths, strict=True)]
     finally:
         os.close(descriptor)
+    try:  # a ranked line holds no newline and one JSON value: one line each
+        records = _decode_prm_lines(b"\n".join(raws))
+    except (ValueError, RecursionError, msgspec.MsgspecError):
+        records = []
+    if len(records) != len(raws):
+        return [convert_line(raw, path, offset) for raw, offset in zip(raws, offsets, strict=True)]
+    return [
+        _convert_typed(record, raw, path, offset)
+        for record, raw, offset in zip(records, raws, offsets, strict=True)
+    ]
 
 
 def write_reference(
@@ -940,7 +1040,7 @@ def load_or_scan(
     num_proc: int | None = None,
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
-    cache_records: bool = True,
+    cache_records: bool = False,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
     workers: Workers | None = None,
@@ -1011,7 +1111,7 @@ def build_reference_subset(
     num_proc: int | None = None,
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
-    cache_records: bool = True,
+    cache_records: bool = False,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
 ) -> ReferenceResult:
