@@ -310,8 +310,8 @@ def test_plain_shard_read_reads_a_plain_shard() -> None:
     shard = b'{"steps_with_score": [{"score": 1}, {"score": 0.25}]}\n{"steps_with_score": []}\n{"x": 1}'
     out = reference.ShardScan(0)
     values = reference._scan_plain_shard(memoryview(shard), 100, out)
-    assert values.tolist() == [1.0, 0.25] and out.offsets == [100] and out.n_scored == [2]
-    assert out.lengths == [shard.index(b"\n")] and out.no_numeric_score == 2
+    assert values.tolist() == [1.0, 0.25] and list(out.offsets) == [100] and list(out.n_scored) == [2]
+    assert list(out.lengths) == [shard.index(b"\n")] and out.no_numeric_score == 2
 
 
 @pytest.mark.parametrize("cache_records", [False, True])

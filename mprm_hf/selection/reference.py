@@ -262,14 +262,15 @@ def _split_lines(buffer: bytes) -> Iterator[tuple[int, bytes]]:
 
 @dataclass
 class ShardScan:
-    """What one shard contributes to the score table, plus counts for the report."""
+    """What one shard contributes to the score table, plus counts for the report (columns are lists
+    while a shard is read line by line, numpy arrays when it is read whole)."""
 
     file: int
-    offsets: list[int] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
-    n_scored: list[int] = field(default_factory=list)
-    n_pos: list[int] = field(default_factory=list)
-    sum_pos: list[float] = field(default_factory=list)
+    offsets: list[int] | np.ndarray = field(default_factory=list)
+    lengths: list[int] | np.ndarray = field(default_factory=list)
+    n_scored: list[int] | np.ndarray = field(default_factory=list)
+    n_pos: list[int] | np.ndarray = field(default_factory=list)
+    sum_pos: list[float] | np.ndarray = field(default_factory=list)
     records: list[bytes] | None = None  # with a records cache: each ranked line's PRM line (b"": dropped)
     errors: list[bytes] | None = None  # ... or why the reference would crash if it kept it (b"": fine)
     blank: int = 0
@@ -403,13 +404,13 @@ def _scan_plain_shard(
         return None
     n_scored = np.fromiter(map(len, steps), dtype=np.int64, count=len(steps))
     ranked = n_scored > 0
-    out.offsets = (starts[ranked] + start).tolist()
-    out.lengths = (ends - starts)[ranked].tolist()
-    out.n_scored = n_scored[ranked].tolist()
+    out.offsets = starts[ranked] + start  # arrays: no Python int per line, and they pickle as buffers
+    out.lengths = (ends - starts)[ranked]
+    out.n_scored = n_scored[ranked]
     out.no_numeric_score += int((~ranked).sum())
     if converting:
         for index, offset, length in zip(
-            np.flatnonzero(ranked).tolist(), out.offsets, out.lengths, strict=True
+            np.flatnonzero(ranked).tolist(), out.offsets.tolist(), out.lengths.tolist(), strict=True
         ):
             local = offset - start
             out.add_record(_convert_typed, records[index], data[local : local + length], path, offset)
@@ -516,8 +517,8 @@ def scan_shard(task: tuple[int, str, int, int, str | None]) -> ShardScan:
         values = np.asarray([score for scores in per_line for score in scores], dtype=np.float64)
     offsets = np.concatenate([[0], np.cumsum(out.n_scored, dtype=np.int64)])
     stats = rollout_statistics(offsets, values, np.ones(len(values), dtype=bool))
-    out.n_pos = stats["n_pos"].tolist()
-    out.sum_pos = stats["sum_pos"].tolist()
+    out.n_pos = stats["n_pos"]
+    out.sum_pos = stats["sum_pos"]
     if records_path is not None:
         batch = pa.RecordBatch.from_arrays(
             [_strings(out.records), _strings(out.errors)], schema=RECORDS_SCHEMA
