@@ -595,8 +595,9 @@ class Workers:
         return self._shared_imap(function, tasks)
 
     def _shared_imap(self, function, tasks):  # noqa: ANN001, ANN202
-        """Results in task order; at most `4 * (count - 1)` tasks wait on the pool."""
-        window = 4 * (self.count - 1)
+        """Results in task order. Up to `8 * (count - 1)` tasks wait on the pool: its feeder threads need
+        the GIL, which this process often holds, so a short queue would leave the workers idle."""
+        window = 8 * (self.count - 1)
         waiting: dict[int, object] = {}
         dispatched = 0
         for index in range(len(tasks)):
@@ -920,7 +921,7 @@ def write_reference(
     *,
     num_proc: int | None = None,
     progress: bool = True,
-    chunk_rows: int = 2000,
+    chunk_rows: int = 250,
     records_dir: Path | None = None,
     workers: Workers | None = None,
 ) -> np.ndarray:
