@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shutil
 import subprocess
@@ -119,9 +120,12 @@ SETTLE_SECONDS = 3.0
 the kernel busy for a moment, which would otherwise be billed to whichever run comes next."""
 
 
-def timed(command: list[str], env: dict[str, str]) -> dict[str, float]:
+def timed(command: list[str], env: dict[str, str], sample: bool = False) -> dict[str, float]:
     """Run `command`; wall seconds, CPU seconds (user + sys of the whole tree, from getrusage), the
-    largest single process's peak RSS (getrusage) and the tree's peak RSS and PSS (sampled)."""
+    largest single process's peak RSS (getrusage) and, with `sample`, the tree's peak RSS and PSS.
+
+    Sampling walks /proc every 20 ms, which takes CPU from a run that uses both cores (and not from
+    the one-core baseline), so timings come from runs without it and tree memory from a run with it."""
     wrapper = [
         sys.executable,
         "-c",
@@ -135,11 +139,12 @@ def timed(command: list[str], env: dict[str, str]) -> dict[str, float]:
     process = subprocess.Popen(wrapper, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root = psutil.Process(process.pid)
     peak_rss = peak_pss = 0
-    while process.poll() is None:
+    while sample and process.poll() is None:
         with contextlib.suppress(psutil.Error):
             rss, pss = tree_memory(root)  # PSS: pages shared by forked workers count once, split
             peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(0.02)
+    process.wait()
     wall = time.perf_counter() - start
     _, stderr = process.communicate()
     if process.returncode != 0:
@@ -149,8 +154,8 @@ def timed(command: list[str], env: dict[str, str]) -> dict[str, float]:
         "wall": wall,
         "cpu": float(cpu),
         "largest_mib": int(largest_kib) / 1024,
-        "tree_rss_mib": peak_rss / 2**20,
-        "tree_pss_mib": peak_pss / 2**20,
+        "tree_rss_mib": peak_rss / 2**20 if sample else float("nan"),
+        "tree_pss_mib": peak_pss / 2**20 if sample else float("nan"),
     }
 
 
@@ -177,16 +182,21 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    def best(run: Callable[[], tuple[dict[str, float], Path]], fresh: Path | None = None):  # noqa: ANN202
-        """The fastest of `--repeat` runs (a cold run starts each time from an empty `fresh` cache);
-        memory is the largest seen over all of them."""
+    def best(run: Callable[..., tuple[dict[str, float], Path]], fresh: Path | None = None):  # noqa: ANN202
+        """The fastest of `--repeat` unsampled runs, then one run sampling the tree's memory (a cold run
+        starts each time from an empty `fresh` cache); memory is the largest seen over all of them."""
         results = []
-        for _ in range(args.repeat):
+        for sample in [False] * args.repeat + [True]:
             if fresh is not None:
                 shutil.rmtree(fresh, ignore_errors=True)
-            results.append(run())
-        timing, output = min(results, key=lambda result: result[0]["wall"])
-        memory = {key: max(result[0][key] for result in results) for key in MEMORY_KEYS}
+            results.append(run(sample))
+        timing, output = min(results[:-1], key=lambda result: result[0]["wall"])
+        memory = {
+            key: max(
+                (result[0][key] for result in results if result[0][key] == result[0][key]), default=math.nan
+            )
+            for key in MEMORY_KEYS
+        }
         return {**timing, **memory}, output
 
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -199,21 +209,25 @@ def main() -> None:
         baseline_script = scratch / "baseline.py"
         baseline_script.write_text(BASELINE)
 
-        def baseline(alpha: str, ratio: str) -> tuple[dict[str, float], Path]:
+        def baseline(alpha: str, ratio: str, sample: bool) -> tuple[dict[str, float], Path]:
             output = scratch / f"baseline_{alpha}_{ratio}.jsonl"
             return timed(
-                [sys.executable, str(baseline_script), str(annotations), alpha, ratio, str(output)], env
+                [sys.executable, str(baseline_script), str(annotations), alpha, ratio, str(output)],
+                env,
+                sample,
             ), output
 
-        def ours(alpha: str, ratio: str, cache: Path, *extra: str) -> tuple[dict[str, float], Path]:
+        def ours(
+            alpha: str, ratio: str, cache: Path, sample: bool, *extra: str
+        ) -> tuple[dict[str, float], Path]:
             output = scratch / f"ours_{alpha}_{ratio}.jsonl"
             command = [sys.executable, "-m", "mprm_hf.cli", "select", "--annotations", str(annotations),
                        "--method", "bis", "--alpha", alpha, "--top-ratio", ratio, "--format", "reference",
                        "--output", str(output), "--num-proc", str(args.num_proc), "--quiet", *extra]  # fmt: skip
-            return timed(command, {**env, "HF_DATASETS_CACHE": str(cache)}), output
+            return timed(command, {**env, "HF_DATASETS_CACHE": str(cache)}, sample), output
 
         def in_process(
-            alpha: float, ratio: float, cache: Path, cache_records: bool
+            alpha: float, ratio: float, cache: Path, cache_records: bool, sample: bool
         ) -> tuple[dict[str, float], Path]:
             """A new alpha/ratio in a Python process that already imported mprm_hf (a notebook, a sweep)."""
             from mprm_hf.selection.reference import build_reference_subset
@@ -229,7 +243,7 @@ def main() -> None:
             return {**timing, **memory}, output
 
         baselines = {
-            key: best(lambda key=key: baseline(*key))
+            key: best(lambda sample, key=key: baseline(*key, sample))
             for key in (("0.2", "0.1"), ("0.05", "0.25"), ("0.1", "0.1"))
         }
         runs = []
@@ -242,25 +256,25 @@ def main() -> None:
                 (
                     f"cold: 10% a=0.2, {mode} (CLI)",
                     ("0.2", "0.1"),
-                    lambda c=cache, f=flags: ours("0.2", "0.1", c, *f),
+                    lambda sample, c=cache, f=flags: ours("0.2", "0.1", c, sample, *f),
                     cache,
                 ),
                 (
                     f"warm: 25% a=0.05, {mode} (CLI)",
                     ("0.05", "0.25"),
-                    lambda c=cache, f=flags: ours("0.05", "0.25", c, *f),
+                    lambda sample, c=cache, f=flags: ours("0.05", "0.25", c, sample, *f),
                     None,
                 ),
                 (
                     f"warm: 10% a=0.1, {mode} (CLI)",
                     ("0.1", "0.1"),
-                    lambda c=cache, f=flags: ours("0.1", "0.1", c, *f),
+                    lambda sample, c=cache, f=flags: ours("0.1", "0.1", c, sample, *f),
                     None,
                 ),
                 (
                     f"warm: 10% a=0.1, {mode} (in process)",
                     ("0.1", "0.1"),
-                    lambda c=cache, r=records: in_process(0.1, 0.1, c, r),
+                    lambda sample, c=cache, r=records: in_process(0.1, 0.1, c, r, sample),
                     None,
                 ),
             ]
