@@ -722,14 +722,17 @@ def test_long_digit_runs_are_found_and_short_ones_are_not() -> None:
 def _slow_square(value: int) -> int:
     import time
 
-    time.sleep(0.001 * (value % 3))
-    if value == 13:
-        raise MPRMError("thirteen")
+    time.sleep(0.2 if value == 5 else 0.001 * (value % 3))
+    if value in (5, 13):
+        raise MPRMError(f"task {value}")
     return value * value
 
 
-def test_workers_return_results_in_order_and_raise_what_a_task_raises() -> None:
+def test_workers_return_results_in_order_and_raise_the_first_error_in_order() -> None:
+    """While task 5 sleeps on the pool, this process runs later tasks itself, 13 among them: the error
+    reported must still be task 5's, as a one-process run would report it."""
     with reference.Workers(2) as workers:
-        assert list(workers.imap(_slow_square, list(range(12)))) == [value * value for value in range(12)]
-        with pytest.raises(MPRMError, match="thirteen"):
-            list(workers.imap(_slow_square, list(range(20))))
+        assert list(workers.imap(_slow_square, list(range(5)))) == [value * value for value in range(5)]
+        for _ in range(3):
+            with pytest.raises(MPRMError, match="task 5"):
+                list(workers.imap(_slow_square, list(range(20))))

@@ -559,15 +559,23 @@ class ScanCounts:
 
 
 class _Done:
-    """A task this process ran itself, in the place of a pool result."""
+    """A task this process ran itself, in the place of a pool result: its error, like a pool result's,
+    is raised when its turn comes, so the first error in task (file) order is the one reported."""
 
-    def __init__(self, value: object) -> None:
-        self.value = value
+    def __init__(self, function: Callable[[object], object], task: object) -> None:
+        self.value: object = None
+        self.error: Exception | None = None
+        try:
+            self.value = function(task)
+        except Exception as error:  # noqa: BLE001 - re-raised by get(), in order
+            self.error = error
 
     def ready(self) -> bool:
         return True
 
     def get(self) -> object:
+        if self.error is not None:
+            raise self.error
         return self.value
 
 
@@ -608,7 +616,7 @@ class Workers:
                     dispatched, pooled = dispatched + 1, pooled + 1
                 if dispatched == len(tasks) or waiting[index].ready():
                     break
-                waiting[dispatched] = _Done(function(tasks[dispatched]))
+                waiting[dispatched] = _Done(function, tasks[dispatched])
                 dispatched += 1
             yield waiting.pop(index).get()
 
