@@ -731,8 +731,12 @@ def _slow_square(value: int) -> int:
 def test_workers_return_results_in_order_and_raise_the_first_error_in_order() -> None:
     """While task 5 sleeps on the pool, this process runs later tasks itself, 13 among them: the error
     reported must still be task 5's, as a one-process run would report it."""
+    import gc
+
     with reference.Workers(2) as workers:
         assert list(workers.imap(_slow_square, list(range(5)))) == [value * value for value in range(5)]
+        assert gc.get_freeze_count() > 0  # the workers were forked with the inherited objects frozen
         for _ in range(3):
             with pytest.raises(MPRMError, match="task 5"):
                 list(workers.imap(_slow_square, list(range(20))))
+    assert gc.get_freeze_count() == 0  # and they are thawed when the workers go

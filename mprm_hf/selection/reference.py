@@ -45,6 +45,7 @@ bytes that are not UTF-8), this module raises one `MPRMError` naming the file, l
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -594,11 +595,16 @@ class Workers:
     def __init__(self, num_proc: int | None, n_tasks: int | None = None) -> None:
         self.count = max(1, min(num_proc or os.cpu_count() or 1, n_tasks or 1 << 30))
         self.pool = None
+        self.unfreeze = False
 
     def imap(self, function, tasks):  # noqa: ANN001, ANN201 - mirrors Pool.imap
         if self.count < 2 or len(tasks) < 2:
             return map(function, tasks)
         if self.pool is None:
+            # Frozen, the inherited objects are left alone by the workers' collections, and their pages
+            # stay shared (a caller's own frozen objects stay frozen after close()).
+            self.unfreeze = gc.get_freeze_count() == 0
+            gc.freeze()
             self.pool = multiprocessing.get_context("fork").Pool(self.count - 1)
         return self._shared_imap(function, tasks)
 
@@ -623,6 +629,9 @@ class Workers:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.terminate()
+            self.pool = None
+            if self.unfreeze:
+                gc.unfreeze()
 
     def __enter__(self) -> Workers:
         return self
