@@ -302,14 +302,14 @@ def test_score_only_scan_matches_the_oracle_on_the_synthetic_world(
 def test_plain_shard_read_declines_unusual_shards(shard: bytes) -> None:
     """Each of these must go line by line (the whole-shard read returns None and records nothing)."""
     out = reference.ShardScan(0)
-    assert reference._scan_plain_shard(memoryview(shard), 0, out) is None
+    assert reference._scan_plain_shard(shard, 0, len(shard), out) is None
     assert out.offsets == [] and out.no_numeric_score == 0
 
 
 def test_plain_shard_read_reads_a_plain_shard() -> None:
     shard = b'{"steps_with_score": [{"score": 1}, {"score": 0.25}]}\n{"steps_with_score": []}\n{"x": 1}'
     out = reference.ShardScan(0)
-    values = reference._scan_plain_shard(memoryview(shard), 100, out)
+    values = reference._scan_plain_shard(b"\n" * 100 + shard, 100, 100 + len(shard), out)
     assert values.tolist() == [1.0, 0.25] and list(out.offsets) == [100] and list(out.n_scored) == [2]
     assert list(out.lengths) == [shard.index(b"\n")] and out.no_numeric_score == 2
 

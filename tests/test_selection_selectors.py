@@ -67,6 +67,24 @@ def test_python_sum_rows_matches_sum_in_both_modes() -> None:
     assert (naive != compensated).any()  # the two modes really differ on these rows
 
 
+def test_python_sum_rows_left_to_right_is_exact_to_the_sign_of_zero() -> None:
+    """The uncompensated sum adds 0.0 where a row takes nothing: that must change no sum, with
+    negative values, signed zeros and overflow to infinity among the rows."""
+    rnd = random.Random(1)
+    values = [0.1, -0.1, 0.3, -0.0, 0.0, 1e308, -1e308, 5e-324, -2.5]
+    matrix = np.array([[rnd.choice(values) for _ in range(12)] for _ in range(2000)])
+    mask = np.array([[rnd.random() < 0.6 for _ in range(12)] for _ in range(2000)])
+    expected = []
+    for row, take in zip(matrix.tolist(), mask.tolist(), strict=True):
+        total = 0.0
+        for value, taken in zip(row, take, strict=True):
+            if taken:
+                total += value
+        expected.append(repr(total))
+    got = scores.python_sum_rows(matrix, mask, compensated=False)
+    assert [repr(value) for value in got.tolist()] == expected
+
+
 def test_score_formulas() -> None:
     n_steps, n_pos, sum_pos = np.array([4, 4, 3, 0]), np.array([2, 0, 3, 0]), np.array([1.5, 0.0, 2.4, 0.0])
     p = scores.p_pos(n_pos, n_steps)

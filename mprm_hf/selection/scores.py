@@ -83,6 +83,12 @@ def python_sum_rows(matrix: np.ndarray, mask: np.ndarray, *, compensated: bool |
     if compensated is None:
         compensated = sys.version_info >= (3, 12)
     rows = matrix.shape[0]
+    if not compensated:  # from 0.0, left to right: adding 0.0 where nothing is taken changes no sum
+        total = np.zeros(rows, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            for column in np.where(mask, matrix, 0.0).T:
+                total += column
+        return total
     total = np.zeros(rows, dtype=np.float64)
     started = np.zeros(rows, dtype=bool)  # sum() starts from the int 0: the first float is taken as is
     correction = np.zeros(rows, dtype=np.float64)
@@ -92,16 +98,13 @@ def python_sum_rows(matrix: np.ndarray, mask: np.ndarray, *, compensated: bool |
             first = take & ~started
             later = take & started
             added = total + value
-            if compensated:
-                big_total = np.abs(total) >= np.abs(value)
-                step = np.where(big_total, (total - added) + value, (value - added) + total)
-                correction = np.where(later, correction + step, correction)
+            big_total = np.abs(total) >= np.abs(value)
+            step = np.where(big_total, (total - added) + value, (value - added) + total)
+            correction = np.where(later, correction + step, correction)
             total = np.where(first, value, np.where(later, added, total))
             started |= take
-        if compensated:
-            apply = (correction != 0) & np.isfinite(correction)
-            total = np.where(apply, total + correction, total)
-    return total
+        apply = (correction != 0) & np.isfinite(correction)
+        return np.where(apply, total + correction, total)
 
 
 def rollout_statistics(offsets: np.ndarray, values: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
