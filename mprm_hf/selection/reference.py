@@ -62,6 +62,7 @@ from itertools import chain
 from json.encoder import encode_basestring  # the exact string encoder json.dumps(ensure_ascii=False) uses
 from operator import attrgetter
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import numpy as np
@@ -937,6 +938,33 @@ def convert_chunk(task: tuple[str, list[int], list[int]]) -> list[bytes | None]:
     ]
 
 
+def convert_chunk_to_file(task: tuple[str, list[int], list[int], str]) -> tuple[str, list[bool]]:
+    """`convert_chunk`, its lines written to a file of their own in the folder `task[3]`: a worker
+    hands back a path and which lines were written, not megabytes through the pool's pipe (a result
+    larger than the pipe stalls the worker until the busy calling process reads it)."""
+    name, offsets, lengths, folder = task
+    lines = convert_chunk((name, offsets, lengths))
+    descriptor, part_path = tempfile.mkstemp(dir=folder, suffix=".jsonl")
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(b"".join([line for line in lines if line is not None]))
+    return part_path, [line is not None for line in lines]
+
+
+def _append_file(sink: BinaryIO, part_path: str) -> None:
+    """Append a part file to an unbuffered `sink` (a copy in the kernel where the OS has one), then
+    delete it."""
+    with open(part_path, "rb") as source:
+        remaining = os.fstat(source.fileno()).st_size
+        try:
+            while remaining:
+                remaining -= os.copy_file_range(source.fileno(), sink.fileno(), remaining)
+        except (AttributeError, OSError):  # no copy_file_range here (or not between these files)
+            if remaining != os.fstat(source.fileno()).st_size:
+                raise
+            shutil.copyfileobj(source, sink)
+    os.unlink(part_path)
+
+
 def write_reference(
     files: Sequence[Path],
     scores: pa.Table,
@@ -962,33 +990,36 @@ def write_reference(
     file_of = column_numpy(scores, "file")[rows]
     offsets = column_numpy(scores, "offset")[rows]
     lengths = column_numpy(scores, "length")[rows]
-    tasks = []
-    for file_index in np.unique(file_of).tolist():
-        positions = np.flatnonzero(file_of == file_index)
-        for start in range(0, len(positions), chunk_rows):
-            part = positions[start : start + chunk_rows]
-            tasks.append((str(files[file_index]), offsets[part].tolist(), lengths[part].tolist()))
     written = np.zeros(len(rows), dtype=bool)
     temporary = output.with_name(output.name + ".partial")
     own = workers is None
-    workers = workers or Workers(num_proc, len(tasks))
     position = 0
     try:
         with (
+            tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as parts,
             tqdm(total=len(rows), desc="Writing PRM records", unit="rollout", disable=not progress) as bar,
-            temporary.open("wb") as sink,
+            temporary.open("wb", buffering=0) as sink,
         ):
-            for lines in workers.imap(convert_chunk, tasks):
-                sink.write(b"".join([line for line in lines if line is not None]))
-                written[position : position + len(lines)] = [line is not None for line in lines]
-                position += len(lines)
-                bar.update(len(lines))
+            tasks = []
+            for file_index in np.unique(file_of).tolist():
+                positions = np.flatnonzero(file_of == file_index)
+                for start in range(0, len(positions), chunk_rows):
+                    part = positions[start : start + chunk_rows]
+                    tasks.append(
+                        (str(files[file_index]), offsets[part].tolist(), lengths[part].tolist(), parts)
+                    )
+            workers = workers or Workers(num_proc, len(tasks))
+            for part_path, kept in workers.imap(convert_chunk_to_file, tasks):
+                _append_file(sink, part_path)
+                written[position : position + len(kept)] = kept
+                position += len(kept)
+                bar.update(len(kept))
         temporary.replace(output)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     finally:
-        if own:
+        if own and workers is not None:
             workers.close()
     return written
 
