@@ -740,3 +740,37 @@ def test_workers_return_results_in_order_and_raise_the_first_error_in_order() ->
             with pytest.raises(MPRMError, match="task 5"):
                 list(workers.imap(_slow_square, list(range(20))))
     assert gc.get_freeze_count() == 0  # and they are thawed when the workers go
+
+
+def test_kept_lines_come_back_as_part_files_and_none_is_left(
+    corpora: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers write their converted chunks to part files next to the output, appended in the kernel
+    where the OS can (`copy_file_range`) and with a plain copy where it cannot; either way the bytes are
+    the oracle's and no part file or folder stays behind, also when the run fails."""
+    out_dir = tmp_path / "out"
+    for copy_in_kernel in (True, False):
+        if not copy_in_kernel:
+            monkeypatch.delattr(reference.os, "copy_file_range", raising=False)
+        output = out_dir / f"subset_{copy_in_kernel}.jsonl"
+        reference.build_reference_subset(
+            corpora[0], output, alpha=0.2, top_ratio=0.5, num_proc=2, use_cache=False, progress=False,
+            shard_bytes=4096,
+        )  # fmt: skip
+        assert output.read_bytes() == oracle_subset(corpora[0], 0.2, 0.5)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jsonl").write_text(
+        '{"image": "a", "steps_with_score": [{"step": 7, "score": 1}]}\n', encoding="utf-8"
+    )  # kept, and its step text is not a string: the reference crashes converting it
+    with pytest.raises(MPRMError, match="must be a string"):
+        reference.build_reference_subset(
+            bad,
+            out_dir / "failed.jsonl",
+            alpha=0.2,
+            top_ratio=1.0,
+            num_proc=1,
+            use_cache=False,
+            progress=False,
+        )
+    assert sorted(path.name for path in out_dir.iterdir()) == ["subset_False.jsonl", "subset_True.jsonl"]
