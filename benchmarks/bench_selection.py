@@ -8,7 +8,8 @@ both through the CLI (a fresh process: interpreter start-up and imports included
 that already imported `mprm_hf`. CLI runs are fresh subprocesses; wall time, CPU time (the whole
 tree, getrusage) and peak memory (the largest single process's RSS from getrusage, and the whole
 process tree's RSS and PSS summed from /proc/PID/smaps_rollup, sampled every 20 ms) are measured from
-outside. The outputs must be byte-identical, or the benchmark fails.
+outside. Before each run the corpus is read once (so it is in the page cache) and the run's output
+file removed (so every run creates it). The outputs must be byte-identical, or the benchmark fails.
 
     python benchmarks/bench_selection.py [--corpus /tmp/mprm_bench_corpus] [--rollouts 565149]
 """
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
@@ -120,7 +121,20 @@ SETTLE_SECONDS = 3.0
 the kernel busy for a moment, which would otherwise be billed to whichever run comes next."""
 
 
-def timed(command: list[str], env: dict[str, str], sample: bool = False) -> dict[str, float]:
+def settle(corpus: Sequence[Path]) -> None:
+    """Before each measured run: pause (see SETTLE_SECONDS), then read the corpus once, so every run,
+    the baseline's included, finds it in the page cache (this machine reclaims it between runs, and the
+    disk's speed is not what is compared; docs/selection.md also gives a run from a dropped cache)."""
+    time.sleep(SETTLE_SECONDS)
+    for path in corpus:
+        with path.open("rb") as handle:
+            while handle.read(1 << 24):
+                pass
+
+
+def timed(
+    command: list[str], env: dict[str, str], corpus: Sequence[Path], sample: bool = False
+) -> dict[str, float]:
     """Run `command`; wall seconds, CPU seconds (user + sys of the whole tree, from getrusage), the
     largest single process's peak RSS (getrusage) and, with `sample`, the tree's peak RSS and PSS.
 
@@ -134,7 +148,7 @@ def timed(command: list[str], env: dict[str, str], sample: bool = False) -> dict
         "print(usage.ru_maxrss, usage.ru_utime + usage.ru_stime, file=sys.stderr); sys.exit(code)",
         *command,
     ]
-    time.sleep(SETTLE_SECONDS)
+    settle(corpus)
     start = time.perf_counter()
     process = subprocess.Popen(wrapper, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root = psutil.Process(process.pid)
@@ -203,7 +217,8 @@ def main() -> None:
     # an installed package has its bytecode; with PYTHONDONTWRITEBYTECODE set, a checkout would not
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO_ROOT / "mprm_hf")], check=True)
     annotations = ensure_corpus(args.corpus, args.rollouts, env)
-    size = sum(path.stat().st_size for path in annotations.glob("*.jsonl"))
+    corpus = sorted(annotations.glob("*.jsonl"))
+    size = sum(path.stat().st_size for path in corpus)
     with tempfile.TemporaryDirectory(prefix="bench-selection-") as scratch_dir:
         scratch = Path(scratch_dir)
         baseline_script = scratch / "baseline.py"
@@ -211,9 +226,11 @@ def main() -> None:
 
         def baseline(alpha: str, ratio: str, sample: bool) -> tuple[dict[str, float], Path]:
             output = scratch / f"baseline_{alpha}_{ratio}.jsonl"
+            output.unlink(missing_ok=True)  # every run creates its output (replacing one costs a flush)
             return timed(
                 [sys.executable, str(baseline_script), str(annotations), alpha, ratio, str(output)],
                 env,
+                corpus,
                 sample,
             ), output
 
@@ -221,10 +238,11 @@ def main() -> None:
             alpha: str, ratio: str, cache: Path, sample: bool, *extra: str
         ) -> tuple[dict[str, float], Path]:
             output = scratch / f"ours_{alpha}_{ratio}.jsonl"
+            output.unlink(missing_ok=True)
             command = [sys.executable, "-m", "mprm_hf.cli", "select", "--annotations", str(annotations),
                        "--method", "bis", "--alpha", alpha, "--top-ratio", ratio, "--format", "reference",
                        "--output", str(output), "--num-proc", str(args.num_proc), "--quiet", *extra]  # fmt: skip
-            return timed(command, {**env, "HF_DATASETS_CACHE": str(cache)}, sample), output
+            return timed(command, {**env, "HF_DATASETS_CACHE": str(cache)}, corpus, sample), output
 
         def in_process(
             alpha: float, ratio: float, cache: Path, cache_records: bool, sample: bool
@@ -233,7 +251,8 @@ def main() -> None:
             from mprm_hf.selection.reference import build_reference_subset
 
             output = scratch / f"in_process_{alpha}_{ratio}.jsonl"
-            time.sleep(SETTLE_SECONDS)
+            output.unlink(missing_ok=True)
+            settle(corpus)
             start, cpu_start = time.perf_counter(), time.process_time()
             build_reference_subset(annotations, output, alpha=alpha, top_ratio=ratio, num_proc=args.num_proc,
                                    cache_dir=cache / "mprm_hf_reference_scores", cache_records=cache_records,
