@@ -774,3 +774,35 @@ def test_kept_lines_come_back_as_part_files_and_none_is_left(
             progress=False,
         )
     assert sorted(path.name for path in out_dir.iterdir()) == ["subset_False.jsonl", "subset_True.jsonl"]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_one_pass_and_two_phase_cold_runs_agree(
+    corpora: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, num_proc: int
+) -> None:
+    """A cold run scans, ranks and converts file by file when whole files balance the processes, else
+    it scans by shards and converts after: the same bytes, the same cached score table, either way."""
+    calls: list[bool] = []
+    one_pass = reference.scan_select_write
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(True)
+        return one_pass(*args, **kwargs)
+
+    monkeypatch.setattr(reference, "scan_select_write", counting)
+    for corpus in corpora:
+        tables = []
+        for balanced in (True, False):
+            monkeypatch.setattr(reference, "_files_balance", lambda *_, balanced=balanced: balanced)
+            cache = tmp_path / f"cache_{corpus.parent.name}_{balanced}"
+            for alpha, ratio in [(0.2, 0.1), (0.05, 0.5)]:
+                output = tmp_path / "out.jsonl"
+                result = reference.build_reference_subset(
+                    corpus, output, alpha=alpha, top_ratio=ratio, num_proc=num_proc, cache_dir=cache,
+                    progress=False, shard_bytes=4096,
+                )  # fmt: skip
+                assert output.read_bytes() == oracle_subset(corpus, alpha, ratio), (balanced, alpha, ratio)
+                assert result.n_written == output.read_bytes().count(b"\n")
+            tables.append(next(cache.glob("*.scores.arrow")).read_bytes())
+        assert tables[0] == tables[1]
+    assert len(calls) == len(corpora)  # one cold run per corpus took the one-pass path

@@ -73,6 +73,8 @@ from mprm_hf.errors import MPRMError
 
 SHARD_BYTES = 8 * 1024 * 1024
 """Bytes per scan shard: small enough to bound a worker's memory, large enough to amortise the pool."""
+CONVERT_ROWS = 250
+"""Kept lines converted per task: one typed msgspec call, a small part file, little memory."""
 
 _WIDENED = float(2**63)  # orjson turns integer literals beyond 64 bits into floats at least this large
 _INT_DIGITS = sys.get_int_max_str_digits() or 1 << 40  # `json.loads` rejects longer integer literals
@@ -973,7 +975,7 @@ def write_reference(
     *,
     num_proc: int | None = None,
     progress: bool = True,
-    chunk_rows: int = 250,
+    chunk_rows: int = CONVERT_ROWS,
     records_dir: Path | None = None,
     workers: Workers | None = None,
 ) -> np.ndarray:
@@ -1091,6 +1093,31 @@ def default_cache_dir() -> Path:
     return Path(hf_home) / "datasets" / "mprm_hf_reference_scores"
 
 
+@dataclass
+class _CachePaths:
+    """Where the score table of these files (and, with `--cache-records`, their PRM lines) is cached."""
+
+    folder: Path
+    scores: Path
+    counts: Path
+    records: Path
+
+    @classmethod
+    def of(cls, files: Sequence[Path], cache_dir: str | os.PathLike | None) -> _CachePaths:
+        key = _fingerprint(files)
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        return cls(
+            folder, folder / f"{key}.scores.arrow", folder / f"{key}.counts.json", folder / f"{key}.records"
+        )
+
+    def store(self, partial: Path, counts: list[ScanCounts]) -> None:
+        """Move a freshly written score table into the cache, with its per-file counts."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        shutil.move(partial, self.folder / f"{self.scores.name}.partial")
+        os.replace(self.folder / f"{self.scores.name}.partial", self.scores)
+        self.counts.write_text(json.dumps([vars(count) for count in counts]))
+
+
 def load_or_scan(
     files: Sequence[Path],
     *,
@@ -1108,37 +1135,156 @@ def load_or_scan(
     `datasets.Dataset.from_file` loads) in the `datasets` cache folder, keyed by the files' paths,
     sizes and mtimes, so an edited corpus is scanned again.
     `cache_records` also keeps every ranked rollout's PRM line (records_dir; None when not cached)."""
-    key = _fingerprint(files)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    scores_path, counts_path = folder / f"{key}.scores.arrow", folder / f"{key}.counts.json"
-    records_dir = folder / f"{key}.records"
-    have_records = (records_dir / "complete").exists()
-    if use_cache and scores_path.exists() and counts_path.exists() and (have_records or not cache_records):
-        counts = [ScanCounts(**entry) for entry in json.loads(counts_path.read_text())]
-        return read_score_table(scores_path), counts, True, records_dir if have_records else None
+    paths = _CachePaths.of(files, cache_dir)
+    cached = _from_cache(paths, cache_records) if use_cache else None
+    if cached is not None:
+        return cached[0], cached[1], True, cached[2]
     cache_records = cache_records and use_cache
     with tempfile.TemporaryDirectory(prefix="mprm-scores-") as scratch:
         partial = Path(scratch) / "scores.arrow"
         if cache_records:
-            shutil.rmtree(records_dir, ignore_errors=True)
+            shutil.rmtree(paths.records, ignore_errors=True)
         counts = scan_files(
             files,
             partial,
             num_proc=num_proc,
             progress=progress,
             shard_bytes=shard_bytes,
-            records_dir=records_dir if cache_records else None,
+            records_dir=paths.records if cache_records else None,
             workers=workers,
         )
         table = read_score_table(partial)
         if use_cache:
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.move(partial, folder / f"{scores_path.name}.partial")
-            os.replace(folder / f"{scores_path.name}.partial", scores_path)
-            counts_path.write_text(json.dumps([vars(count) for count in counts]))
+            paths.store(partial, counts)
             if cache_records:
-                (records_dir / "complete").touch()
-    return table, counts, False, records_dir if cache_records else None
+                (paths.records / "complete").touch()
+    return table, counts, False, paths.records if cache_records else None
+
+
+def _from_cache(
+    paths: _CachePaths, cache_records: bool
+) -> tuple[pa.Table, list[ScanCounts], Path | None] | None:
+    """(table, counts, records_dir or None) when the cache holds what is asked for, else None."""
+    have_records = (paths.records / "complete").exists()
+    if not (paths.scores.exists() and paths.counts.exists() and (have_records or not cache_records)):
+        return None
+    counts = [ScanCounts(**entry) for entry in json.loads(paths.counts.read_text())]
+    return read_score_table(paths.scores), counts, paths.records if have_records else None
+
+
+# ---------------------------------------------------------------------------------- cold, per file
+@dataclass
+class FileSelection:
+    """One file scanned, ranked and its kept lines converted, by one process. What comes back is small:
+    the score table rows and the PRM lines are in part files."""
+
+    counts: ScanCounts
+    table_part: str  # the file's score table rows, an Arrow stream
+    kept: np.ndarray  # positions among the file's ranked lines, ascending
+    parts: list[tuple[str, list[bool]]]  # part files of the kept lines' PRM lines, and which were written
+
+
+def select_file(task: tuple[int, str, list[tuple[int, int]], float, float, str]) -> FileSelection:
+    """The reference's loop for one file, in one process: score every line (a shard at a time), take
+    the file's top-k, convert those lines (their pages still in memory) into part files."""
+    file_index, name, ranges, alpha, top_ratio, parts = task
+    scans = [scan_shard((file_index, name, start, end, None)) for start, end in ranges]
+
+    def column(key: str, dtype: type) -> np.ndarray:
+        return np.concatenate(
+            [np.zeros(0, dtype=dtype)] + [np.asarray(getattr(scan, key), dtype=dtype) for scan in scans]
+        )
+
+    bis = reference_bis(
+        column("n_scored", np.int64), column("n_pos", np.int64), column("sum_pos", np.float64), alpha
+    )
+    kept = (
+        top_k_positions(bis, reference_top_k(len(bis), top_ratio))
+        if len(bis)
+        else np.zeros(0, dtype=np.int64)
+    )
+    offsets, lengths = column("offsets", np.int64)[kept].tolist(), column("lengths", np.int64)[kept].tolist()
+    chunks = [
+        convert_chunk_to_file(
+            (name, offsets[start : start + CONVERT_ROWS], lengths[start : start + CONVERT_ROWS], parts)
+        )
+        for start in range(0, len(offsets), CONVERT_ROWS)
+    ]
+    table_part = os.path.join(parts, f"{file_index:06d}.arrow")
+    with pa.OSFile(table_part, "wb") as sink, pa.ipc.new_stream(sink, SCORE_TABLE_SCHEMA) as writer:
+        for scan in scans:
+            writer.write_batch(scan.batch())
+    counts = ScanCounts(
+        ranked=len(bis),
+        blank=sum(scan.blank for scan in scans),
+        invalid_json=sum(scan.invalid_json for scan in scans),
+        no_numeric_score=sum(scan.no_numeric_score for scan in scans),
+    )
+    return FileSelection(counts, table_part, kept, chunks)
+
+
+def _files_balance(files: Sequence[Path], processes: int) -> bool:
+    """Whether whole files, as tasks, can keep `processes` busy: no file is more than 1/processes of
+    the corpus (else the scan is shared out by shards, and the kept lines converted after it)."""
+    sizes = [path.stat().st_size for path in files]
+    return len(files) >= processes and max(sizes) * processes <= sum(sizes)
+
+
+def scan_select_write(
+    files: Sequence[Path],
+    output: Path,
+    scores_path: Path,
+    *,
+    alpha: float,
+    top_ratio: float,
+    workers: Workers,
+    progress: bool = True,
+    shard_bytes: int = SHARD_BYTES,
+) -> tuple[list[ScanCounts], np.ndarray, np.ndarray]:
+    """A cold run in one pass: each file is scanned, ranked and converted by one process (as the
+    reference does it, file by file), so nothing waits for the whole corpus to be scanned first.
+    Writes the score table to `scores_path` and the subset to `output` (via a temporary name).
+    Returns (counts, kept rows of the table, which of them were written)."""
+    from tqdm.auto import tqdm
+
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for file_index, _, start, end, _ in shard_tasks(files, shard_bytes):
+        ranges.setdefault(file_index, []).append((start, end))
+    counts = [ScanCounts() for _ in files]
+    kept_rows: list[np.ndarray] = []
+    written: list[bool] = []
+    first_row = 0
+    temporary = output.with_name(output.name + ".partial")
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as parts,
+            tqdm(total=len(files), desc="Selecting rollouts", unit="file", disable=not progress) as bar,
+            pa.OSFile(str(scores_path), "wb") as table_sink,
+            pa.ipc.new_stream(table_sink, SCORE_TABLE_SCHEMA) as table_writer,
+            temporary.open("wb", buffering=0) as sink,
+        ):
+            tasks = [
+                (index, str(path), ranges.get(index, []), alpha, top_ratio, parts)
+                for index, path in enumerate(files)
+            ]
+            for file_index, selection in enumerate(workers.imap(select_file, tasks)):
+                with pa.memory_map(selection.table_part) as source:
+                    for batch in pa.ipc.open_stream(source):
+                        table_writer.write_batch(batch)
+                os.unlink(selection.table_part)
+                for part_path, part_written in selection.parts:
+                    _append_file(sink, part_path)
+                    written += part_written
+                counts[file_index] = selection.counts
+                kept_rows.append(selection.kept + first_row)
+                first_row += selection.counts.ranked
+                bar.update(1)
+        temporary.replace(output)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    rows = np.concatenate(kept_rows) if kept_rows else np.zeros(0, dtype=np.int64)
+    return counts, rows, np.asarray(written, dtype=bool)
 
 
 # ----------------------------------------------------------------------------------------------- API
@@ -1178,23 +1324,45 @@ def build_reference_subset(
     if not math.isfinite(float(alpha)):
         raise MPRMError(f"--alpha must be a finite number, got {alpha!r}")
     files = annotation_files(annotations_dir)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    paths = _CachePaths.of(files, cache_dir)
     with Workers(num_proc) as workers:
-        table, counts, cached, records_dir = load_or_scan(
-            files,
-            num_proc=num_proc,
-            use_cache=use_cache,
-            cache_dir=cache_dir,
-            cache_records=cache_records,
-            progress=progress,
-            shard_bytes=shard_bytes,
-            workers=workers,
-        )
-        rows, bis = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
-        written_rows = write_reference(
-            files, table, rows, output, progress=progress, records_dir=records_dir, workers=workers
-        )
+        cached = _from_cache(paths, cache_records) if use_cache else None
+        if cached is None and not cache_records and _files_balance(files, workers.count):
+            with tempfile.TemporaryDirectory(prefix="mprm-scores-") as scratch:
+                partial = Path(scratch) / "scores.arrow"
+                counts, rows, written_rows = scan_select_write(
+                    files, output, partial, alpha=float(alpha), top_ratio=float(top_ratio),
+                    workers=workers, progress=progress, shard_bytes=shard_bytes,
+                )  # fmt: skip
+                table = read_score_table(partial)
+                if use_cache:
+                    paths.store(partial, counts)
+            bis = reference_bis(
+                column_numpy(table, "n_scored"),
+                column_numpy(table, "n_pos"),
+                column_numpy(table, "sum_pos"),
+                float(alpha),
+            )
+            cached_flag = False
+        else:
+            table, counts, cached_flag, records_dir = load_or_scan(
+                files,
+                num_proc=num_proc,
+                use_cache=use_cache,
+                cache_dir=cache_dir,
+                cache_records=cache_records,
+                progress=progress,
+                shard_bytes=shard_bytes,
+                workers=workers,
+            )
+            rows, bis = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
+            written_rows = write_reference(
+                files, table, rows, output, progress=progress, records_dir=records_dir, workers=workers
+            )
     kept = np.zeros(table.num_rows, dtype=bool)
     kept[rows] = True
     written = np.zeros(table.num_rows, dtype=bool)
     written[rows[written_rows]] = True
-    return ReferenceResult(files, counts, cached, table, bis, kept, written)
+    return ReferenceResult(files, counts, cached_flag, table, bis, kept, written)
