@@ -18,8 +18,10 @@ the result:
   the record) is parsed again with `json.loads`, and a value orjson may have widened (an integer
   beyond 64 bits becomes a float there) sends the line to `json.loads` too. All three give identical
   values on every line they accept.
-* **Shards on both cores.** Files are cut into newline-aligned shards, memory-mapped and scanned by
-  this process and a fork pool; memory holds one shard per process, whatever the corpus size.
+* **Both cores, one pass.** Files are cut into newline-aligned shards, memory-mapped and scanned by
+  this process and a fork pool; memory holds one shard per process, whatever the corpus size. A cold
+  run scans, ranks and converts file by file, one file per process (as the reference goes file by
+  file), when whole files balance the processes; else it scans by shards and converts afterwards.
 
 Rules copied from the reference, all of them load-bearing for byte equality:
 
@@ -1347,16 +1349,20 @@ def build_reference_subset(
             )
             cached_flag = False
         else:
-            table, counts, cached_flag, records_dir = load_or_scan(
-                files,
-                num_proc=num_proc,
-                use_cache=use_cache,
-                cache_dir=cache_dir,
-                cache_records=cache_records,
-                progress=progress,
-                shard_bytes=shard_bytes,
-                workers=workers,
-            )
+            if cached is not None:
+                table, counts, records_dir = cached
+                cached_flag = True
+            else:
+                table, counts, cached_flag, records_dir = load_or_scan(
+                    files,
+                    num_proc=num_proc,
+                    use_cache=use_cache,
+                    cache_dir=cache_dir,
+                    cache_records=cache_records,
+                    progress=progress,
+                    shard_bytes=shard_bytes,
+                    workers=workers,
+                )
             rows, bis = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
             written_rows = write_reference(
                 files, table, rows, output, progress=progress, records_dir=records_dir, workers=workers
