@@ -47,6 +47,7 @@ bytes that are not UTF-8), this module raises one `MPRMError` naming the file, l
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -652,6 +653,22 @@ class Workers:
         self.close()
 
 
+class _NoBar:
+    """What a progress bar is asked to do when there is none to show."""
+
+    def update(self, _: int) -> None:
+        pass
+
+
+def _progress_bar(enabled: bool, **options: object) -> contextlib.AbstractContextManager:
+    """A tqdm bar, or (`--quiet`) a stand-in, without importing tqdm, which costs ~0.1 s of start-up."""
+    if not enabled:
+        return contextlib.nullcontext(_NoBar())
+    from tqdm.auto import tqdm
+
+    return tqdm(**options)
+
+
 def scan_files(
     files: Sequence[Path],
     scores_path: Path,
@@ -666,8 +683,6 @@ def scan_files(
 
     Shards stream into the file as they finish, in order, so memory holds one shard per worker.
     With `records_dir`, every ranked line's PRM line goes to `records_dir/<shard>.arrow` as well."""
-    from tqdm.auto import tqdm
-
     tasks = shard_tasks(files, shard_bytes)
     if records_dir is not None:
         records_dir.mkdir(parents=True, exist_ok=True)
@@ -678,9 +693,7 @@ def scan_files(
     workers = workers or Workers(num_proc, len(tasks))
     try:
         with (
-            tqdm(
-                total=total, unit="B", unit_scale=True, desc="Scoring rollouts", disable=not progress
-            ) as bar,
+            _progress_bar(progress, total=total, unit="B", unit_scale=True, desc="Scoring rollouts") as bar,
             pa.OSFile(str(scores_path), "wb") as sink,
             pa.ipc.new_stream(sink, SCORE_TABLE_SCHEMA) as writer,
         ):
@@ -989,8 +1002,6 @@ def write_reference(
     output.parent.mkdir(parents=True, exist_ok=True)
     if records_dir is not None:
         return _write_cached_records(scores, rows, output, records_dir)
-    from tqdm.auto import tqdm  # imported here: the records-cache path above needs no progress bar
-
     file_of = column_numpy(scores, "file")[rows]
     offsets = column_numpy(scores, "offset")[rows]
     lengths = column_numpy(scores, "length")[rows]
@@ -1001,7 +1012,7 @@ def write_reference(
     try:
         with (
             tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as parts,
-            tqdm(total=len(rows), desc="Writing PRM records", unit="rollout", disable=not progress) as bar,
+            _progress_bar(progress, total=len(rows), desc="Writing PRM records", unit="rollout") as bar,
             temporary.open("wb", buffering=0) as sink,
         ):
             tasks = []
@@ -1247,8 +1258,6 @@ def scan_select_write(
     reference does it, file by file), so nothing waits for the whole corpus to be scanned first.
     Writes the score table to `scores_path` and the subset to `output` (via a temporary name).
     Returns (counts, kept rows of the table, which of them were written)."""
-    from tqdm.auto import tqdm
-
     ranges: dict[int, list[tuple[int, int]]] = {}
     for file_index, _, start, end, _ in shard_tasks(files, shard_bytes):
         ranges.setdefault(file_index, []).append((start, end))
@@ -1260,7 +1269,7 @@ def scan_select_write(
     try:
         with (
             tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as parts,
-            tqdm(total=len(files), desc="Selecting rollouts", unit="file", disable=not progress) as bar,
+            _progress_bar(progress, total=len(files), desc="Selecting rollouts", unit="file") as bar,
             pa.OSFile(str(scores_path), "wb") as table_sink,
             pa.ipc.new_stream(table_sink, SCORE_TABLE_SCHEMA) as table_writer,
             temporary.open("wb", buffering=0) as sink,
