@@ -113,6 +113,7 @@ out-of-range numbers as scores raise, and the line takes the rule-by-rule path."
 _decode_prm_lines = msgspec.json.Decoder(_PRMRecord).decode_lines
 """The same, reading also what a PRM line needs (image, question, step texts), for the common shape
 only: any other type raises, and the lines go through orjson and the rule-by-rule path."""
+_DECODE_ERRORS = (ValueError, RecursionError, msgspec.MsgspecError)  # the line(s) take the careful path
 _score_of = attrgetter("score")
 _step_of = attrgetter("step")
 _NEWLINES = re.compile(rb"(\r\n|\r|\n)")
@@ -408,7 +409,7 @@ def _scan_plain_shard(
     converting = out.records is not None
     try:
         records = (_decode_prm_lines if converting else _decode_lines)(data)
-    except (ValueError, RecursionError, msgspec.MsgspecError):
+    except _DECODE_ERRORS:
         return None
     if len(records) != len(starts):
         return None
@@ -571,6 +572,12 @@ class ScanCounts:
     invalid_json: int = 0
     no_numeric_score: int = 0
 
+    def add(self, scan: ShardScan) -> None:
+        self.ranked += len(scan.offsets)
+        self.blank += scan.blank
+        self.invalid_json += scan.invalid_json
+        self.no_numeric_score += scan.no_numeric_score
+
 
 class _Done:
     """A task this process ran itself, in the place of a pool result: its error, like a pool result's,
@@ -699,11 +706,7 @@ def scan_files(
         ):
             for task, result in zip(tasks, workers.imap(scan_shard, tasks), strict=True):
                 writer.write_batch(result.batch())
-                tally = counts[result.file]
-                tally.ranked += len(result.offsets)
-                tally.blank += result.blank
-                tally.invalid_json += result.invalid_json
-                tally.no_numeric_score += result.no_numeric_score
+                counts[result.file].add(result)
                 bar.update(task[3] - task[2])
     finally:
         if own:
@@ -763,24 +766,30 @@ def top_k_positions(bis: np.ndarray, top_k: int) -> np.ndarray:
     return np.sort(np.concatenate([above, ties]))
 
 
+def kept_positions(bis: np.ndarray, top_ratio: float) -> np.ndarray:
+    """Positions the reference keeps among one file's ranked rollouts (its BIS), in file order."""
+    if not len(bis):
+        return np.zeros(0, dtype=np.int64)
+    return top_k_positions(bis, reference_top_k(len(bis), top_ratio))
+
+
+def table_bis(table: pa.Table, alpha: float) -> np.ndarray:
+    """BIS of every row of a score table."""
+    return reference_bis(
+        column_numpy(table, "n_scored"), column_numpy(table, "n_pos"), column_numpy(table, "sum_pos"), alpha
+    )
+
+
 def select_reference_rows(
     table: pa.Table, n_files: int, alpha: float, top_ratio: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(row numbers of the kept rollouts in file then line order, BIS of every row of the table)."""
-    files = column_numpy(table, "file")
-    bis = reference_bis(
-        column_numpy(table, "n_scored"),
-        column_numpy(table, "n_pos"),
-        column_numpy(table, "sum_pos"),
-        alpha,
-    )
-    bounds = np.searchsorted(files, np.arange(n_files + 1))
-    kept = []
-    for file_index in range(n_files):
-        start, end = int(bounds[file_index]), int(bounds[file_index + 1])
-        if end == start:
-            continue
-        kept.append(top_k_positions(bis[start:end], reference_top_k(end - start, top_ratio)) + start)
+    bis = table_bis(table, alpha)
+    bounds = np.searchsorted(column_numpy(table, "file"), np.arange(n_files + 1)).tolist()
+    kept = [
+        kept_positions(bis[start:end], top_ratio) + start
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
     return (np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)), bis
 
 
@@ -945,7 +954,7 @@ def convert_chunk(task: tuple[str, list[int], list[int]]) -> list[bytes | None]:
         os.close(descriptor)
     try:  # a ranked line holds no newline and one JSON value: one line each
         records = _decode_prm_lines(b"\n".join(raws))
-    except (ValueError, RecursionError, msgspec.MsgspecError):
+    except _DECODE_ERRORS:
         records = []
     if len(records) != len(raws):
         return [convert_line(raw, path, offset) for raw, offset in zip(raws, offsets, strict=True)]
@@ -1131,47 +1140,40 @@ class _CachePaths:
         self.counts.write_text(json.dumps([vars(count) for count in counts]))
 
 
-def load_or_scan(
+def scan_by_shards(
     files: Sequence[Path],
+    cache: _CachePaths | None,
     *,
-    num_proc: int | None = None,
-    use_cache: bool = True,
-    cache_dir: str | os.PathLike | None = None,
     cache_records: bool = False,
+    num_proc: int | None = None,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
     workers: Workers | None = None,
-) -> tuple[pa.Table, list[ScanCounts], bool, Path | None]:
-    """The score table of these files from the cache, or a fresh scan (written to the cache).
-
-    Returns (table, counts, was_cached, records_dir). The table is an Arrow stream file (which
-    `datasets.Dataset.from_file` loads) in the `datasets` cache folder, keyed by the files' paths,
-    sizes and mtimes, so an edited corpus is scanned again.
-    `cache_records` also keeps every ranked rollout's PRM line (records_dir; None when not cached)."""
-    paths = _CachePaths.of(files, cache_dir)
-    cached = _from_cache(paths, cache_records) if use_cache else None
-    if cached is not None:
-        return cached[0], cached[1], True, cached[2]
-    cache_records = cache_records and use_cache
+) -> tuple[pa.Table, list[ScanCounts], Path | None]:
+    """Scan the files by shards into a score table, stored in `cache` when given (an Arrow stream file,
+    which `datasets.Dataset.from_file` loads, in the `datasets` cache folder, keyed by the files'
+    paths, sizes and mtimes, so an edited corpus is scanned again). With `cache_records` (and a cache)
+    every ranked rollout's PRM line is cached too. Returns (table, counts, records_dir or None)."""
+    records_dir = cache.records if cache is not None and cache_records else None
     with tempfile.TemporaryDirectory(prefix="mprm-scores-") as scratch:
         partial = Path(scratch) / "scores.arrow"
-        if cache_records:
-            shutil.rmtree(paths.records, ignore_errors=True)
+        if records_dir is not None:
+            shutil.rmtree(records_dir, ignore_errors=True)
         counts = scan_files(
             files,
             partial,
             num_proc=num_proc,
             progress=progress,
             shard_bytes=shard_bytes,
-            records_dir=paths.records if cache_records else None,
+            records_dir=records_dir,
             workers=workers,
         )
         table = read_score_table(partial)
-        if use_cache:
-            paths.store(partial, counts)
-            if cache_records:
-                (paths.records / "complete").touch()
-    return table, counts, False, paths.records if cache_records else None
+        if cache is not None:
+            cache.store(partial, counts)
+            if records_dir is not None:
+                (records_dir / "complete").touch()
+    return table, counts, records_dir
 
 
 def _from_cache(
@@ -1211,11 +1213,7 @@ def select_file(task: tuple[int, str, list[tuple[int, int]], float, float, str])
     bis = reference_bis(
         column("n_scored", np.int64), column("n_pos", np.int64), column("sum_pos", np.float64), alpha
     )
-    kept = (
-        top_k_positions(bis, reference_top_k(len(bis), top_ratio))
-        if len(bis)
-        else np.zeros(0, dtype=np.int64)
-    )
+    kept = kept_positions(bis, top_ratio)
     offsets, lengths = column("offsets", np.int64)[kept].tolist(), column("lengths", np.int64)[kept].tolist()
     chunks = [
         convert_chunk_to_file(
@@ -1227,12 +1225,9 @@ def select_file(task: tuple[int, str, list[tuple[int, int]], float, float, str])
     with pa.OSFile(table_part, "wb") as sink, pa.ipc.new_stream(sink, SCORE_TABLE_SCHEMA) as writer:
         for scan in scans:
             writer.write_batch(scan.batch())
-    counts = ScanCounts(
-        ranked=len(bis),
-        blank=sum(scan.blank for scan in scans),
-        invalid_json=sum(scan.invalid_json for scan in scans),
-        no_numeric_score=sum(scan.no_numeric_score for scan in scans),
-    )
+    counts = ScanCounts()
+    for scan in scans:
+        counts.add(scan)
     return FileSelection(counts, table_part, kept, chunks)
 
 
@@ -1246,18 +1241,18 @@ def _files_balance(files: Sequence[Path], processes: int) -> bool:
 def scan_select_write(
     files: Sequence[Path],
     output: Path,
-    scores_path: Path,
+    cache: _CachePaths | None,
     *,
     alpha: float,
     top_ratio: float,
     workers: Workers,
     progress: bool = True,
     shard_bytes: int = SHARD_BYTES,
-) -> tuple[list[ScanCounts], np.ndarray, np.ndarray]:
+) -> tuple[pa.Table, list[ScanCounts], np.ndarray, np.ndarray]:
     """A cold run in one pass: each file is scanned, ranked and converted by one process (as the
     reference does it, file by file), so nothing waits for the whole corpus to be scanned first.
-    Writes the score table to `scores_path` and the subset to `output` (via a temporary name).
-    Returns (counts, kept rows of the table, which of them were written)."""
+    Writes the subset to `output` (via a temporary name) and the score table to `cache` when given.
+    Returns (table, counts, kept rows of the table, which of them were written)."""
     ranges: dict[int, list[tuple[int, int]]] = {}
     for file_index, _, start, end, _ in shard_tasks(files, shard_bytes):
         ranges.setdefault(file_index, []).append((start, end))
@@ -1266,36 +1261,41 @@ def scan_select_write(
     written: list[bool] = []
     first_row = 0
     temporary = output.with_name(output.name + ".partial")
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as parts,
-            _progress_bar(progress, total=len(files), desc="Selecting rollouts", unit="file") as bar,
-            pa.OSFile(str(scores_path), "wb") as table_sink,
-            pa.ipc.new_stream(table_sink, SCORE_TABLE_SCHEMA) as table_writer,
-            temporary.open("wb", buffering=0) as sink,
-        ):
-            tasks = [
-                (index, str(path), ranges.get(index, []), alpha, top_ratio, parts)
-                for index, path in enumerate(files)
-            ]
-            for file_index, selection in enumerate(workers.imap(select_file, tasks)):
-                with pa.memory_map(selection.table_part) as source:
-                    for batch in pa.ipc.open_stream(source):
-                        table_writer.write_batch(batch)
-                os.unlink(selection.table_part)
-                for part_path, part_written in selection.parts:
-                    _append_file(sink, part_path)
-                    written += part_written
-                counts[file_index] = selection.counts
-                kept_rows.append(selection.kept + first_row)
-                first_row += selection.counts.ranked
-                bar.update(1)
-        temporary.replace(output)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with tempfile.TemporaryDirectory(prefix="mprm-scores-") as scratch:
+        scores_path = Path(scratch) / "scores.arrow"
+        try:
+            with (
+                tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as parts,
+                _progress_bar(progress, total=len(files), desc="Selecting rollouts", unit="file") as bar,
+                pa.OSFile(str(scores_path), "wb") as table_sink,
+                pa.ipc.new_stream(table_sink, SCORE_TABLE_SCHEMA) as table_writer,
+                temporary.open("wb", buffering=0) as sink,
+            ):
+                tasks = [
+                    (index, str(path), ranges.get(index, []), alpha, top_ratio, parts)
+                    for index, path in enumerate(files)
+                ]
+                for file_index, selection in enumerate(workers.imap(select_file, tasks)):
+                    with pa.memory_map(selection.table_part) as source:
+                        for batch in pa.ipc.open_stream(source):
+                            table_writer.write_batch(batch)
+                    os.unlink(selection.table_part)
+                    for part_path, part_written in selection.parts:
+                        _append_file(sink, part_path)
+                        written += part_written
+                    counts[file_index] = selection.counts
+                    kept_rows.append(selection.kept + first_row)
+                    first_row += selection.counts.ranked
+                    bar.update(1)
+            temporary.replace(output)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        table = read_score_table(scores_path)
+        if cache is not None:
+            cache.store(scores_path, counts)
     rows = np.concatenate(kept_rows) if kept_rows else np.zeros(0, dtype=np.int64)
-    return counts, rows, np.asarray(written, dtype=bool)
+    return table, counts, rows, np.asarray(written, dtype=bool)
 
 
 # ----------------------------------------------------------------------------------------------- API
@@ -1337,41 +1337,20 @@ def build_reference_subset(
     files = annotation_files(annotations_dir)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    paths = _CachePaths.of(files, cache_dir)
+    cache = _CachePaths.of(files, cache_dir) if use_cache else None
     with Workers(num_proc) as workers:
-        cached = _from_cache(paths, cache_records) if use_cache else None
+        cached = _from_cache(cache, cache_records) if cache is not None else None
         if cached is None and not cache_records and _files_balance(files, workers.count):
-            with tempfile.TemporaryDirectory(prefix="mprm-scores-") as scratch:
-                partial = Path(scratch) / "scores.arrow"
-                counts, rows, written_rows = scan_select_write(
-                    files, output, partial, alpha=float(alpha), top_ratio=float(top_ratio),
-                    workers=workers, progress=progress, shard_bytes=shard_bytes,
-                )  # fmt: skip
-                table = read_score_table(partial)
-                if use_cache:
-                    paths.store(partial, counts)
-            bis = reference_bis(
-                column_numpy(table, "n_scored"),
-                column_numpy(table, "n_pos"),
-                column_numpy(table, "sum_pos"),
-                float(alpha),
-            )
-            cached_flag = False
+            table, counts, rows, written_rows = scan_select_write(
+                files, output, cache, alpha=float(alpha), top_ratio=float(top_ratio), workers=workers,
+                progress=progress, shard_bytes=shard_bytes,
+            )  # fmt: skip
+            bis = table_bis(table, float(alpha))
         else:
-            if cached is not None:
-                table, counts, records_dir = cached
-                cached_flag = True
-            else:
-                table, counts, cached_flag, records_dir = load_or_scan(
-                    files,
-                    num_proc=num_proc,
-                    use_cache=use_cache,
-                    cache_dir=cache_dir,
-                    cache_records=cache_records,
-                    progress=progress,
-                    shard_bytes=shard_bytes,
-                    workers=workers,
-                )
+            table, counts, records_dir = cached or scan_by_shards(
+                files, cache, cache_records=cache_records, num_proc=num_proc, progress=progress,
+                shard_bytes=shard_bytes, workers=workers,
+            )  # fmt: skip
             rows, bis = select_reference_rows(table, len(files), float(alpha), float(top_ratio))
             written_rows = write_reference(
                 files, table, rows, output, progress=progress, records_dir=records_dir, workers=workers
@@ -1380,4 +1359,4 @@ def build_reference_subset(
     kept[rows] = True
     written = np.zeros(table.num_rows, dtype=bool)
     written[rows[written_rows]] = True
-    return ReferenceResult(files, counts, cached_flag, table, bis, kept, written)
+    return ReferenceResult(files, counts, cached is not None, table, bis, kept, written)

@@ -83,13 +83,12 @@ def python_sum_rows(matrix: np.ndarray, mask: np.ndarray, *, compensated: bool |
     if compensated is None:
         compensated = sys.version_info >= (3, 12)
     rows = matrix.shape[0]
+    total = np.zeros(rows, dtype=np.float64)
     if not compensated:  # from 0.0, left to right: adding 0.0 where nothing is taken changes no sum
-        total = np.zeros(rows, dtype=np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
             for column in np.where(mask, matrix, 0.0).T:
                 total += column
         return total
-    total = np.zeros(rows, dtype=np.float64)
     started = np.zeros(rows, dtype=bool)  # sum() starts from the int 0: the first float is taken as is
     correction = np.zeros(rows, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
