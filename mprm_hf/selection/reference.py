@@ -61,7 +61,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import accumulate, chain
 from json.encoder import encode_basestring  # the exact string encoder json.dumps(ensure_ascii=False) uses
 from operator import attrgetter
 from pathlib import Path
@@ -844,11 +844,12 @@ def reference_record_line(record: dict, path: Path, offset: int) -> str | None:
     )
 
 
-def _prm_line_bytes(image: str | list[str], question: str, texts: list[str], scores: list[float]) -> bytes:
-    """The PRM line + "\n" as UTF-8 from already stripped, non-empty step texts. `orjson.dumps` of a
-    string writes exactly `encode_basestring`'s text, encoded (a test checks every code point), and
-    raises on a lone surrogate (then the caller takes the careful path), so no `str` round trip is
-    needed; a list image is written with `json.dumps`'s ", " separator."""
+def _prm_line_bytes(image: str | list[str], question: str, texts: list[str], labels: list[bytes]) -> bytes:
+    """The PRM line + "\n" as UTF-8 from already stripped, non-empty step texts and their labels
+    (b"1.0" / b"0.0"). `orjson.dumps` of a string writes exactly `encode_basestring`'s text, encoded (a
+    test checks every code point), and raises on a lone surrogate (then the caller takes the careful
+    path), so no `str` round trip is needed; a list image is written with `json.dumps`'s ", "
+    separator."""
     dumps = orjson.dumps
     image_json = dumps(image) if type(image) is str else b"[" + b", ".join(map(dumps, image)) + b"]"
     human = "Question: " + question.strip() + "\nProcess: " + "<prm>\n\n".join(texts) + "<prm>"
@@ -859,7 +860,7 @@ def _prm_line_bytes(image: str | list[str], question: str, texts: list[str], sco
             b', "conversations": [{"from": "human", "value": ',
             dumps(human),
             b'}, {"from": "gpt", "value": [',
-            b", ".join([b"1.0" if score > 0.0 else b"0.0" for score in scores]),
+            b", ".join(labels),
             b"]}]}\n",
         )
     )
@@ -878,21 +879,28 @@ def _fast_record_bytes(record: object, scores: list[float] | None = None) -> byt
         scores = [float(step["score"]) for step in steps]
     if not (image and steps and all(texts)):
         return None
-    return _prm_line_bytes(image, question, texts, scores)
+    return _prm_line_bytes(image, question, texts, [b"1.0" if score > 0.0 else b"0.0" for score in scores])
 
 
 def _typed_record_bytes(record: _PRMRecord) -> bytes | None:
     """The same for a record `_decode_prm_lines` read. Every field already has its common type (a
     string or null text, a finite float or null score), so the reference can only drop such a record
-    (an empty image, no steps, an empty or null text, a null score), never crash on it."""
+    (an empty image, no steps, an empty or null text, a null score), never crash on it. One loop over
+    the steps that stops at the first reason to drop: this is the per-line cost of a warm run."""
     image, steps = record.image, record.steps_with_score
     if not image or not steps:
         return None
-    scores = list(map(_score_of, steps))
-    texts = [(text or "").strip() for text in map(_step_of, steps)]
-    if None in scores or not all(texts):
-        return None
-    return _prm_line_bytes(image, record.question_orig or record.question or "", texts, scores)  # type: ignore[arg-type]
+    texts, labels = [], []
+    for step in steps:
+        text, score = step.step, step.score
+        if text is None or score is None:
+            return None
+        text = text.strip()
+        if not text:
+            return None
+        texts.append(text)
+        labels.append(b"1.0" if score > 0.0 else b"0.0")
+    return _prm_line_bytes(image, record.question_orig or record.question or "", texts, labels)  # type: ignore[arg-type]
 
 
 _COMMON_SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, OverflowError)
@@ -949,18 +957,23 @@ def convert_chunk(task: tuple[str, list[int], list[int]]) -> list[bytes | None]:
     path = Path(name)
     descriptor = os.open(name, os.O_RDONLY)
     try:
-        raws = [os.pread(descriptor, length, offset) for offset, length in zip(offsets, lengths, strict=True)]
+        joined = b"\n".join(
+            [os.pread(descriptor, length, offset) for offset, length in zip(offsets, lengths, strict=True)]
+        )
     finally:
         os.close(descriptor)
     try:  # a ranked line holds no newline and one JSON value: one line each
-        records = _decode_prm_lines(b"\n".join(raws))
+        records = _decode_prm_lines(joined)
     except _DECODE_ERRORS:
         records = []
-    if len(records) != len(raws):
+    if len(records) != len(offsets):
+        raws = joined.split(b"\n")
         return [convert_line(raw, path, offset) for raw, offset in zip(raws, offsets, strict=True)]
+    view = memoryview(joined)
+    starts = accumulate([length + 1 for length in lengths], initial=0)
     return [
-        _convert_typed(record, raw, path, offset)
-        for record, raw, offset in zip(records, raws, offsets, strict=True)
+        _convert_typed(record, view[start : start + length], path, offset)
+        for record, start, length, offset in zip(records, starts, lengths, offsets, strict=False)
     ]
 
 
@@ -1048,45 +1061,60 @@ def write_reference(
     return written
 
 
+def _records_batch(records_dir: Path, shard: int) -> pa.RecordBatch:
+    """One shard of the records cache, memory-mapped (a plain `mmap` under `pa.py_buffer` opens in a
+    third of `pa.memory_map`'s time, which counts when a warm run opens ~200 shards)."""
+    with open(records_dir / f"{shard:06d}.arrow", "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    return pa.ipc.open_stream(pa.py_buffer(mapped)).read_next_batch()
+
+
 def _write_cached_records(scores: pa.Table, rows: np.ndarray, output: Path, records_dir: Path) -> np.ndarray:
-    """Write kept rows from the records cache: per shard, the kept lines' byte ranges (each cached with
-    its newline) are read off the memory-mapped Arrow offsets, merged where they touch, and copied to
-    the file: no Arrow compute call and no Python object per row."""
-    batch_ends = np.cumsum([len(chunk) for chunk in scores.column("file").chunks], dtype=np.int64)
-    cuts = np.searchsorted(rows, batch_ends).tolist()  # rows ascend: each shard's kept rows are one slice
-    written = np.zeros(len(rows), dtype=bool)
+    """Write kept rows from the records cache. Each cached PRM line ends with its newline and a dropped
+    rollout's is empty, so the kept lines are byte ranges read off the shards' Arrow offsets; ranges that
+    touch are merged, for all shards at once, and copied to the file: a few numpy calls per shard and
+    one slice per merged range, no Python object per row."""
+    shard_starts = np.cumsum([0] + [len(chunk) for chunk in scores.column("file").chunks], dtype=np.int64)
+    cuts = np.searchsorted(rows, shard_starts).tolist()  # rows ascend: each shard's kept rows are one slice
+    views: list[memoryview] = []
+    none = np.zeros(0, dtype=np.int64)
+    shard_ids, starts, ends = [none], [none], [none]
+    for shard in range(len(shard_starts) - 1):
+        begin, stop = cuts[shard], cuts[shard + 1]
+        if begin == stop:
+            continue
+        lines, errors = _records_batch(records_dir, shard).columns
+        positions = rows[begin:stop] - shard_starts[shard]
+        if errors.null_count != len(errors):  # a kept line the reference would crash on
+            for error in errors.take(_arrow(positions, pa.int64())).to_pylist():
+                if error is not None:
+                    raise MPRMError(error)
+        bounds = np.frombuffer(lines.buffers()[1], dtype=np.int64)[
+            lines.offset : lines.offset + len(lines) + 1
+        ]
+        starts.append(bounds[positions])
+        ends.append(bounds[positions + 1])
+        shard_ids.append(np.full(stop - begin, len(views), dtype=np.int64))
+        views.append(memoryview(lines.buffers()[2]))
+    start, end, shard_id = np.concatenate(starts), np.concatenate(ends), np.concatenate(shard_ids)
+    written = end > start
+    start, end, shard_id = start[written], end[written], shard_id[written]
+    new_run = np.ones(len(start), dtype=bool)  # a range that does not continue the previous one
+    new_run[1:] = (start[1:] != end[:-1]) | (shard_id[1:] != shard_id[:-1])
+    ends_run = np.ones(len(start), dtype=bool)  # a range that the next one does not continue
+    ends_run[:-1] = new_run[1:]
+    run_end = end[ends_run]
     temporary = output.with_name(output.name + ".partial")
     try:
         with temporary.open("wb", buffering=1 << 20) as sink:
-            begin = 0
-            for batch_index, stop in enumerate(cuts):
-                if stop == begin:
-                    continue
-                first_row = int(batch_ends[batch_index - 1]) if batch_index else 0
-                positions = (rows[begin:stop] - first_row).astype(np.int64)
-                with pa.memory_map(str(records_dir / f"{batch_index:06d}.arrow")) as source:
-                    lines, errors = pa.ipc.open_stream(source).read_next_batch().columns
-                if errors.null_count != len(errors):  # a kept line the reference would crash on
-                    for error in errors.take(_arrow(positions, pa.int64())).to_pylist():
-                        if error is not None:
-                            raise MPRMError(error)
-                valid, offsets, data = lines.buffers()
-                if lines.null_count:  # dropped at conversion: write the others only
-                    bits = np.unpackbits(np.frombuffer(valid, dtype=np.uint8), bitorder="little")
-                    positions = positions[bits[lines.offset + positions].astype(bool)]
-                    written[begin:stop] = bits[lines.offset + rows[begin:stop] - first_row].astype(bool)
-                else:
-                    written[begin:stop] = True
-                begin = stop
-                if not len(positions):
-                    continue
-                bounds = np.frombuffer(offsets, dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
-                starts, ends = bounds[positions], bounds[positions + 1]
-                joins = np.ones(len(starts), dtype=bool)  # a range that does not continue the previous one
-                joins[1:] = starts[1:] != ends[:-1]
-                run_ends = ends[np.append(joins[1:], True)]
-                view, run_starts = memoryview(data), starts[joins].tolist()
-                sink.writelines([view[a:b] for a, b in zip(run_starts, run_ends.tolist(), strict=True)])
+            sink.writelines(
+                [
+                    views[view][a:b]
+                    for view, a, b in zip(
+                        shard_id[new_run].tolist(), start[new_run].tolist(), run_end.tolist(), strict=True
+                    )
+                ]
+            )
         temporary.replace(output)
     except BaseException:
         temporary.unlink(missing_ok=True)
