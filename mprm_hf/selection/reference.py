@@ -1071,50 +1071,42 @@ def _records_batch(records_dir: Path, shard: int) -> pa.RecordBatch:
 
 def _write_cached_records(scores: pa.Table, rows: np.ndarray, output: Path, records_dir: Path) -> np.ndarray:
     """Write kept rows from the records cache. Each cached PRM line ends with its newline and a dropped
-    rollout's is empty, so the kept lines are byte ranges read off the shards' Arrow offsets; ranges that
-    touch are merged, for all shards at once, and copied to the file: a few numpy calls per shard and
-    one slice per merged range, no Python object per row."""
+    rollout's is empty, so a shard's kept lines are byte ranges read off its Arrow offsets; ranges that
+    touch are merged and copied to the file: a few numpy calls per shard, one slice per merged range,
+    no Python object per row. One shard is mapped at a time, so memory does not grow with the cache."""
     shard_starts = np.cumsum([0] + [len(chunk) for chunk in scores.column("file").chunks], dtype=np.int64)
     cuts = np.searchsorted(rows, shard_starts).tolist()  # rows ascend: each shard's kept rows are one slice
-    views: list[memoryview] = []
-    none = np.zeros(0, dtype=np.int64)
-    shard_ids, starts, ends = [none], [none], [none]
-    for shard in range(len(shard_starts) - 1):
-        begin, stop = cuts[shard], cuts[shard + 1]
-        if begin == stop:
-            continue
-        lines, errors = _records_batch(records_dir, shard).columns
-        positions = rows[begin:stop] - shard_starts[shard]
-        if errors.null_count != len(errors):  # a kept line the reference would crash on
-            for error in errors.take(_arrow(positions, pa.int64())).to_pylist():
-                if error is not None:
-                    raise MPRMError(error)
-        bounds = np.frombuffer(lines.buffers()[1], dtype=np.int64)[
-            lines.offset : lines.offset + len(lines) + 1
-        ]
-        starts.append(bounds[positions])
-        ends.append(bounds[positions + 1])
-        shard_ids.append(np.full(stop - begin, len(views), dtype=np.int64))
-        views.append(memoryview(lines.buffers()[2]))
-    start, end, shard_id = np.concatenate(starts), np.concatenate(ends), np.concatenate(shard_ids)
-    written = end > start
-    start, end, shard_id = start[written], end[written], shard_id[written]
-    new_run = np.ones(len(start), dtype=bool)  # a range that does not continue the previous one
-    new_run[1:] = (start[1:] != end[:-1]) | (shard_id[1:] != shard_id[:-1])
-    ends_run = np.ones(len(start), dtype=bool)  # a range that the next one does not continue
-    ends_run[:-1] = new_run[1:]
-    run_end = end[ends_run]
+    written = np.zeros(len(rows), dtype=bool)
     temporary = output.with_name(output.name + ".partial")
     try:
         with temporary.open("wb", buffering=1 << 20) as sink:
-            sink.writelines(
-                [
-                    views[view][a:b]
-                    for view, a, b in zip(
-                        shard_id[new_run].tolist(), start[new_run].tolist(), run_end.tolist(), strict=True
-                    )
-                ]
-            )
+            for shard, (begin, stop) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+                if begin == stop:
+                    continue
+                lines, errors = _records_batch(records_dir, shard).columns
+                positions = rows[begin:stop] - shard_starts[shard]
+                if errors.null_count != len(errors):  # a kept line the reference would crash on
+                    for error in errors.take(_arrow(positions, pa.int64())).to_pylist():
+                        if error is not None:
+                            raise MPRMError(error)
+                bounds = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset :]
+                starts, ends = bounds[positions], bounds[positions + 1]
+                written[begin:stop] = ends > starts
+                starts, ends = starts[ends > starts], ends[ends > starts]
+                if not len(starts):
+                    continue
+                new_run = np.ones(len(starts), dtype=bool)  # a range that does not continue the previous one
+                new_run[1:] = starts[1:] != ends[:-1]
+                ends_run = np.ones(len(starts), dtype=bool)  # a range that the next one does not continue
+                ends_run[:-1] = new_run[1:]
+                view = memoryview(lines.buffers()[2])
+                sink.writelines(
+                    [
+                        view[a:b]
+                        for a, b in zip(starts[new_run].tolist(), ends[ends_run].tolist(), strict=True)
+                    ]
+                )
+                del view, lines, errors  # unmaps the shard
         temporary.replace(output)
     except BaseException:
         temporary.unlink(missing_ok=True)
