@@ -310,7 +310,10 @@ def main() -> None:
     print(f"{'run':<50} {'wall s base/ours':>17} {'speed-up':>9} {'CPU s base/ours':>16}   "
           f"{'peak MiB base/ours: largest RSS':>31} {'tree RSS':>13} {'tree PSS':>13}")  # fmt: skip
     for label, base, fast in rows:
-        memory = "".join(f" {base[key]:>6.0f} / {fast[key]:<5.0f}" for key in MEMORY_KEYS)
+        memory = "".join(
+            f" {base[key]:>6.0f} / {'-' if math.isnan(fast[key]) else f'{fast[key]:.0f}':<5}"
+            for key in MEMORY_KEYS
+        )  # an in-process run's memory is not measured: its process holds more than the run
         print(
             f"{label:<50} {base['wall']:>7.2f} / {fast['wall']:<7.2f} {base['wall'] / fast['wall']:>8.1f}x "
             f"{base['cpu']:>7.2f} / {fast['cpu']:<7.2f}  {' ' * 16}{memory}"

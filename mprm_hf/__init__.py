@@ -22,6 +22,7 @@ _PUBLIC = {
     "load_visualprocessbench": "mprm_hf.data.visualprocessbench",
     "load_stepwise": "mprm_hf.data.stepwise",
     "select": "mprm_hf.selection.selectors",
+    "build_reference_subset": "mprm_hf.selection.reference",
     "build_tiny_model": "mprm_hf.modeling",
     "load_model_and_processor": "mprm_hf.modeling",
 }

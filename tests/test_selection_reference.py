@@ -544,6 +544,24 @@ def test_cache_follows_the_files(tmp_path: Path) -> None:
     assert all(datasets.Dataset.from_file(str(table)).num_rows > 0 for table in tables)
 
 
+def test_a_sweep_through_the_public_api_reads_the_corpus_once(tmp_path: Path) -> None:
+    """`mprm_hf.build_reference_subset` with `cache_records`: the first alpha scans, every later alpha
+    and ratio comes from the records cache, and each output is the reference's."""
+    import mprm_hf
+
+    annotations = write_corpus(tmp_path / "corpus", seed=11, lines_per_file=(60, 45, 0, 3, 20))
+    sweep = [(0.05, 0.1), (0.2, 0.1), (0.2, 0.5), (1.0, 0.25)]
+    for step, (alpha, ratio) in enumerate(sweep):
+        output = tmp_path / f"alpha{alpha}_ratio{ratio}.jsonl"
+        result = mprm_hf.build_reference_subset(
+            annotations, output, alpha=alpha, top_ratio=ratio, cache_records=True,
+            cache_dir=tmp_path / "cache", progress=False,
+        )  # fmt: skip
+        assert result.cached == (step > 0)
+        assert output.read_bytes() == oracle_subset(annotations, alpha, ratio)
+        assert result.n_written == output.read_bytes().count(b"\n")
+
+
 def test_orjson_and_json_agree_on_every_float_both_accept() -> None:
     """The fast path trusts orjson's floats: on literals both parsers accept, the values are identical."""
     import struct
