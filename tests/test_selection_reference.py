@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 from pathlib import Path
@@ -747,8 +748,8 @@ def _slow_square(value: int) -> int:
 
 
 def test_workers_return_results_in_order_and_raise_the_first_error_in_order() -> None:
-    """While task 5 sleeps on the pool, this process runs later tasks itself, 13 among them: the error
-    reported must still be task 5's, as a one-process run would report it."""
+    """While one process sleeps on task 5, the other runs later tasks, 13 among them: the error reported
+    must still be task 5's, as a one-process run would report it; and the workers stay usable."""
     import gc
 
     with reference.Workers(2) as workers:
@@ -758,6 +759,36 @@ def test_workers_return_results_in_order_and_raise_the_first_error_in_order() ->
             with pytest.raises(MPRMError, match="task 5"):
                 list(workers.imap(_slow_square, list(range(20))))
     assert gc.get_freeze_count() == 0  # and they are thawed when the workers go
+
+
+def _pid_after_a_while(_: int) -> int:
+    import time
+
+    time.sleep(0.02)
+    return os.getpid()
+
+
+_CALLER = os.getpid()
+
+
+def _unpicklable_in_a_worker(value: int) -> object:
+    import time
+
+    time.sleep(0.005)
+    return value if os.getpid() == _CALLER else (lambda: value)
+
+
+def test_workers_share_the_tasks_and_survive_an_early_stop() -> None:
+    """Both processes claim tasks as they free up; a caller that stops early leaves no task running and
+    no stale result for the next `imap`; a result a worker cannot send is an error, not a hang."""
+    with reference.Workers(2) as workers:
+        assert len(set(workers.imap(_pid_after_a_while, list(range(30))))) == 2
+        early = workers.imap(_slow_square, list(range(40)))
+        assert next(early) == 0
+        early.close()
+        assert list(workers.imap(_slow_square, list(range(5)))) == [0, 1, 4, 9, 16]
+        with pytest.raises(Exception, match="pickle"):
+            list(workers.imap(_unpicklable_in_a_worker, list(range(100))))
 
 
 def test_kept_lines_come_back_as_part_files_and_none_is_left(

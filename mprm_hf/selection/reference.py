@@ -579,38 +579,54 @@ class ScanCounts:
         self.no_numeric_score += scan.no_numeric_score
 
 
-class _Done:
-    """A task this process ran itself, in the place of a pool result: its error, like a pool result's,
-    is raised when its turn comes, so the first error in task (file) order is the one reported."""
+_shared: tuple | None = None
+"""In a pool worker: (the next-task counter, the results pipe's sending end, its lock), inherited."""
 
-    def __init__(self, function: Callable[[object], object], task: object) -> None:
-        self.value: object = None
-        self.error: Exception | None = None
-        try:
-            self.value = function(task)
-        except Exception as error:  # noqa: BLE001 - re-raised by get(), in order
-            self.error = error
 
-    def ready(self) -> bool:
-        return True
+def _init_worker(counter: object, sender: object, lock: object) -> None:
+    global _shared
+    _shared = (counter, sender, lock)
 
-    def get(self) -> object:
-        if self.error is not None:
-            raise self.error
-        return self.value
+
+def _claim(counter, n_tasks: int) -> int | None:  # noqa: ANN001 - a multiprocessing Value
+    """The next unclaimed task of the current `imap`, or None when all are taken."""
+    with counter.get_lock():
+        index = counter.value
+        if index >= n_tasks:
+            return None
+        counter.value = index + 1
+        return index
+
+
+def _run(function: Callable[[object], object], task: object) -> tuple[object, Exception | None]:
+    """(result, None) or (None, error): an error is raised by the caller when its task's turn comes, so
+    the first error in task (file) order is the one reported, as a one-process run would report it."""
+    try:
+        return function(task), None
+    except Exception as error:  # noqa: BLE001 - re-raised in task order
+        return None, error
+
+
+def _drain(function: Callable[[object], object], tasks: list) -> None:
+    """In a pool worker: claim and run tasks until none is left, sending each result as it is done."""
+    counter, sender, lock = _shared  # type: ignore[misc]
+    while (index := _claim(counter, len(tasks))) is not None:
+        message = (index, *_run(function, tasks[index]))
+        with lock:
+            sender.send(message)
 
 
 class Workers:
     """`num_proc` processes for an ordered `imap`: this one and a fork pool of `num_proc - 1`, or plain
     `map` when one process is enough.
 
-    The pool keeps a few tasks in flight, dispatched in order; while the next result is not ready,
-    this process runs the next task itself. So the calling process, which also writes what comes
-    back, takes as much of the work as it has time for (a static share would leave it the slowest),
-    and one process fewer holds the interpreter, numpy and pyarrow. Made once by
-    `build_reference_subset` and shared by the scan and the conversion; the pool is forked on the first
-    `imap` that needs it (a run served from the records cache forks nothing), and a scan forks before
-    the score table and BIS arrays exist."""
+    Every process, this one included, claims the next task from a shared counter whenever it is free,
+    so no process waits while another still has tasks queued (a queue of whole files left one process
+    idle for its last ~0.5 s), and this process, which also writes what comes back, takes as much of the
+    work as it has time for. Results come back in task order. Made once by `build_reference_subset`
+    and shared by the scan and the conversion; the pool is forked on the first `imap` that needs it (a
+    run served from the records cache forks nothing), and a scan forks before the score table and BIS
+    arrays exist. Results are small (part files carry the bulk), so the pipe never holds a worker up."""
 
     def __init__(self, num_proc: int | None, n_tasks: int | None = None) -> None:
         self.count = max(1, min(num_proc or os.cpu_count() or 1, n_tasks or 1 << 30))
@@ -621,30 +637,56 @@ class Workers:
         if self.count < 2 or len(tasks) < 2:
             return map(function, tasks)
         if self.pool is None:
+            context = multiprocessing.get_context("fork")
+            self.counter = context.Value("q", 0)
+            self.receiver, sender = context.Pipe(duplex=False)
             # Frozen, the inherited objects are left alone by the workers' collections, and their pages
             # stay shared (a caller's own frozen objects stay frozen after close()).
             self.unfreeze = gc.get_freeze_count() == 0
             gc.freeze()
-            self.pool = multiprocessing.get_context("fork").Pool(self.count - 1)
-        return self._shared_imap(function, tasks)
+            self.pool = context.Pool(self.count - 1, _init_worker, (self.counter, sender, context.Lock()))
+        return self._claiming_imap(function, tasks)
 
-    def _shared_imap(self, function, tasks):  # noqa: ANN001, ANN202
-        """Results in task order. Up to `8 * (count - 1)` tasks wait on the pool: its feeder threads need
-        the GIL, which this process often holds, so a short queue would leave the workers idle."""
-        window = 8 * (self.count - 1)
-        waiting: dict[int, object] = {}
-        dispatched = 0
-        for index in range(len(tasks)):
-            while True:
-                pooled = sum(type(result) is not _Done for result in waiting.values())
-                while dispatched < len(tasks) and pooled < window:
-                    waiting[dispatched] = self.pool.apply_async(function, (tasks[dispatched],))
-                    dispatched, pooled = dispatched + 1, pooled + 1
-                if dispatched == len(tasks) or waiting[index].ready():
-                    break
-                waiting[dispatched] = _Done(function, tasks[dispatched])
-                dispatched += 1
-            yield waiting.pop(index).get()
+    def _claiming_imap(self, function, tasks):  # noqa: ANN001, ANN202
+        self.counter.value = 0
+        drains = [self.pool.apply_async(_drain, (function, tasks)) for _ in range(self.count - 1)]
+        done: dict[int, tuple[object, Exception | None]] = {}
+        try:
+            for index in range(len(tasks)):
+                while index not in done:
+                    while self.receiver.poll():  # what the workers sent first: a full pipe would stop them
+                        theirs, value, error = self.receiver.recv()
+                        done[theirs] = (value, error)
+                    if index in done:
+                        break
+                    mine = _claim(self.counter, len(tasks))
+                    if mine is not None:
+                        done[mine] = _run(function, tasks[mine])
+                    else:
+                        theirs, value, error = self._receive(drains)
+                        done[theirs] = (value, error)
+                value, error = done.pop(index)
+                if error is not None:
+                    raise error
+                yield value
+        finally:  # also when the caller stops early: leave no task running and no result behind
+            with self.counter.get_lock():
+                self.counter.value = len(tasks)
+            while not all(drain.ready() for drain in drains):
+                if self.receiver.poll(0.01):
+                    self.receiver.recv()
+            while self.receiver.poll():
+                self.receiver.recv()
+        for drain in drains:
+            drain.get()  # a worker's own failure (a result that cannot be pickled) is raised here
+
+    def _receive(self, drains: list) -> tuple[int, object, Exception | None]:
+        """The next result a worker sends; a worker's own failure is raised instead of waiting forever."""
+        while not self.receiver.poll(0.1):
+            for drain in drains:
+                if drain.ready():
+                    drain.get()
+        return self.receiver.recv()
 
     def close(self) -> None:
         if self.pool is not None:
