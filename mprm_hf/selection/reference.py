@@ -54,11 +54,14 @@ import json
 import math
 import mmap
 import multiprocessing
+import multiprocessing.connection
 import os
+import queue
 import re
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
@@ -607,13 +610,20 @@ def _run(function: Callable[[object], object], task: object) -> tuple[object, Ex
         return None, error
 
 
-def _drain(function: Callable[[object], object], tasks: list) -> None:
+def _drain(function: Callable[[object], object], tasks: list, generation: int) -> None:
     """In a pool worker: claim and run tasks until none is left, sending each result as it is done."""
     counter, sender, lock = _shared  # type: ignore[misc]
     while (index := _claim(counter, len(tasks))) is not None:
-        message = (index, *_run(function, tasks[index]))
+        message = (generation, index, *_run(function, tasks[index]))
         with lock:
             sender.send(message)
+
+
+def _forward(receiver: multiprocessing.connection.Connection, received: queue.SimpleQueue) -> None:
+    """In a thread of the calling process: move the workers' results off the pipe as they arrive, so a
+    worker never waits on a full pipe while this process runs a task of its own (None: stop)."""
+    while (message := receiver.recv()) is not None:
+        received.put(message)
 
 
 class Workers:
@@ -622,16 +632,17 @@ class Workers:
 
     Every process, this one included, claims the next task from a shared counter whenever it is free,
     so no process waits while another still has tasks queued (a queue of whole files left one process
-    idle for its last ~0.5 s), and this process, which also writes what comes back, takes as much of the
-    work as it has time for. Results come back in task order. Made once by `build_reference_subset`
-    and shared by the scan and the conversion; the pool is forked on the first `imap` that needs it (a
-    run served from the records cache forks nothing), and a scan forks before the score table and BIS
-    arrays exist. Results are small (part files carry the bulk), so the pipe never holds a worker up."""
+    idle for the last ~0.5 s of a cold run), and this process, which also writes what comes back, takes
+    as much of the work as it has time for. Results come back in task order. Made once by
+    `build_reference_subset` and shared by the scan and the conversion; the pool is forked on the first
+    `imap` that needs it (a run served from the records cache forks nothing), and a scan forks before
+    the score table and BIS arrays exist."""
 
     def __init__(self, num_proc: int | None, n_tasks: int | None = None) -> None:
         self.count = max(1, min(num_proc or os.cpu_count() or 1, n_tasks or 1 << 30))
         self.pool = None
         self.unfreeze = False
+        self.generation = 0
 
     def imap(self, function, tasks):  # noqa: ANN001, ANN201 - mirrors Pool.imap
         if self.count < 2 or len(tasks) < 2:
@@ -639,57 +650,72 @@ class Workers:
         if self.pool is None:
             context = multiprocessing.get_context("fork")
             self.counter = context.Value("q", 0)
-            self.receiver, sender = context.Pipe(duplex=False)
+            receiver, self.sender = context.Pipe(duplex=False)
+            self.lock = context.Lock()
             # Frozen, the inherited objects are left alone by the workers' collections, and their pages
             # stay shared (a caller's own frozen objects stay frozen after close()).
             self.unfreeze = gc.get_freeze_count() == 0
             gc.freeze()
-            self.pool = context.Pool(self.count - 1, _init_worker, (self.counter, sender, context.Lock()))
+            self.pool = context.Pool(self.count - 1, _init_worker, (self.counter, self.sender, self.lock))
+            self.received: queue.SimpleQueue = queue.SimpleQueue()
+            self.forwarder = threading.Thread(target=_forward, args=(receiver, self.received), daemon=True)
+            self.forwarder.start()  # after the fork: a forked child gets no copy of a running thread
         return self._claiming_imap(function, tasks)
 
     def _claiming_imap(self, function, tasks):  # noqa: ANN001, ANN202
+        self.generation += 1
         self.counter.value = 0
-        drains = [self.pool.apply_async(_drain, (function, tasks)) for _ in range(self.count - 1)]
+        drains = [
+            self.pool.apply_async(_drain, (function, tasks, self.generation)) for _ in range(self.count - 1)
+        ]
         done: dict[int, tuple[object, Exception | None]] = {}
         try:
             for index in range(len(tasks)):
                 while index not in done:
-                    while self.receiver.poll():  # what the workers sent first: a full pipe would stop them
-                        theirs, value, error = self.receiver.recv()
-                        done[theirs] = (value, error)
+                    self._collect(done, drains, wait=False)
                     if index in done:
                         break
                     mine = _claim(self.counter, len(tasks))
                     if mine is not None:
                         done[mine] = _run(function, tasks[mine])
                     else:
-                        theirs, value, error = self._receive(drains)
-                        done[theirs] = (value, error)
+                        self._collect(done, drains, wait=True)
                 value, error = done.pop(index)
                 if error is not None:
                     raise error
                 yield value
-        finally:  # also when the caller stops early: leave no task running and no result behind
+        finally:  # also when the caller stops early: no task left running (a stale result is ignored)
             with self.counter.get_lock():
                 self.counter.value = len(tasks)
-            while not all(drain.ready() for drain in drains):
-                if self.receiver.poll(0.01):
-                    self.receiver.recv()
-            while self.receiver.poll():
-                self.receiver.recv()
+            for drain in drains:
+                drain.wait()
         for drain in drains:
             drain.get()  # a worker's own failure (a result that cannot be pickled) is raised here
 
-    def _receive(self, drains: list) -> tuple[int, object, Exception | None]:
-        """The next result a worker sends; a worker's own failure is raised instead of waiting forever."""
-        while not self.receiver.poll(0.1):
-            for drain in drains:
-                if drain.ready():
-                    drain.get()
-        return self.receiver.recv()
+    def _collect(self, done: dict, drains: list, *, wait: bool) -> None:
+        """Move the results of this `imap` that the workers sent into `done`; with `wait`, wait for one,
+        raising a worker's own failure instead of waiting forever."""
+        while True:
+            try:
+                generation, index, value, error = (
+                    self.received.get(timeout=0.05) if wait else self.received.get_nowait()
+                )
+            except queue.Empty:
+                if not wait:
+                    return
+                for drain in drains:
+                    if drain.ready():
+                        drain.get()
+                continue
+            if generation == self.generation:
+                done[index] = (value, error)
+                wait = False
 
     def close(self) -> None:
         if self.pool is not None:
+            with self.lock:
+                self.sender.send(None)
+            self.forwarder.join()
             self.pool.terminate()
             self.pool = None
             if self.unfreeze:
