@@ -118,7 +118,6 @@ _decode_prm_lines = msgspec.json.Decoder(_PRMRecord).decode_lines
 only: any other type raises, and the lines go through orjson and the rule-by-rule path."""
 _DECODE_ERRORS = (ValueError, RecursionError, msgspec.MsgspecError)  # the line(s) take the careful path
 _score_of = attrgetter("score")
-_step_of = attrgetter("step")
 _NEWLINES = re.compile(rb"(\r\n|\r|\n)")
 _BLANK = object()
 _INVALID = object()
@@ -1159,8 +1158,9 @@ def _write_cached_records(scores: pa.Table, rows: np.ndarray, output: Path, reco
                             raise MPRMError(error)
                 bounds = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset :]
                 starts, ends = bounds[positions], bounds[positions + 1]
-                written[begin:stop] = ends > starts
-                starts, ends = starts[ends > starts], ends[ends > starts]
+                nonempty = ends > starts
+                written[begin:stop] = nonempty
+                starts, ends = starts[nonempty], ends[nonempty]
                 if not len(starts):
                     continue
                 new_run = np.ones(len(starts), dtype=bool)  # a range that does not continue the previous one
