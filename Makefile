@@ -20,15 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-build-isolation -c constraints.txt deepspeed
 	touch $(STAMP)
 
-# The main job on the embedded default: a synthetic corpus, its BIS-10% subset, a tiny PRM trained on it,
-# scored on the synthetic VisualProcessBench. Offline, on a CPU, in a few minutes.
+# The main job on the embedded default: a synthetic world, BIS-10% vs random-10% vs full data, each trained
+# and scored, the table, the plot and the Hub folders. Offline, on a CPU, in a few minutes.
 demo: $(STAMP)
-	$(MPRM) synth --out embedded/synthetic --rollouts 2000 --benchmark-traces 300 --seed 0
-	$(MPRM) select --annotations embedded/synthetic --method bis --alpha 0.2 --top-ratio 0.1 \
-		--format arrow --output embedded/bis-10 --dry-run
-	$(MPRM) train recipes/tiny-cpu/config.yaml
-	$(MPRM) evaluate --model outputs/tiny-cpu --benchmark embedded/synthetic/VisualProcessBench \
-		--out outputs/tiny-cpu/eval
+	$(MPRM) quickstart
 
 # The Space's browser test drives Debian's Chromium; without it (no root, no apt) that test is skipped.
 browser:

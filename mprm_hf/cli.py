@@ -15,6 +15,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mprm_hf.evaluation", "score a checkpoint on VisualProcessBench"),
     "score": ("mprm_hf.scoring", "print the reward of every step of one reasoning trace"),
     "rerank": ("mprm_hf.rerank", "pick the best of N candidate traces per question"),
+    "sweep": (
+        "mprm_hf.sweep",
+        "the data-efficiency sweep: fractions x selectors x seeds, trained and scored",
+    ),
+    "quickstart": (
+        "mprm_hf.quickstart",
+        "the end-to-end job on the embedded default: BIS-10% vs random-10% vs full",
+    ),
     "push": ("mprm_hf.hub", "push a subset or a checkpoint folder to the Hub with its card"),
     "demo": ("mprm_hf.demo", "start the Gradio app that shows the reward of every step of a trace"),
 }

@@ -14,8 +14,6 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_ROLLOUTS = 2000
-EMBEDDED_BENCHMARK_TRACES = 300
 EMBEDDED_SEED = 0
 # The paper's 10% setting (SPEC 3): per-source top 10% by BIS with alpha 0.2.
 BIS_TOP_RATIO = 0.1
@@ -33,13 +31,13 @@ def ensure_embedded(root: str | os.PathLike = "embedded") -> dict[str, Path]:
         "train": root / "bis-10",
     }
     if not (paths["synthetic"] / "annotations").is_dir() or not (paths["benchmark"] / "test.jsonl").is_file():
-        from mprm_hf.data.synthetic import write_synthetic
+        from mprm_hf.data.synthetic import DEFAULT_BENCHMARK_TRACES, DEFAULT_ROLLOUTS, write_synthetic
 
         logger.info("embedded default: writing the synthetic corpus to %s", paths["synthetic"])
         write_synthetic(
             paths["synthetic"],
-            rollouts=EMBEDDED_ROLLOUTS,
-            benchmark_traces=EMBEDDED_BENCHMARK_TRACES,
+            rollouts=DEFAULT_ROLLOUTS,
+            benchmark_traces=DEFAULT_BENCHMARK_TRACES,
             seed=EMBEDDED_SEED,
             images=True,
         )

@@ -470,3 +470,16 @@ def _score_into(traces, args: argparse.Namespace, target: Path, *, device: Any, 
             sink.write("".join(line + "\n" for line in lines))
             sink.flush()
             progress.update(len(lines))
+
+
+def position_baseline(benchmark: str | Path, split: str = "test") -> dict[str, Any]:
+    """The metric of a scorer that reads only a step's place in its trace (1 - j / n): the reference line a
+    trained PRM must beat to show it judges the steps themselves."""
+    from mprm_hf.data.visualprocessbench import load_visualprocessbench
+
+    traces, _ = load_visualprocessbench(benchmark, split=split)
+    records = [
+        score_record(str(index), source, [1.0 - j / len(labels) for j in range(len(labels))], labels)
+        for index, (source, labels) in enumerate(zip(traces["data_source"], traces["labels"], strict=True))
+    ]
+    return metrics_from_records(records)

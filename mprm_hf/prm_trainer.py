@@ -40,8 +40,12 @@ logger = logging.getLogger(__name__)
 IGNORE = -100.0
 REQUIRED_COLUMNS = ("prompt", "completions", "labels")
 # Parameter-name fragments of the vision encoders of the supported families (Qwen2-VL / Qwen2.5-VL: visual,
-# InternVL / LLaVA: vision_tower, Idefics3 / SmolVLM: vision_model). Projectors are not matched: they train.
+# InternVL / LLaVA: vision_tower, Idefics3 / SmolVLM: vision_model).
 VISION_TOWER_NAMES = ("visual.", "vision_tower.", "vision_model.", "vision_encoder.")
+# Projectors (vision features -> language model) train even with the vision tower frozen, as the reference
+# does. Qwen2-VL / Qwen2.5-VL keep theirs inside the tower (visual.merger); LLaVA / InternVL
+# (multi_modal_projector) and Idefics3 (connector) keep theirs outside it.
+PROJECTOR_NAMES = ("visual.merger.", "visual.deepstack_merger_list.", "multi_modal_projector.", "connector.")
 # Order of the truncation counters the collator returns with each batch.
 COUNTERS = ("rollouts", "truncated_rollouts", "dropped_rollouts", "steps", "dropped_steps")
 
@@ -174,9 +178,20 @@ def compute_step_metrics(prediction: EvalPrediction, threshold: float = 0.5) -> 
 
 
 def vision_tower_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """The vision encoder's parameters, found by the module names the supported families use."""
+    """The vision encoder's parameters (projector excluded), found by the module names the supported families
+    use: what `freeze_vision_tower` freezes."""
     return [
-        (name, p) for name, p in model.named_parameters() if any(part in name for part in VISION_TOWER_NAMES)
+        (name, p)
+        for name, p in model.named_parameters()
+        if any(part in name for part in VISION_TOWER_NAMES)
+        and not any(part in name for part in PROJECTOR_NAMES)
+    ]
+
+
+def projector_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The projector's parameters: they train whether or not the vision tower is frozen."""
+    return [
+        (name, p) for name, p in model.named_parameters() if any(part in name for part in PROJECTOR_NAMES)
     ]
 
 

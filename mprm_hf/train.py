@@ -210,16 +210,14 @@ def card_evaluation(metrics: dict[str, float]) -> dict[str, Any] | None:
     }
 
 
-def stage_and_push(
+def stage_model(
     script_args: ScriptArguments,
     training_args: PRMConfig,
     argv: list[str],
     metrics: dict[str, float],
 ) -> Path:
-    """Stage the final model with its card in <output_dir>/hub; push it unless the Hub is offline."""
-    import huggingface_hub
-
-    from mprm_hf.hub import push_folder, render_model_card, stage_folder
+    """Stage the final model with its card in <output_dir>/hub (what `push_to_hub` uploads)."""
+    from mprm_hf.hub import render_model_card, stage_folder
 
     output_dir = Path(training_args.output_dir)
     selector, selector_params = read_selection_info(script_args.dataset_name)
@@ -251,7 +249,22 @@ def stage_and_push(
         for path in sorted(output_dir.iterdir())
         if path.is_file() and path.name not in {"README.md"} and not path.name.startswith(".")
     }
-    staged = stage_folder(output_dir / HUB_STAGE_DIR, card, files=files)
+    return stage_folder(output_dir / HUB_STAGE_DIR, card, files=files)
+
+
+def stage_and_push(
+    script_args: ScriptArguments,
+    training_args: PRMConfig,
+    argv: list[str],
+    metrics: dict[str, float],
+) -> Path:
+    """Stage the final model with its card in <output_dir>/hub; push it unless the Hub is offline."""
+    import huggingface_hub
+
+    from mprm_hf.hub import push_folder
+
+    staged = stage_model(script_args, training_args, argv, metrics)
+    repo_id = training_args.hub_model_id
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         print(
             f"Staged {staged} (model + card). The Hub is offline (HF_HUB_OFFLINE=1), so nothing was pushed; "

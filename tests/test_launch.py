@@ -168,11 +168,11 @@ def test_selector_is_read_from_the_dataset_card(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_tiny_cpu_recipe_builds_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`mprm-hf train recipes/tiny-cpu/config.yaml` on a fresh checkout: corpus, BIS subset and model are built."""
-    from mprm_hf import embedded
+    from mprm_hf.data import synthetic
     from mprm_hf.train import main
 
-    monkeypatch.setattr(embedded, "EMBEDDED_ROLLOUTS", 300)  # the recipe's path, at a test's size
-    monkeypatch.setattr(embedded, "EMBEDDED_BENCHMARK_TRACES", 10)
+    monkeypatch.setattr(synthetic, "DEFAULT_ROLLOUTS", 300)  # the recipe's path, at a test's size
+    monkeypatch.setattr(synthetic, "DEFAULT_BENCHMARK_TRACES", 10)
     root, output_dir = tmp_path / "embedded", tmp_path / "out"
     recipe = REPO_ROOT / "recipes" / "tiny-cpu" / "config.yaml"
     argv = [str(recipe), "--embedded_root", str(root), "--output_dir", str(output_dir), "--max_steps", "2"]
@@ -234,7 +234,12 @@ def test_accelerate_launch_two_processes(
     assert initial.keys() == trained.keys()
     changed = {name for name in initial if not torch.equal(initial[name], trained[name])}
     assert any(".language_model.layers." in name for name in changed)
-    assert not any(".visual." in name for name in changed)  # the frozen vision tower
+    from mprm_hf.prm_trainer import projector_parameters, vision_tower_parameters
+
+    model = load_model_and_processor(tiny_model_dir)[0]
+    tower = {name for name, _ in vision_tower_parameters(model)}
+    assert tower and not tower & changed  # the frozen vision tower
+    assert {name for name, _ in projector_parameters(model)} & changed  # the projector trains
     assert all(torch.isfinite(tensor).all() for tensor in trained.values())
 
 

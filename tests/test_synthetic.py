@@ -34,12 +34,17 @@ PIXEL_COLOURS = {
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 
 
+TINTS = {(250, 226, 226): 0, (226, 246, 226): 1, (226, 232, 252): 2, (248, 242, 214): 3}
+
+
 def decode_picture(path: Path) -> dict[str, tuple[str, str] | None]:
-    """position -> (colour, shape) or None, read from pixels: centre gives colour, corners give shape."""
+    """position -> (colour, shape) or None, read from pixels: the centre gives the colour, a few probe
+    points the shape; every cell's corner shows its position's tint."""
     pixels = Image.open(path).convert("RGB").load()
     cells: dict[str, tuple[str, str] | None] = {}
     for index, position in enumerate(POSITIONS):
         x, y = (index % 2) * 28, (index // 2) * 28
+        assert TINTS[pixels[x + 1, y + 1]] == index
         centre = pixels[x + 14, y + 14]
         if centre not in PIXEL_COLOURS:
             cells[position] = None
@@ -48,24 +53,31 @@ def decode_picture(path: Path) -> dict[str, tuple[str, str] | None]:
             shape = "square"
         elif pixels[x + 7, y + 21] == centre:
             shape = "triangle"
-        else:
+        elif pixels[x + 9, y + 9] == centre:
             shape = "circle"
+        else:
+            shape = "diamond"
         cells[position] = (PIXEL_COLOURS[centre], shape)
     return cells
 
 
 POS = "(top left|top right|bottom left|bottom right)"
 COL = "(red|green|blue|yellow)"
-SHP = "(circle|square|triangle)"
+SHP = "(circle|square|triangle|diamond)"
+NUM = "(no|one|two|three|four)"
+NUMBERS = {"no": 0, "one": 1, "two": 2, "three": 3, "four": 4}
 CLAIMS = [
-    (re.compile(rf"the shape in the {POS} is {COL}\b"), "colour_at"),
-    (re.compile(rf"the shape in the {POS} is a {SHP}\b"), "shape_at"),
-    (re.compile(rf"the {POS} cell is (empty|not empty)\b"), "occupancy"),
-    (re.compile(rf"there is a {COL} {SHP} in the {POS}\b"), "there_is"),
-    (re.compile(rf"the number of (?:{COL} shapes|{SHP}s|shapes) is (\d)\b"), "count"),
+    (re.compile(rf"there (?:is|are) {NUM} {COL} shapes?\b"), "count"),
+    (re.compile(rf"(?:there is|the image contains) a {COL} {SHP}\b"), "present"),
+    (re.compile(rf"(?:there is no|the image has no) {COL} {SHP}\b"), "absent"),
+    (re.compile(rf"(?:the image shows a|a) {SHP}(?: is drawn in the grid)?\b(?!.* cell)"), "shape_present"),
+    (re.compile(rf"(?:the image shows no|no) {SHP}\b"), "shape_absent"),
+    (re.compile(rf"the {SHP} (?:is|sits) in the {POS} cell"), "place"),
+    (re.compile(rf"the {POS} cell holds the {SHP}"), "place_reversed"),
+    (re.compile(rf"the (?:colour of the )?{SHP} is (?:drawn in )?{COL}\b"), "colour"),
 ]
 SIDE = re.compile(r"in the (left|right) image ")
-FINAL = re.compile(r"[Ss]o the answer is (\S+)\.$")
+FINAL = re.compile(r"so the answer is (.+)\.$")
 
 
 def count(cells, colour=None, shape=None) -> int:
@@ -76,6 +88,10 @@ def count(cells, colour=None, shape=None) -> int:
     )
 
 
+def where(cells, shape: str) -> str | None:
+    return next((p for p, cell in cells.items() if cell and cell[1] == shape), None)
+
+
 def claim_truth(step: str, pictures: list[dict]) -> bool | None:
     """True / False for a step's claim against the picture(s); None when the step makes no claim."""
     side = SIDE.search(step)
@@ -84,16 +100,19 @@ def claim_truth(step: str, pictures: list[dict]) -> bool | None:
         match = pattern.search(step)
         if not match:
             continue
-        groups = match.groups()
-        if kind == "colour_at":
-            return cells[groups[0]] is not None and cells[groups[0]][0] == groups[1]
-        if kind == "shape_at":
-            return cells[groups[0]] is not None and cells[groups[0]][1] == groups[1]
-        if kind == "occupancy":
-            return (cells[groups[0]] is None) == (groups[1] == "empty")
-        if kind == "there_is":
-            return cells[groups[2]] == (groups[0], groups[1])
-        return count(cells, colour=groups[0], shape=groups[1]) == int(groups[2])
+        g = match.groups()
+        if kind == "count":
+            return count(cells, colour=g[1]) == NUMBERS[g[0]]
+        if kind in {"present", "absent"}:
+            return ((g[0], g[1]) in cells.values()) == (kind == "present")
+        if kind in {"shape_present", "shape_absent"}:
+            return (where(cells, g[0]) is not None) == (kind == "shape_present")
+        if kind == "place":
+            return where(cells, g[0]) == g[1]
+        if kind == "place_reversed":
+            return where(cells, g[1]) == g[0]
+        position = where(cells, g[0])
+        return position is not None and cells[position][0] == g[1]
     return None
 
 
@@ -101,22 +120,30 @@ def expected_answer(question: str, pictures: list[dict]) -> str:
     cells = pictures[0]
     if m := re.search(rf"How many {COL} shapes", question):
         return str(count(cells, colour=m.group(1)))
-    if m := re.search(rf"How many {SHP}s", question):
-        return str(count(cells, shape=m.group(1)))
     if "How many shapes" in question:
         return str(count(cells))
-    if m := re.search(rf"What colour is the shape in the {POS}\?\nChoices:\n(.*)", question, re.S):
+    if m := re.search(rf"What colour is the {SHP}\?\nChoices:\n(.*)", question, re.S):
         options = dict(re.findall(r"\(([A-D])\) (\w+)", m.group(2)))
-        return next(letter for letter, colour in options.items() if colour == cells[m.group(1)][0])
-    if m := re.search(rf"What colour is the shape in the {POS}\?", question):
-        return cells[m.group(1)][0]
-    if m := re.search(rf"What shape is in the {POS}\?", question):
-        return cells[m.group(1)][1]
+        colour = cells[where(cells, m.group(1))][0]
+        return next(letter for letter, option in options.items() if option == colour)
+    if m := re.search(rf"What colour is the {SHP}\?", question):
+        return cells[where(cells, m.group(1))][0]
+    if m := re.search(rf"In which cell is the {SHP}\?", question):
+        return where(cells, m.group(1))
     if m := re.search(rf"Is there a {COL} {SHP} in the image\?", question):
         return "yes" if (m.group(1), m.group(2)) in cells.values() else "no"
     if "left image has more shapes than the right image" in question:
         return "yes" if count(pictures[0]) > count(pictures[1]) else "no"
     raise AssertionError(f"unparsed question {question!r}")
+
+
+def final_truth(step: str, answer: str, pictures: list[dict]) -> bool:
+    """A final step states an answer after the claim that leads to it: both are right, or both wrong."""
+    stated = FINAL.search(step).group(1)
+    claim = claim_truth(step, pictures)
+    if claim is not None:
+        assert claim == (stated == answer), step
+    return stated == answer
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -194,8 +221,8 @@ def test_benchmark_labels_are_the_truth_of_the_drawn_pictures(synthetic_dir: Pat
         for step, label in zip(
             record["response"]["steps"], record["response"]["process_correctness"], strict=True
         ):
-            if final := FINAL.search(step):
-                assert (final.group(1) == record["answer"]) == (label == 1), step
+            if FINAL.search(step):
+                assert final_truth(step, record["answer"], pictures) == (label == 1), step
             elif label == 0:
                 assert claim_truth(step, pictures) is None, step
             else:
@@ -213,14 +240,14 @@ def test_corpus_claims_against_pictures_and_mc(synthetic_dir: Path) -> None:
             pictures = [decode_picture(synthetic_dir / image) for image in images]
             assert record["answer"] == expected_answer(record["question_orig"], pictures)
             for step in record["steps_with_score"]:
-                if final := FINAL.search(step["step"]):
-                    truth = final.group(1) == record["answer"]
+                if FINAL.search(step["step"]):
+                    truth = final_truth(step["step"], record["answer"], pictures)
                 else:
                     truth = claim_truth(step["step"], pictures)
                     if truth is None:  # a restatement of the question: no claim, no error
                         assert step["step"].startswith(
-                            ("The question asks", "We read", "We restate", "Let us")
-                        )
+                            ("The question asks", "We read", "We check", "Let us", "The grid has")
+                        ), step["step"]
                         continue
                 truths.append(truth)
                 mc.append(step["num_mc_correct"])
@@ -289,8 +316,9 @@ def test_sources_follow_real_shapes() -> None:
         sim = simulate_source(source, 1500, seed=1)
         steps_per_rollout = np.diff(sim.offsets)
         assert abs((steps_per_rollout - 1).mean() - shape.body_per_rec) < 0.25
-        words = np.mean([len(step.split()) for steps in sim.steps for step in steps])
-        assert abs(words - shape.words_per_step) / shape.words_per_step < 0.15
+        # steps are short templated sentences, not padded to the real word counts
+        words = np.array([len(step.split()) for steps in sim.steps for step in steps])
+        assert 5 <= words.mean() <= 16 and words.max() <= 40
 
 
 def test_allocation_follows_source_sizes() -> None:
@@ -386,3 +414,78 @@ def test_cli_rejects_bad_sizes_in_one_line(
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and error.startswith("mprm-hf synth: error:")
     assert option.lstrip("-").split("-")[0] in error
+
+
+# ---- the noise model's knobs, the truth sidecar, the report --------------------------------------------
+
+
+def _statistics(**knobs) -> dict:
+    from mprm_hf.data.synthetic import NoiseModel, truth_statistics
+
+    noise = NoiseModel(**knobs)
+    sims = [
+        simulate_source(source, count, seed=0, noise=noise)
+        for source, count in allocate_rollouts(3000).items()
+    ]
+    lengths = np.concatenate([np.diff(s.offsets) for s in sims])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    truth = np.concatenate([s.truth for s in sims])
+    mc = np.concatenate([s.mc_correct for s in sims])
+    return {**truth_statistics(truth, mc, offsets), "pseudo": int((~truth & (mc > 0)).sum())}
+
+
+def test_each_knob_moves_its_own_statistic() -> None:
+    base = _statistics()
+    assert (
+        _statistics(pseudo_positive=0.0)["pseudo"] < base["pseudo"] / 3
+    )  # only final/pre-error luck remains
+    assert _statistics(pseudo_positive=0.6)["pseudo"] > 2 * base["pseudo"]
+    assert _statistics(false_negative_after_error=0.0)["false_negative_rate"] < base["false_negative_rate"]
+    assert _statistics(redundancy=0.8)["rollouts"]["all_positive"] > base["rollouts"]["all_positive"] + 0.1
+    assert _statistics(error_rate=0.9)["false_steps"] > 2 * base["false_steps"]
+
+
+def test_truth_sidecar_and_summary(synthetic_dir: Path) -> None:
+    from mprm_hf.data.synthetic import load_truth
+    from mprm_hf.data.visualprm400k import load_visualprm400k
+
+    truth = load_truth(synthetic_dir)
+    rollouts, _ = load_visualprm400k(synthetic_dir)
+    assert set(truth) == set(rollouts["id"])
+    first = rollouts[0]
+    assert len(truth[first["id"]]) == len(first["steps"])
+    summary = orjson.loads((synthetic_dir / "synth.json").read_bytes())
+    assert summary["noise"]["pseudo_positive"] == 0.15 and 0.5 < summary["truth"]["mc_truth_agreement"] <= 1.0
+    assert set(summary["truth"]["rollouts"]) == {"mixed", "all_positive", "all_negative"}
+    # the loaders never read the sidecar: annotations/ is all they see
+    assert not any(path.parent.name == "annotations" for path in (synthetic_dir / "truth").rglob("*"))
+
+
+def test_cli_noise_flags_and_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "noise.yaml"
+    config.write_text("pseudo_positive: 0.0\nrecovered_range: [0.1, 0.2]\n")
+    argv = [
+        "synth",
+        "--out",
+        str(tmp_path / "w"),
+        "--rollouts",
+        "100",
+        "--benchmark-traces",
+        "5",
+        "--no-images",
+    ]
+    assert cli_main([*argv, "--noise", str(config), "--redundancy", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "pseudo-positives (false among MC > 0) by MC:" in printed and "MC label vs truth:" in printed
+    noise = orjson.loads((tmp_path / "w" / "synth.json").read_bytes())["noise"]
+    assert (
+        noise["pseudo_positive"] == 0.0
+        and noise["redundancy"] == 0.5
+        and noise["recovered_range"] == [0.1, 0.2]
+    )
+    config.write_text("pseudo_positives: 0.1\n")
+    assert cli_main([*argv, "--noise", str(config)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "unknown noise field 'pseudo_positives'" in error
+    assert cli_main([*argv, "--error-rate", "1.5"]) == 1
+    assert "must be in [0, 1]" in capsys.readouterr().err

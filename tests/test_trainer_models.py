@@ -31,7 +31,7 @@ from mprm_hf.modeling import (
     load_model_and_processor,
 )
 from mprm_hf.prm_config import PRMConfig
-from mprm_hf.prm_trainer import PRMTrainer, vision_tower_parameters
+from mprm_hf.prm_trainer import PRMTrainer, projector_parameters, vision_tower_parameters
 
 TEXT_CONFIG = {
     "hidden_size": 64,
@@ -168,6 +168,9 @@ def test_family_trains_with_frozen_vision_tower(family: str, records, tmp_path: 
     model, processor = model_and_processor(family, tmp_path)
     frozen = {name: parameter.detach().clone() for name, parameter in vision_tower_parameters(model)}
     assert frozen, f"no vision tower found in {type(model).__name__}"
+    projector = {name: parameter.detach().clone() for name, parameter in projector_parameters(model)}
+    assert projector, f"no projector found in {type(model).__name__}"
+    assert not set(projector) & set(frozen)
     trained = {
         name: parameter.detach().clone()
         for name, parameter in model.named_parameters()
@@ -194,3 +197,6 @@ def test_family_trains_with_frozen_vision_tower(family: str, records, tmp_path: 
     parameters = dict(trainer.model.named_parameters())
     assert all(torch.equal(parameters[name], value) for name, value in frozen.items())
     assert trained and all(not torch.equal(parameters[name], value) for name, value in trained.items())
+    # the projector trains with the tower frozen (weights: biases and norms may get no gradient at 3 steps)
+    weights = [name for name in projector if name.endswith("weight") and parameters[name].dim() > 1]
+    assert weights and all(not torch.equal(parameters[name], projector[name]) for name in weights)

@@ -19,9 +19,9 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from mprm_hf.data.synthetic_sources import FULL_SIZE_ROLLOUTS, SOURCE_SHAPES
 from mprm_hf.errors import MPRMError
+from mprm_hf.fileio import write_bytes_atomic
 
 # ---------------------------------------------------------------------------------------------------
 # The world: scenes, pictures, claims
@@ -42,15 +43,18 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (230, 200, 30),
 }
 COLOUR_NAMES = tuple(COLOURS)
-SHAPES = ("circle", "square", "triangle")
+SHAPES = ("circle", "square", "triangle", "diamond")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
-BACKGROUND = (245, 245, 245)
+# Each cell has a pale tint of its own, like the labelled quadrants of a diagram: a cell's position can be
+# read from its own picture, so a claim about "the top left cell" binds to what the model sees there.
+CELL_TINTS = ((250, 226, 226), (226, 246, 226), (226, 232, 252), (248, 242, 214))
 IMAGE_SIZE = 56  # 2x2 cells of 28 px: one merged 28x28 vision token per cell for Qwen2-VL
 CELL_SIZE = 28
 SHAPE_MARGIN = 5
 MC_TOTAL = 16
 EMPTY = 0
 CHOICE_LETTERS = ("A", "B", "C", "D")
+NUMBER_WORDS = ("no", "one", "two", "three", "four")
 
 T = TypeVar("T")
 
@@ -77,19 +81,31 @@ def cell_box(position: int) -> tuple[int, int]:
 
 def draw_scene(scene: Scene) -> Image.Image:
     """Draw a scene without anti-aliasing, so every pixel of a shape has exactly its colour."""
-    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE))
     draw = ImageDraw.Draw(image)
     low, high = SHAPE_MARGIN, CELL_SIZE - SHAPE_MARGIN - 1
     for position, code in enumerate(scene):
+        x, y = cell_box(position)
+        draw.rectangle((x, y, x + CELL_SIZE - 1, y + CELL_SIZE - 1), fill=CELL_TINTS[position])
         if code == EMPTY:
             continue
-        x, y = cell_box(position)
         fill = COLOURS[COLOUR_NAMES[cell_colour(code)]]
         shape = SHAPES[cell_shape(code)]
         if shape == "circle":
             draw.ellipse((x + low, y + low, x + high, y + high), fill=fill)
         elif shape == "square":
             draw.rectangle((x + low, y + low, x + high, y + high), fill=fill)
+        elif shape == "diamond":
+            middle = CELL_SIZE // 2
+            draw.polygon(
+                [
+                    (x + middle, y + low),
+                    (x + high, y + middle),
+                    (x + middle, y + high),
+                    (x + low, y + middle),
+                ],
+                fill=fill,
+            )
         else:
             draw.polygon(
                 [(x + CELL_SIZE // 2, y + low), (x + low, y + high), (x + high, y + high)], fill=fill
@@ -103,7 +119,7 @@ def save_png(image: Image.Image, path: Path) -> None:
 
 
 def _below(rng: random.Random, n: int) -> int:
-    """A uniform integer in [0, n): `randrange` costs several times more, and this runs per word group."""
+    """A uniform integer in [0, n): `randrange` costs several times more, and this runs per step."""
     return int(rng.random() * n)
 
 
@@ -112,13 +128,13 @@ def _pick(rng: random.Random, items: Sequence[T]) -> T:
 
 
 def random_scene(rng: random.Random) -> Scene:
-    """Each cell empty with probability 0.3, at least one shape."""
+    """Each cell empty with probability 0.3, at least one shape; each shape at most once, any colours."""
     while True:
+        shapes = list(range(len(SHAPES)))
+        rng.shuffle(shapes)
         cells = tuple(
-            EMPTY
-            if rng.random() < 0.3
-            else cell_code(_below(rng, len(SHAPES)), _below(rng, len(COLOUR_NAMES)))
-            for _ in POSITIONS
+            EMPTY if rng.random() < 0.3 else cell_code(shapes[p], _below(rng, len(COLOUR_NAMES)))
+            for p in range(len(POSITIONS))
         )
         if any(cells):
             return cells  # type: ignore[return-value]
@@ -139,120 +155,129 @@ def _other(rng: random.Random, choices: int, avoid: int) -> int:
     return value + 1 if value >= avoid else value
 
 
-CLAIM_KINDS = ("colour_at", "shape_at", "occupancy", "count_colour", "count_shape", "count_all", "there_is")
 MAX_COUNT = len(POSITIONS)
 
 
+def counted(count: int, noun: str) -> str:
+    """'there is one red shape', 'there are no shapes': grammatical counts."""
+    verb = "is" if count == 1 else "are"
+    return f"there {verb} {NUMBER_WORDS[count]} {noun}{'' if count == 1 else 's'}"
+
+
+# Claim templates, several phrasings each: {s} a shape (each shape is drawn at most once, so it names one
+# cell), {c} a colour, {p} a position. Every claim finds a shape or colour in the picture by what it looks
+# like and reads one thing off it: its colour, its cell, whether it is there, how many there are.
+COLOUR_OF = ("the {s} is {c}", "the colour of the {s} is {c}", "the {s} is drawn in {c}")
+PLACE_OF = ("the {s} is in the {p} cell", "the {s} sits in the {p} cell", "the {p} cell holds the {s}")
+PRESENT = ("there is a {c} {s} in the image", "the image contains a {c} {s}")
+ABSENT = ("there is no {c} {s} in the image", "the image has no {c} {s}")
+SHAPE_PRESENT = ("the image shows a {s}", "a {s} is drawn in the grid")
+SHAPE_ABSENT = ("the image shows no {s}", "no {s} is drawn in the grid")
+CLAIM_KINDS = ("colour_of", "place_of", "exists", "shape_exists", "count_colour")
+
+
+def _shapes(scene: Scene) -> dict[int, int]:
+    """shape -> position of the cells that hold one."""
+    return {cell_shape(code): position for position, code in enumerate(scene) if code != EMPTY}
+
+
 def make_claim(scene: Scene, truth: bool, rng: random.Random) -> str:
-    """One claim about `scene`, true or false as asked; the templates are regular so tests can parse them."""
+    """One claim about `scene` as a lowercase clause, true or false as asked."""
     kind = _pick(rng, CLAIM_KINDS)
-    filled = [p for p, code in enumerate(scene) if code != EMPTY]
-    if kind in {"colour_at", "shape_at"}:
-        position = _pick(rng, filled)
-        code = scene[position]
-        if kind == "colour_at":
-            colour = cell_colour(code) if truth else _other(rng, len(COLOUR_NAMES), cell_colour(code))
-            return f"the shape in the {POSITIONS[position]} is {COLOUR_NAMES[colour]}"
-        shape = cell_shape(code) if truth else _other(rng, len(SHAPES), cell_shape(code))
-        return f"the shape in the {POSITIONS[position]} is a {SHAPES[shape]}"
-    if kind == "occupancy":
-        position = _below(rng, len(POSITIONS))
-        empty = scene[position] == EMPTY
-        says_empty = empty if truth else not empty
-        return f"the {POSITIONS[position]} cell is {'empty' if says_empty else 'not empty'}"
-    if kind == "there_is":
-        position = _pick(rng, filled)
-        code = scene[position]
-        if not truth:  # name the same shape in a cell that does not hold it, else recolour it
-            others = [p for p in range(len(POSITIONS)) if scene[p] != code]
-            if others:
-                position = _pick(rng, others)
-            else:
-                code = cell_code(cell_shape(code), _other(rng, len(COLOUR_NAMES), cell_colour(code)))
-        return f"there is a {COLOUR_NAMES[cell_colour(code)]} {SHAPES[cell_shape(code)]} in the {POSITIONS[position]}"
-    if kind == "count_colour":
-        colour = _below(rng, len(COLOUR_NAMES))
-        count, subject = _count(scene, colour=colour), f"{COLOUR_NAMES[colour]} shapes"
-    elif kind == "count_shape":
+    drawn = _shapes(scene)
+    if kind in {"colour_of", "place_of"}:
+        shape = _pick(rng, sorted(drawn))
+        position = drawn[shape]
+        if kind == "colour_of":
+            colour = cell_colour(scene[position])
+            colour = colour if truth else _other(rng, len(COLOUR_NAMES), colour)
+            return _pick(rng, COLOUR_OF).format(s=SHAPES[shape], c=COLOUR_NAMES[colour])
+        position = position if truth else _other(rng, len(POSITIONS), position)
+        return _pick(rng, PLACE_OF).format(s=SHAPES[shape], p=POSITIONS[position])
+    if kind == "exists":
+        code = cell_code(_below(rng, len(SHAPES)), _below(rng, len(COLOUR_NAMES)))
+        if rng.random() < 0.5:  # half of them name a shape that is drawn, in its colour or another
+            shape = _pick(rng, sorted(drawn))
+            code = cell_code(
+                shape, cell_colour(scene[drawn[shape]]) if rng.random() < 0.5 else cell_colour(code)
+            )
+        says_present = (code in scene) == truth
+        return _pick(rng, PRESENT if says_present else ABSENT).format(
+            c=COLOUR_NAMES[cell_colour(code)], s=SHAPES[cell_shape(code)]
+        )
+    if kind == "shape_exists":
         shape = _below(rng, len(SHAPES))
-        count, subject = _count(scene, shape=shape), f"{SHAPES[shape]}s"
-    else:
-        count, subject = _count(scene), "shapes"
+        says_present = (shape in drawn) == truth
+        return _pick(rng, SHAPE_PRESENT if says_present else SHAPE_ABSENT).format(s=SHAPES[shape])
+    colour = _below(rng, len(COLOUR_NAMES))
+    count = _count(scene, colour=colour)
     stated = count if truth else _other(rng, MAX_COUNT + 1, count)
-    return f"the number of {subject} is {stated}"
+    return counted(stated, f"{COLOUR_NAMES[colour]} shape")
 
 
-# Questions: (kind, text, answer, wrong answers a rollout may state instead).
 @dataclass(frozen=True)
 class Question:
+    """A question, its answer, the wrong answers a rollout may state, and the sentence that concludes each."""
+
     text: str
     answer: str
     wrong_answers: tuple[str, ...]
+    conclusions: dict[str, str]  # stated answer -> the claim that leads to it (true only for the answer)
 
 
-def _yes_no(value: bool) -> tuple[str, tuple[str, ...]]:
-    return ("yes", ("no",)) if value else ("no", ("yes",))
-
-
-def _counted(count: int) -> tuple[str, tuple[str, ...]]:
-    return str(count), tuple(str(k) for k in range(MAX_COUNT + 1) if k != count)
+def _question(text: str, answer: str, conclusions: dict[str, str]) -> Question:
+    return Question(text, answer, tuple(option for option in conclusions if option != answer), conclusions)
 
 
 def make_question(kind: str, scenes: Sequence[Scene], rng: random.Random) -> Question:
     scene = scenes[0]
-    filled = [p for p, code in enumerate(scene) if code != EMPTY]
+    drawn = _shapes(scene)
     if kind == "count_colour":
-        colour = _below(rng, len(COLOUR_NAMES))
-        answer, wrong = _counted(_count(scene, colour=colour))
-        return Question(f"How many {COLOUR_NAMES[colour]} shapes are there in the image?", answer, wrong)
-    if kind == "count_shape":
-        shape = _below(rng, len(SHAPES))
-        answer, wrong = _counted(_count(scene, shape=shape))
-        return Question(f"How many {SHAPES[shape]}s are there in the image?", answer, wrong)
+        colour = COLOUR_NAMES[_below(rng, len(COLOUR_NAMES))]
+        count = _count(scene, colour=COLOUR_NAMES.index(colour))
+        says = {str(k): counted(k, f"{colour} shape") for k in range(MAX_COUNT + 1)}
+        return _question(f"How many {colour} shapes are there in the image?", str(count), says)
     if kind == "count_all":
-        answer, wrong = _counted(_count(scene))
-        return Question("How many shapes are there in the image?", answer, wrong)
-    if kind == "colour_at":
-        position = _pick(rng, filled)
-        colour = COLOUR_NAMES[cell_colour(scene[position])]
-        wrong = tuple(c for c in COLOUR_NAMES if c != colour)
-        return Question(f"What colour is the shape in the {POSITIONS[position]}?", colour, wrong)
-    if kind == "shape_at":
-        position = _pick(rng, filled)
-        shape = SHAPES[cell_shape(scene[position])]
-        wrong = tuple(s for s in SHAPES if s != shape)
-        return Question(f"What shape is in the {POSITIONS[position]}?", shape, wrong)
-    if kind == "exists":
-        if rng.random() < 0.5:  # ask about a shape that is there
-            code = scene[_pick(rng, filled)]
-        else:
-            code = cell_code(_below(rng, len(SHAPES)), _below(rng, len(COLOUR_NAMES)))
-        answer, wrong = _yes_no(code in scene)
-        text = f"Is there a {COLOUR_NAMES[cell_colour(code)]} {SHAPES[cell_shape(code)]} in the image?"
-        return Question(text, answer, wrong)
+        says = {str(k): f"{counted(k, 'shape')} in all" for k in range(MAX_COUNT + 1)}
+        return _question("How many shapes are there in the image?", str(_count(scene)), says)
+    shape = _pick(rng, sorted(drawn))
+    name = SHAPES[shape]
+    colour = COLOUR_NAMES[cell_colour(scene[drawn[shape]])]
+    if kind == "colour_of":
+        says = {c: f"the {name} is {c}" for c in COLOUR_NAMES}
+        return _question(f"What colour is the {name}?", colour, says)
     if kind == "choice":
-        position = _pick(rng, filled)
         options = list(COLOUR_NAMES)
         rng.shuffle(options)
-        letter = CHOICE_LETTERS[options.index(COLOUR_NAMES[cell_colour(scene[position])])]
+        letter = CHOICE_LETTERS[options.index(colour)]
         listing = "\n".join(f"({L}) {option}" for L, option in zip(CHOICE_LETTERS, options, strict=True))
-        text = f"What colour is the shape in the {POSITIONS[position]}?\nChoices:\n{listing}"
-        return Question(text, letter, tuple(L for L in CHOICE_LETTERS if letter != L))
+        says = {
+            L: f"the {name} is {option}, which is option {L}"
+            for L, option in zip(CHOICE_LETTERS, options, strict=True)
+        }
+        return _question(f"What colour is the {name}?\nChoices:\n{listing}", letter, says)
+    if kind == "place_of":
+        says = {p: f"the {name} is in the {p} cell" for p in POSITIONS}
+        return _question(f"In which cell is the {name}?", POSITIONS[drawn[shape]], says)
+    if kind == "exists":
+        if rng.random() < 0.5:  # ask about a shape that is there
+            code = scene[drawn[shape]]
+        else:
+            code = cell_code(_below(rng, len(SHAPES)), _below(rng, len(COLOUR_NAMES)))
+        thing = f"{COLOUR_NAMES[cell_colour(code)]} {SHAPES[cell_shape(code)]}"
+        says = {"yes": f"the image contains a {thing}", "no": f"there is no {thing} in the image"}
+        return _question(f"Is there a {thing} in the image?", "yes" if code in scene else "no", says)
     if kind == "compare":
-        answer, wrong = _yes_no(_count(scenes[0]) > _count(scenes[1]))
-        return Question("Is it true that the left image has more shapes than the right image?", answer, wrong)
+        says = {
+            "yes": "the left image has more shapes than the right image",
+            "no": "the left image does not have more shapes than the right image",
+        }
+        text = "Is it true that the left image has more shapes than the right image?"
+        return _question(text, "yes" if _count(scenes[0]) > _count(scenes[1]) else "no", says)
     raise ValueError(f"unknown question kind {kind!r}")
 
 
-SINGLE_IMAGE_QUESTIONS = (
-    "count_colour",
-    "count_shape",
-    "count_all",
-    "colour_at",
-    "shape_at",
-    "exists",
-    "choice",
-)
+SINGLE_IMAGE_QUESTIONS = ("count_colour", "count_all", "colour_of", "place_of", "exists", "choice")
 
 
 def question_kinds(source: str) -> tuple[str, ...]:
@@ -262,7 +287,7 @@ def question_kinds(source: str) -> tuple[str, ...]:
     if "yorn" in source or "exist" in source:
         return ("exists",)
     if source.endswith("_int") or "int_only" in source or "clevr_math" in source.lower():
-        return ("count_colour", "count_shape", "count_all")
+        return ("count_colour", "count_all")
     if any(key in source for key in ("multi_choice", "m3cot", "ai2d", "iconqa")):
         return ("choice",)
     return SINGLE_IMAGE_QUESTIONS
@@ -273,99 +298,46 @@ ROLLOUT_INSTRUCTION = (
 )
 IMAGE_SIDES = ("left", "right")
 
-# Filler: neutral words that carry no claim (no colour, shape, position or number words).
-FILLER_PHRASES = (
-    "we look at the picture with care",
-    "this part of the picture matters for the question",
-    "so we keep this fact in mind",
-    "it helps to check each part of the figure",
-    "we go on to the next part of the reasoning",
-    "this agrees with what we saw before",
-    "we write this down before we move on",
-    "now we think about what this means",
-    "the picture is clear enough to see this",
-    "we need this to reach the final result",
-    "we should be careful and not rush",
-    "after that we can compare the parts",
-    "this is an important detail",
-    "we check it again to be sure",
-    "the figure shows this plainly",
-    "with this we get closer to the result",
+BODY_LEADS = (
+    "Looking at the image,",
+    "Next,",
+    "Then",
+    "Also,",
+    "Checking the picture,",
+    "We can see that",
+    "Now,",
+    "Looking again,",
+    "Besides,",
 )
-BODY_LEADS = ("Looking at the image,", "Next,", "We see that", "Then", "Also,", "Checking the picture,")
+FINAL_LEADS = ("So", "Therefore,", "In the end,", "Putting it together,", "Hence")
 NEUTRAL_STEPS = (
     "We read the question again and look at the whole image.",
-    "We restate the task before we check the picture.",
-    "Let us go through the picture step by step.",
+    "Let us go through the picture cell by cell.",
+    "We check each cell of the grid in turn.",
+    "The grid has four cells, so we look at each of them.",
 )
 
 
-class _Filler:
-    """Slices of one long filler text, so a step's padding costs one string slice."""
-
-    def __init__(self, repeats: int = 64) -> None:
-        order = random.Random(1234)
-        phrases: list[str] = []
-        for _ in range(repeats):
-            block = list(FILLER_PHRASES)
-            order.shuffle(block)
-            phrases.extend(block)
-        words = " ".join(phrases).split(" ")
-        self.text = " ".join(words)
-        self.word_start = [0]
-        for word in words:
-            self.word_start.append(self.word_start[-1] + len(word) + 1)
-        self.phrase_starts: list[int] = []
-        index = 0
-        for phrase in phrases:
-            self.phrase_starts.append(index)
-            index += phrase.count(" ") + 1
-        self.max_words = len(words)
-        # phrase starts that leave room for the longest padding we ask for
-        self.usable_starts = [s for s in self.phrase_starts if s + self.MAX_PAD <= self.max_words]
-
-    MAX_PAD = 200
-
-    def words(self, count: int, rng: random.Random) -> str:
-        count = min(count, self.MAX_PAD)
-        start = _pick(rng, self.usable_starts)
-        return self.text[self.word_start[start] : self.word_start[start + count] - 1]
+def _sentence(lead: str, clause: str) -> str:
+    text = f"{lead} {clause}"
+    return text[0].upper() + text[1:]
 
 
-_FILLER = _Filler()
+def body_step(claim: str, rng: random.Random) -> str:
+    return _sentence(_pick(rng, BODY_LEADS), claim) + "."
 
 
-def _length(claim: str) -> int:
-    return claim.count(" ") + 1
+def neutral_step(question: Question, rng: random.Random) -> str:
+    if rng.random() < 0.4:
+        return f"The question asks: {question.text.splitlines()[0]}"
+    return _pick(rng, NEUTRAL_STEPS)
 
 
-def body_step(claim: str, target_words: int, rng: random.Random) -> str:
-    lead = _pick(rng, BODY_LEADS)
-    pad = target_words - _length(lead) - _length(claim)
-    if pad < 3:
-        return f"{lead} {claim}."
-    return f"{lead} {claim}, and {_FILLER.words(pad - 1, rng)}."
-
-
-def neutral_step(question: Question, target_words: int, rng: random.Random) -> str:
-    if rng.random() < 0.5:
-        head = f"The question asks: {question.text.splitlines()[0]}"
-    else:
-        head = _pick(rng, NEUTRAL_STEPS)
-    pad = target_words - _length(head)
-    if pad < 3:
-        return head
-    filler = _FILLER.words(pad, rng)
-    return f"{head} {filler[0].upper()}{filler[1:]}."
-
-
-def final_step(stated_answer: str, target_words: int, rng: random.Random) -> str:
-    tail = f"so the answer is {stated_answer}."
-    pad = target_words - _length(tail)
-    if pad < 2:
-        return "S" + tail[1:]
-    filler = _FILLER.words(pad, rng)
-    return f"{filler[0].upper()}{filler[1:]}, {tail}"
+def final_step(question: Question, stated_answer: str, rng: random.Random) -> str:
+    """The conclusion that leads to `stated_answer`: true exactly when the stated answer is right."""
+    return _sentence(_pick(rng, FINAL_LEADS), question.conclusions[stated_answer]) + (
+        f", so the answer is {stated_answer}."
+    )
 
 
 def _claim_for(scenes: Sequence[Scene], truth: bool, rng: random.Random) -> str:
@@ -382,30 +354,64 @@ def _claim_for(scenes: Sequence[Scene], truth: bool, rng: random.Random) -> str:
 
 @dataclass(frozen=True)
 class NoiseModel:
-    """How the truth of a rollout's steps and their MC scores are drawn.
+    """How the truth of a rollout's steps and their MC scores are drawn: every mechanism the papers name
+    is a field, and `mprm-hf synth` takes each as a flag (see docs/synthetic.md for their measured effect).
 
-    The policy's chance to finish correctly from an error-free prefix depends on the question's
-    difficulty (easy / medium / hard, Beta-distributed), so hard questions give true steps MC = 0
-    (false negatives). After the first error the policy rarely recovers: later steps, true or false,
-    mostly get MC = 0, and a few get a small success probability (pseudo-positives with MC 1-3/16).
-    The final step's MC is the answer check: high when the stated answer is right, 0 otherwise.
+    A step's MC score is the share of 16 continuations from its prefix that reach the right answer. Before
+    the first error that chance comes from the question's difficulty; after it the policy rarely recovers,
+    so later true steps mostly score 0 (false negatives) and false steps score 0 unless the policy recovers
+    by luck (pseudo-positives: false steps with a low MC > 0). The final step's MC is the answer check.
     """
 
-    difficulty_probs: tuple[float, float, float] = (0.45, 0.35, 0.20)
-    difficulty_beta: tuple[tuple[float, float], ...] = ((30.0, 1.0), (4.0, 2.0), (1.0, 4.0))
-    error_probs: tuple[float, float, float] = (0.12, 0.30, 0.55)  # P(rollout has an error | difficulty)
-    false_after_error: float = 0.30  # P(a later body step is also false)
-    final_right_after_error: float = 0.10  # P(the answer is still right after an earlier error)
-    ramp: float = 0.5  # success grows toward the end of an error-free prefix: q + (1 - q) * ramp * (j+1)/n
-    recover_prob: float = 0.2  # P(a step at or after the first error keeps some success probability)
-    recover_range: tuple[float, float] = (0.02, 0.15)
-    final_right_success: float = 0.98
-    neutral_first_step: float = 0.15  # P(the first step restates the question: true, no claim)
-    words_spread: float = 0.35  # relative standard deviation of a step's word count
-    questions_per_scene: tuple[int, int] = (1, 4)  # rollouts sharing one question and image
+    redundancy: float = field(
+        default=0.35,
+        metadata={"help": "share of easy rollouts: no error, every step's success chance near 1"},
+    )
+    error_rate: float = field(
+        default=0.40,
+        metadata={"help": "P(a rollout that is not easy has an error): the corpus's label balance"},
+    )
+    hard_share: float = field(
+        default=0.30,
+        metadata={"help": "of rollouts that are not easy: hard questions, low success from a clean prefix"},
+    )
+    false_after_error: float = field(
+        default=0.30, metadata={"help": "P(a body step after the first error is also false)"}
+    )
+    pseudo_positive: float = field(
+        default=0.15, metadata={"help": "P(a false step keeps a small success chance, so its MC can be > 0)"}
+    )
+    pseudo_positive_range: tuple[float, float] = field(
+        default=(0.02, 0.2), metadata={"help": "that success chance"}
+    )
+    false_negative_after_error: float = field(
+        default=0.85, metadata={"help": "P(a true step after the first error has success chance 0)"}
+    )
+    recovered_range: tuple[float, float] = field(
+        default=(0.05, 0.3), metadata={"help": "the other true steps' success chance after an error"}
+    )
+    final_right_after_error: float = field(
+        default=0.10, metadata={"help": "P(the stated answer is still right after an earlier error)"}
+    )
+    final_right_success: float = field(
+        default=0.98, metadata={"help": "success chance of a final step whose answer is right"}
+    )
+    neutral_first_step: float = field(
+        default=0.15, metadata={"help": "P(the first step restates the question: true, no claim)"}
+    )
+    benchmark_error_rate: float = field(
+        default=0.68, metadata={"help": "P(a benchmark trace has an error): the benchmark's label balance"}
+    )
+    questions_per_scene: tuple[int, int] = field(
+        default=(1, 4), metadata={"help": "rollouts sharing one question and image"}
+    )
 
 
 NOISE = NoiseModel()
+# Success chance of a clean prefix by difficulty: easy ~ Beta(30, 1), medium ~ Beta(4, 2), hard ~ Beta(1, 4);
+# it grows toward the end of the prefix: q + (1 - q) * RAMP * (j + 1) / n.
+DIFFICULTY_BETA = ((30.0, 1.0), (4.0, 2.0), (1.0, 4.0))
+RAMP = 0.5
 
 
 @dataclass
@@ -433,10 +439,6 @@ def _seeds(seed: int, name: str) -> tuple[np.random.Generator, random.Random]:
     return np.random.default_rng(sequence), random.Random(int(state[0]) << 32 | int(state[1]))
 
 
-def _word_targets(rng: np.random.Generator, size: int, mean: float, spread: float) -> np.ndarray:
-    return np.maximum(4, np.rint(rng.normal(mean, spread * mean, size))).astype(np.int64)
-
-
 def simulate_source(
     source: str, n_rollouts: int, seed: int = 0, noise: NoiseModel = NOISE
 ) -> SimulatedSource:
@@ -460,14 +462,16 @@ def simulate_source(
         question_of[filled : filled + take] = len(questions) - 1
         filled += take
 
-    # rollout-level draws
+    # rollout-level draws: easy (redundant), medium or hard; an error or not
     n = n_rollouts
     n_body = np.clip(1 + nrng.poisson(max(shape.body_per_rec - 1.0, 0.0), n), 1, MC_TOTAL - 1)
     n_steps = n_body + 1
-    difficulty = nrng.choice(3, size=n, p=np.asarray(noise.difficulty_probs))
-    q_all = np.stack([nrng.beta(a, b, n) for a, b in noise.difficulty_beta])
+    easy = nrng.random(n) < noise.redundancy
+    hard = nrng.random(n) < noise.hard_share
+    difficulty = np.where(easy, 0, np.where(hard, 2, 1))
+    q_all = np.stack([nrng.beta(a, b, n) for a, b in DIFFICULTY_BETA])
     q = q_all[difficulty, np.arange(n)]
-    has_error = nrng.random(n) < np.asarray(noise.error_probs)[difficulty]
+    has_error = ~easy & (nrng.random(n) < noise.error_rate)
     first_error = np.where(has_error, np.floor(nrng.random(n) * n_steps).astype(np.int64), n_steps)
 
     # step-level draws, vectorised over the whole source
@@ -487,22 +491,19 @@ def simulate_source(
         | (after & final & (u < noise.final_right_after_error))
     )
     neutral = (j == 0) & ~final & (f > 0) & (nrng.random(total) < noise.neutral_first_step)
-    p_clean = q[rollout] + (1.0 - q[rollout]) * noise.ramp * (j + 1) / steps_here
-    recovers = nrng.random(total) < noise.recover_prob
-    p_broken = np.where(recovers, nrng.uniform(*noise.recover_range, total), 0.0)
-    p = np.where(j < f, p_clean, p_broken)
+    p_clean = q[rollout] + (1.0 - q[rollout]) * RAMP * (j + 1) / steps_here
+    lucky = nrng.random(total)
+    p_pseudo = np.where(lucky < noise.pseudo_positive, nrng.uniform(*noise.pseudo_positive_range, total), 0.0)
+    p_recovered = np.where(
+        lucky >= noise.false_negative_after_error, nrng.uniform(*noise.recovered_range, total), 0.0
+    )
+    p = np.where(j < f, p_clean, np.where(truth, p_recovered, p_pseudo))
     p = np.where(final, np.where(truth, noise.final_right_success, 0.0), p)
     mc_correct = nrng.binomial(MC_TOTAL, p).astype(np.int64)
-    targets = _word_targets(nrng, total, shape.words_per_step, noise.words_spread)
 
     # text
     steps: list[list[str]] = []
-    truth_list, neutral_list, final_list, target_list = (
-        truth.tolist(),
-        neutral.tolist(),
-        final.tolist(),
-        targets.tolist(),
-    )
+    truth_list, neutral_list, final_list = truth.tolist(), neutral.tolist(), final.tolist()
     question_list, offset_list = question_of.tolist(), offsets.tolist()
     for i in range(n):
         question = questions[question_list[i]]
@@ -511,13 +512,49 @@ def simulate_source(
         for k in range(offset_list[i], offset_list[i + 1]):
             if final_list[k]:
                 stated = question.answer if truth_list[k] else _pick(prng, question.wrong_answers)
-                texts.append(final_step(stated, target_list[k], prng))
+                texts.append(final_step(question, stated, prng))
             elif neutral_list[k]:
-                texts.append(neutral_step(question, target_list[k], prng))
+                texts.append(neutral_step(question, prng))
             else:
-                texts.append(body_step(_claim_for(scene_set, truth_list[k], prng), target_list[k], prng))
+                texts.append(body_step(_claim_for(scene_set, truth_list[k], prng), prng))
         steps.append(texts)
     return SimulatedSource(source, scenes, questions, question_of, steps, truth, neutral, mc_correct, offsets)
+
+
+def truth_statistics(truth: np.ndarray, mc_correct: np.ndarray, offsets: np.ndarray) -> dict[str, Any]:
+    """What the noise did, measured: how often the MC label (MC > 0) agrees with the truth, the share of
+    false steps among positives in each MC bucket (pseudo-positives), of true steps with MC = 0 (false
+    negatives), and the mixed / all-positive / all-negative shares of rollouts by MC label."""
+    positive = mc_correct > 0
+    steps = max(len(truth), 1)
+    buckets = {}
+    for name, low, high in MC_BUCKETS:
+        inside = positive & (mc_correct >= low) & (mc_correct <= high)
+        count = int(inside.sum())
+        buckets[name] = {"steps": count, "false": float((~truth[inside]).mean()) if count else None}
+    n_rollouts = max(len(offsets) - 1, 1)
+    starts = offsets[:-1]
+    n_pos = np.add.reduceat(positive.astype(np.int64), starts) if len(truth) else np.zeros(0, np.int64)
+    n_steps = np.diff(offsets)
+    mc_zero = ~positive
+    return {
+        "steps": int(len(truth)),
+        "false_steps": float((~truth).sum() / steps),
+        "mc_zero_steps": float(mc_zero.sum() / steps),
+        "mc_truth_agreement": float((positive == truth).sum() / steps),
+        "pseudo_positive_by_mc": buckets,
+        "false_negative_rate": float((truth & mc_zero).sum() / max(int(truth.sum()), 1)),
+        "true_among_mc_zero": float((truth & mc_zero).sum() / max(int(mc_zero.sum()), 1)),
+        "rollouts": {
+            "mixed": float(((n_pos > 0) & (n_pos < n_steps)).sum() / n_rollouts),
+            "all_positive": float((n_pos == n_steps).sum() / n_rollouts),
+            "all_negative": float((n_pos == 0).sum() / n_rollouts),
+        },
+    }
+
+
+# MC buckets of positive steps (counts out of 16) for the pseudo-positive rate.
+MC_BUCKETS = (("1/16", 1, 1), ("2-3/16", 2, 3), ("4-7/16", 4, 7), ("8-15/16", 8, 15), ("16/16", 16, 16))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -525,6 +562,8 @@ def simulate_source(
 # ---------------------------------------------------------------------------------------------------
 
 RAW_DIR = "VisualPRM400K-v1.1-Raw"
+# The hidden truth of every corpus step, beside (never inside) annotations/: analyses read it, loaders do not.
+TRUTH_DIR = "truth"
 
 
 def allocate_rollouts(total: int) -> dict[str, int]:
@@ -557,11 +596,12 @@ def _question_prompt(question: Question, n_images: int) -> str:
     return f"{tags}\n{question.text}\n{ROLLOUT_INSTRUCTION}"
 
 
-def _write_source(job: tuple[str, int, int, str, bool]) -> dict[str, int]:
-    """Simulate and write one annotation file (and its images). Runs in a worker process for big corpora."""
-    source, n_rollouts, seed, out_dir, images = job
+def _write_source(job: tuple[str, int, int, str, bool, NoiseModel]) -> dict[str, Any]:
+    """Simulate and write one annotation file, its images and its truth sidecar. Runs in a worker process
+    for big corpora."""
+    source, n_rollouts, seed, out_dir, images, noise = job
     out = Path(out_dir)
-    sim = simulate_source(source, n_rollouts, seed)
+    sim = simulate_source(source, n_rollouts, seed, noise)
     width = max(5, len(str(len(sim.questions))))
     image_dir = out / RAW_DIR / source
     _remove_pictures(image_dir)
@@ -599,7 +639,21 @@ def _write_source(job: tuple[str, int, int, str, bool]) -> dict[str, int]:
             "num_mc_sequences": MC_TOTAL,
         }
         lines.append(orjson.dumps(record))
-    (out / "annotations" / f"{source}.jsonl").write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
+    write_bytes_atomic(out / "annotations" / f"{source}.jsonl", b"\n".join(lines) + b"\n" if lines else b"")
+    truth, neutral = sim.truth.tolist(), sim.neutral.tolist()
+    truth_lines = [
+        orjson.dumps(
+            {
+                "id": f"{source}:{i + 1}",
+                "truth": truth[offsets[i] : offsets[i + 1]],
+                "neutral": neutral[offsets[i] : offsets[i + 1]],
+            }
+        )
+        for i in range(n_rollouts)
+    ]
+    write_bytes_atomic(
+        out / TRUTH_DIR / f"{source}.jsonl", b"\n".join(truth_lines) + b"\n" if truth_lines else b""
+    )
     n_images = sum(len(s) for s in sim.scenes) if images else 0
     return {
         "rollouts": n_rollouts,
@@ -607,6 +661,7 @@ def _write_source(job: tuple[str, int, int, str, bool]) -> dict[str, int]:
         "incorrect_steps": int((~sim.truth).sum()),
         "mc_zero_steps": int((sim.mc_correct == 0).sum()),
         "images": n_images,
+        "arrays": (sim.truth, sim.mc_correct, np.diff(sim.offsets)),
     }
 
 
@@ -638,8 +693,6 @@ class BenchmarkShape:
     """The benchmark's traces: longer than the corpus's and with more errors, labelled by the truth."""
 
     mean_steps: float = 9.4  # 26,950 steps / 2,866 records
-    words_per_step: float = 26.0
-    error_prob: float = 0.68  # P(a trace has an error)
     false_after_error: float = 0.75  # errors propagate: later steps mostly wrong
     final_right_after_error: float = 0.10
     neutral_first_step: float = 0.35
@@ -663,9 +716,11 @@ class BenchmarkRecord:
 
 
 def simulate_benchmark(
-    n_traces: int, seed: int = 0, shape: BenchmarkShape = BENCHMARK
+    n_traces: int, seed: int = 0, shape: BenchmarkShape = BENCHMARK, noise: NoiseModel = NOISE
 ) -> list[BenchmarkRecord]:
-    """Draw benchmark traces: labels are the truth of each claim (1 / -1), restatements are 0 (neutral)."""
+    """Draw benchmark traces: labels are the truth of each claim (1 / -1), restatements are 0 (neutral).
+
+    `noise.benchmark_error_rate` sets the share of traces with an error (the benchmark's label balance)."""
     nrng, prng = _seeds(seed, BENCHMARK_DIR)
     names = list(BENCHMARK_SOURCES)
     weights = np.array(list(BENCHMARK_SOURCES.values()), dtype=np.float64)
@@ -685,8 +740,8 @@ def simulate_benchmark(
         elif i in missing:  # the real benchmark has records naming an image it does not supply
             text = f"Compare <image1> with <image2>. {text}"
         n_steps = max(2, 1 + int(nrng.poisson(shape.mean_steps - 1.0)))
-        first_error = int(nrng.integers(0, n_steps)) if prng.random() < shape.error_prob else n_steps
-        targets = _word_targets(nrng, n_steps, shape.words_per_step, NOISE.words_spread).tolist()
+        has_error = prng.random() < noise.benchmark_error_rate
+        first_error = int(nrng.integers(0, n_steps)) if has_error else n_steps
         steps: list[str] = []
         labels: list[int] = []
         for j in range(n_steps):
@@ -700,14 +755,14 @@ def simulate_benchmark(
                 truth = prng.random() < threshold
             neutral_p = shape.neutral_first_step if j == 0 else shape.neutral_step
             if not final and j != first_error and prng.random() < neutral_p:
-                steps.append(neutral_step(question, targets[j], prng))
+                steps.append(neutral_step(question, prng))
                 labels.append(0)
                 continue
             if final:
                 stated = question.answer if truth else _pick(prng, question.wrong_answers)
-                steps.append(final_step(stated, targets[j], prng))
+                steps.append(final_step(question, stated, prng))
             else:
-                steps.append(body_step(_claim_for(scene_set, truth, prng), targets[j], prng))
+                steps.append(body_step(_claim_for(scene_set, truth, prng), prng))
             labels.append(1 if truth else -1)
         policy = _pick(prng, POLICY_MODELS)
         records.append(
@@ -716,10 +771,12 @@ def simulate_benchmark(
     return records
 
 
-def _write_benchmark(out: Path, n_traces: int, seed: int, images: bool) -> dict[str, object]:
+def _write_benchmark(
+    out: Path, n_traces: int, seed: int, images: bool, noise: NoiseModel = NOISE
+) -> dict[str, object]:
     root = out / BENCHMARK_DIR
     root.mkdir(parents=True, exist_ok=True)
-    records = simulate_benchmark(n_traces, seed)
+    records = simulate_benchmark(n_traces, seed, noise=noise)
     width = max(5, len(str(n_traces)))
     for source in BENCHMARK_SOURCES:
         _remove_pictures(root / "images" / source)
@@ -746,7 +803,7 @@ def _write_benchmark(out: Path, n_traces: int, seed: int, images: bool) -> dict[
                 }
             )
         )
-    (root / "test.jsonl").write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
+    write_bytes_atomic(root / "test.jsonl", b"\n".join(lines) + b"\n" if lines else b"")
     labels = Counter(label for record in records for label in record.labels)
     return {
         "traces": n_traces,
@@ -760,19 +817,24 @@ def _write_benchmark(out: Path, n_traces: int, seed: int, images: bool) -> dict[
 # Public entry points
 # ---------------------------------------------------------------------------------------------------
 
+DEFAULT_ROLLOUTS = 4000
+DEFAULT_BENCHMARK_TRACES = 300
+SUMMARY_FILE = "synth.json"
 PARALLEL_FROM = 50_000  # below this, starting worker processes costs more than it saves
 
 
 def write_synthetic(
     out_dir: str | Path,
     *,
-    rollouts: int = 2000,
-    benchmark_traces: int = 300,
+    rollouts: int = DEFAULT_ROLLOUTS,
+    benchmark_traces: int = DEFAULT_BENCHMARK_TRACES,
     seed: int = 0,
     images: bool = True,
     workers: int | None = None,
+    noise: NoiseModel = NOISE,
 ) -> dict:
-    """Write the synthetic VisualPRM400K-v1.1-Raw and VisualProcessBench under `out_dir`; return a summary.
+    """Write the synthetic VisualPRM400K-v1.1-Raw, its truth sidecar and VisualProcessBench under `out_dir`;
+    return a summary with the measured truth statistics (also written to `out_dir/synth.json`).
 
     The bytes written depend only on the arguments (each source has its own seed stream), whatever
     `workers` is. `workers` defaults to 2 processes for corpora of 50,000 rollouts or more. Pictures of
@@ -790,12 +852,12 @@ def write_synthetic(
     allocation = allocate_rollouts(rollouts)
     # biggest first, so two workers finish together
     jobs = [
-        (name, count, seed, str(out), images)
+        (name, count, seed, str(out), images, noise)
         for name, count in sorted(allocation.items(), key=lambda item: (-item[1], item[0]))
     ]
     if workers is None:
         workers = 2 if rollouts >= PARALLEL_FROM else 1
-    per_source: dict[str, dict[str, int]] = {}
+    per_source: dict[str, dict[str, Any]] = {}
     with tqdm(total=rollouts, unit="rollout", desc="synth", disable=rollouts < PARALLEL_FROM) as bar:
         if workers > 1:
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -806,18 +868,47 @@ def write_synthetic(
             for job in jobs:
                 per_source[job[0]] = _write_source(job)
                 bar.update(job[1])
-    benchmark = _write_benchmark(out, benchmark_traces, seed, images)
+    benchmark = _write_benchmark(out, benchmark_traces, seed, images, noise)
+    arrays = [per_source[name].pop("arrays") for name in sorted(per_source)]
+    lengths = np.concatenate([a[2] for a in arrays])
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    statistics = truth_statistics(
+        np.concatenate([a[0] for a in arrays]), np.concatenate([a[1] for a in arrays]), offsets
+    )
     totals = {
         key: sum(stats[key] for stats in per_source.values()) for key in next(iter(per_source.values()))
     }
-    return {
+    summary = {
         "out_dir": str(out),
         "seed": seed,
+        "noise": asdict(noise),
         "sources": len(per_source),
         **totals,
+        "truth": statistics,
         "per_source": {name: per_source[name]["rollouts"] for name in sorted(per_source)},
         "benchmark": benchmark,
     }
+    # the file holds no path, so the same arguments write the same bytes wherever they are written
+    portable = {key: value for key, value in summary.items() if key != "out_dir"}
+    write_bytes_atomic(out / SUMMARY_FILE, orjson.dumps(portable, option=orjson.OPT_INDENT_2) + b"\n")
+    return summary
+
+
+def load_truth(out_dir: str | Path) -> dict[str, list[bool]]:
+    """The hidden truth of every corpus step, by rollout id (`source:line`, as the loaders name rollouts)."""
+    folder = Path(out_dir) / TRUTH_DIR
+    if not folder.is_dir():
+        raise MPRMError(f"{folder}: no truth sidecar (written by `mprm-hf synth`)")
+    truth: dict[str, list[bool]] = {}
+    for path in sorted(folder.glob("*.jsonl")):
+        for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+            try:
+                record = orjson.loads(raw)
+                truth[record["id"]] = [bool(value) for value in record["truth"]]
+            except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+                raise MPRMError(f"{path}:{number}: not a truth record ({error})") from None
+    return truth
 
 
 def sample_texts(n: int, seed: int = 0) -> list[str]:
@@ -841,25 +932,90 @@ def sample_texts(n: int, seed: int = 0) -> list[str]:
     return texts
 
 
-def main(argv: list[str] | None = None) -> int:
+def noise_from_config(path: str | Path | None, overrides: dict[str, Any]) -> NoiseModel:
+    """A `NoiseModel` from a YAML mapping of its fields (optional) and flag overrides (None = not given)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise MPRMError(f"{path}: cannot read the noise config ({_first_line(error)})") from None
+        if not isinstance(loaded, dict):
+            raise MPRMError(f"{path}: the noise config must be a mapping of NoiseModel fields")
+        values.update(loaded)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    known = {f.name: f for f in fields(NoiseModel)}
+    for key, value in values.items():
+        if key not in known:
+            raise MPRMError(f"{path or 'flags'}: unknown noise field {key!r} (known: {', '.join(known)})")
+        if isinstance(getattr(NOISE, key), tuple):
+            values[key] = tuple(value)
+    noise = NoiseModel(**values)
+    for key in known:
+        value = getattr(noise, key)
+        for number in value if isinstance(value, tuple) else (value,):
+            if isinstance(number, float) and not 0.0 <= number <= 1.0:
+                raise MPRMError(f"{path or 'flags'}: noise field {key!r} must be in [0, 1], got {number}")
+    return noise
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """What `synth` prints: sizes, then the measured truth statistics of what it wrote."""
+    bench = summary["benchmark"]
+    truth = summary["truth"]
+    shares = truth["rollouts"]
+    buckets = ", ".join(
+        f"{name} {value['false']:.1%}" if value["false"] is not None else f"{name} -"
+        for name, value in truth["pseudo_positive_by_mc"].items()
+    )
+    labels = bench["labels"]
+    judged = max(labels["correct"] + labels["incorrect"], 1)
+    out = Path(summary["out_dir"])
+    return (
+        f"wrote {summary['rollouts']:,} rollouts ({summary['steps']:,} steps, "
+        f"{truth['false_steps']:.1%} false, {truth['mc_zero_steps']:.1%} with MC = 0) "
+        f"in {summary['sources']} sources to {out / 'annotations'} (truth in {out / TRUTH_DIR})\n"
+        f"  MC label vs truth: {truth['mc_truth_agreement']:.1%} agree; false negatives (true, MC = 0) "
+        f"{truth['false_negative_rate']:.1%} of true steps, {truth['true_among_mc_zero']:.1%} of MC = 0 steps\n"
+        f"  pseudo-positives (false among MC > 0) by MC: {buckets}\n"
+        f"  rollouts: {shares['mixed']:.1%} mixed, {shares['all_positive']:.1%} all-positive, "
+        f"{shares['all_negative']:.1%} all-negative\n"
+        f"wrote {bench['traces']:,} VisualProcessBench traces ({bench['steps']:,} steps: "
+        f"{labels['correct']:,} correct, {labels['incorrect']:,} incorrect "
+        f"({labels['incorrect'] / judged:.1%} of judged), {labels['neutral']:,} neutral) "
+        f"to {out / BENCHMARK_DIR / 'test.jsonl'}\n"
+        f"images: {summary['images'] + bench['images']:,}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mprm-hf synth",
-        description="Write a synthetic VisualPRM400K-v1.1-Raw corpus and VisualProcessBench in the real layouts.",
+        description="Write a synthetic VisualPRM400K-v1.1-Raw corpus (with its truth sidecar) and "
+        "VisualProcessBench in the real layouts.",
     )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     parser.add_argument(
         "--rollouts",
         type=int,
-        default=2000,
+        default=DEFAULT_ROLLOUTS,
         metavar="N",
-        help=f"rollouts in all, split over the 38 sources (default 2000; real: {FULL_SIZE_ROLLOUTS:,})",
+        help=f"rollouts in all, split over the 38 sources (default {DEFAULT_ROLLOUTS}; "
+        f"real: {FULL_SIZE_ROLLOUTS:,})",
     )
     parser.add_argument(
         "--benchmark-traces",
         type=int,
-        default=300,
+        default=DEFAULT_BENCHMARK_TRACES,
         metavar="N",
-        help="VisualProcessBench records (default 300)",
+        help=f"VisualProcessBench records (default {DEFAULT_BENCHMARK_TRACES})",
     )
     parser.add_argument(
         "--seed", type=int, default=0, metavar="S", help="same arguments, same bytes (default 0)"
@@ -870,7 +1026,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=None, metavar="W", help="processes (default: 2 from 50,000 rollouts)"
     )
-    args = parser.parse_args(argv)
+    knobs = parser.add_argument_group(
+        "noise model", "each mechanism of MC label noise (docs/synthetic.md); flags override --noise"
+    )
+    knobs.add_argument("--noise", type=Path, metavar="YAML", help="a mapping of the fields below")
+    for field_ in fields(NoiseModel):
+        default = getattr(NOISE, field_.name)
+        knobs.add_argument(
+            f"--{field_.name.replace('_', '-')}",
+            dest=f"noise_{field_.name}",
+            type=type(default[0]) if isinstance(default, tuple) else type(default),
+            nargs=len(default) if isinstance(default, tuple) else None,
+            metavar="X",
+            help=f"{field_.metadata['help']} (default {default})",
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {f.name: getattr(args, f"noise_{f.name}") for f in fields(NoiseModel)}
+    noise = noise_from_config(args.noise, overrides)
     started = time.perf_counter()
     summary = write_synthetic(
         args.out,
@@ -879,16 +1055,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         images=not args.no_images,
         workers=args.workers,
+        noise=noise,
     )
-    bench = summary["benchmark"]
-    steps = max(summary["steps"], 1)
-    print(
-        f"wrote {summary['rollouts']:,} rollouts ({summary['steps']:,} steps, "
-        f"{summary['incorrect_steps'] / steps:.1%} incorrect, {summary['mc_zero_steps'] / steps:.1%} with MC = 0) "
-        f"in {summary['sources']} sources to {args.out / 'annotations'}\n"
-        f"wrote {bench['traces']:,} VisualProcessBench traces ({bench['steps']:,} steps: "
-        f"{bench['labels']['correct']:,} correct, {bench['labels']['incorrect']:,} incorrect, "
-        f"{bench['labels']['neutral']:,} neutral) to {args.out / BENCHMARK_DIR / 'test.jsonl'}\n"
-        f"images: {summary['images'] + bench['images']:,}; {time.perf_counter() - started:.1f} s"
-    )
+    print(f"{format_summary(summary)}; {time.perf_counter() - started:.1f} s")
     return 0

@@ -1,0 +1,120 @@
+"""`mprm-hf quickstart`: the product's claim, end to end on the embedded default (what `make demo` runs).
+
+Writes the synthetic world, selects BIS-10% (alpha 0.2), random-10% and full data, trains the tiny PRM on
+each in a single pass, scores each on the world's VisualProcessBench (at 0.5, and at a threshold calibrated
+on a benchmark of another seed), prints the table and one sentence on what it means, saves the plot, stages
+the best subset and its checkpoint as Hub folders, and says how to open the Space on the trained PRMs.
+It is a small `mprm-hf sweep` (mprm_hf.sweep), so its runs resume and skip like a sweep's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from mprm_hf.embedded import BIS_ALPHA, BIS_TOP_RATIO
+from mprm_hf.sweep import FULL, SweepConfig, plot_results, run_name, run_sweep, summarise
+
+
+def quickstart_config(
+    output_dir: str, seed: int, rollouts: int | None = None, max_steps: int | None = None
+) -> SweepConfig:
+    return SweepConfig(
+        output_dir=output_dir,
+        rollouts=rollouts,
+        train_args=[] if max_steps is None else ["--max_steps", str(max_steps)],
+        world_seed=0,
+        fractions=[BIS_TOP_RATIO],
+        selectors={"bis": {"alpha": BIS_ALPHA}, "random": {}},
+        full_data=True,
+        seeds=[seed],
+        compute=["single_pass"],
+    )
+
+
+def claim_sentence(summary: list[dict[str, Any]]) -> str:
+    """What the table means, in one sentence: each subset's share of full data's calibrated F1 and compute."""
+    by_selector = {entry["selector"]: entry for entry in summary}
+    full = by_selector[FULL]
+
+    def share(entry: dict[str, Any], key: str) -> float:
+        return 100 * entry[key][0] / full[key][0] if full[key][0] else math.nan
+
+    bis, random = by_selector["bis"], by_selector["random"]
+    return (
+        f"BIS-{100 * BIS_TOP_RATIO:g}% reached {share(bis, 'overall_calibrated'):.0f}% of full data's calibrated F1 "
+        f"with {share(bis, 'rollouts'):.0f}% of the rollouts and {share(bis, 'optimizer_steps'):.0f}% of the training "
+        f"compute (optimizer steps); random-{100 * BIS_TOP_RATIO:g}% reached {share(random, 'overall_calibrated'):.0f}%."
+    )
+
+
+def format_table(summary: list[dict[str, Any]]) -> str:
+    header = f"{'selector':<10}{'fraction':>9}{'rollouts':>10}{'steps':>8}{'train s':>9}{'F1@0.5':>8}{'F1 cal.':>9}{'AUC':>7}"
+    rows = [header, "-" * len(header)]
+    for entry in summary:
+        rows.append(
+            f"{entry['selector']:<10}{entry['fraction']:>9g}{entry['rollouts'][0]:>10.0f}{entry['steps'][0]:>8.0f}"
+            f"{entry['train_s'][0]:>9.0f}{100 * entry['overall'][0]:>8.1f}{100 * entry['overall_calibrated'][0]:>9.1f}"
+            f"{100 * entry['auc'][0]:>7.1f}"
+        )
+    return "\n".join(rows)
+
+
+def stage_best(config: SweepConfig, summary: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """Stage the better of the two 10% subsets (by calibrated F1) and its checkpoint as Hub folders."""
+    from mprm_hf.selection.cli import main as select_main
+    from mprm_hf.train import parse_args, stage_model
+
+    best = max((e for e in summary if e["selector"] != FULL), key=lambda e: e["overall_calibrated"][0])
+    world = Path(config.output_dir) / "default"
+    subset = Path(config.output_dir) / f"{best['selector']}-{100 * best['fraction']:g}"
+    params = ["--alpha", str(BIS_ALPHA)] if best["selector"] == "bis" else ["--seed", str(config.seeds[0])]
+    select_argv = [
+        "--annotations", str(world / "world"), "--method", best["selector"], "--top-ratio", str(best["fraction"]),
+        *params, "--format", "arrow", "--output", str(subset), "--dry-run", "--quiet",
+    ]  # fmt: skip
+    select_main(select_argv)
+    spec = {
+        "selector": best["selector"],
+        "fraction": best["fraction"],
+        "seed": config.seeds[0],
+        "compute": "single_pass",
+    }
+    model = world / "runs" / run_name(spec) / "model"
+    train_argv = [config.train_recipe, "--dataset_name", str(subset), "--output_dir", str(model)]
+    script_args, training_args = parse_args(train_argv)
+    metrics = {"eval_" + key: best[key][0] for key in ("auc",)}
+    staged = stage_model(script_args, training_args, ["train", *train_argv], metrics)
+    return subset.with_name(subset.name + ".hub"), staged
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mprm-hf quickstart", description=__doc__.splitlines()[0].split(": ", 1)[-1]
+    )
+    parser.add_argument("--output-dir", default="outputs/quickstart", help="where everything is written")
+    parser.add_argument("--seed", type=int, default=0, help="selection and training seed")
+    parser.add_argument("--rollouts", type=int, help="corpus size (default: the synth default)")
+    parser.add_argument("--max-steps", type=int, help="cap every training run (a smoke test)")
+    args = parser.parse_args(argv)
+    config = quickstart_config(args.output_dir, args.seed, args.rollouts, args.max_steps)
+    results = run_sweep(config)
+    summary = summarise(results)
+    order = {"bis": 0, "random": 1, FULL: 2}
+    summary.sort(key=lambda entry: order[entry["selector"]])
+    plot = Path(args.output_dir) / "quickstart.png"
+    references = json.loads((Path(args.output_dir) / "references.json").read_text(encoding="utf-8"))
+    plot_results(results, references["default"], "default", "single_pass", plot)
+    subset_hub, model_hub = stage_best(config, summary)
+    models = Path(args.output_dir) / "default" / "runs"
+    print("\n" + format_table(summary) + "\n")
+    print(claim_sentence(summary))
+    print(
+        f"\nplot: {plot}\nstaged for the Hub: {subset_hub} (subset + card), {model_hub} (checkpoint + card);"
+    )
+    print(f"push them with: mprm-hf push {subset_hub} --repo-id OWNER/NAME")
+    print(f"open the Space on a trained PRM: mprm-hf demo --model {models}/bis-0.1-seed{args.seed}/model")
+    return 0

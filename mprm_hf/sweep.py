@@ -1,0 +1,483 @@
+"""`mprm-hf sweep --config recipes/sweeps/tiny.yaml`: the data-efficiency sweep.
+
+Fractions x selectors x seeds (x worlds of a noise-knob grid x compute policies): each run selects a subset
+of the synthetic corpus, trains the PRM recipe on it, and scores it on the world's VisualProcessBench three
+ways: at threshold 0.5, at a threshold calibrated on a separate calibration benchmark (another world seed),
+and the test-set oracle (reported under its own name). Each run also reports its training compute
+(optimizer steps, tokens, wall time), so "ten times cheaper" reads as compute against score.
+
+Runs are resumable: a run whose `result.json` exists is skipped. The sweep writes `results.jsonl`, a
+markdown table (`results.md`) and one plot per world and compute policy (`plot-*.png`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from mprm_hf.errors import MPRMError
+from mprm_hf.fileio import write_text_atomic
+
+COMPUTE_POLICIES = ("single_pass", "equal_steps")
+# Selectors of the sweep and the defaults of their parameters; bis's alpha may map fraction -> alpha.
+SWEEP_SELECTORS = ("bis", "random", "mixed", "reliable", "low-mc", "entropy")
+FULL = "full"
+# The entropy selector scores rollouts with the full-data PRM of the same seed when its model is this word.
+FULL_DATA_MODEL = "full-data"
+
+
+@dataclass
+class SweepConfig:
+    """A sweep recipe (YAML): the world, the training recipe, and the grid of runs."""
+
+    output_dir: str = "outputs/sweeps/tiny"
+    train_recipe: str = "recipes/tiny-cpu/config.yaml"
+    train_args: list[str] = field(default_factory=list)
+    rollouts: int | None = None  # None: the synth default
+    benchmark_traces: int | None = None
+    world_seed: int = 0
+    calibration_seed: int = 1000
+    noise: dict[str, Any] = field(default_factory=dict)
+    noise_grid: dict[str, list[Any]] = field(default_factory=dict)
+    fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5])
+    selectors: dict[str, dict[str, Any]] = field(default_factory=lambda: {"bis": {}, "random": {}})
+    full_data: bool = True
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    compute: list[str] = field(default_factory=lambda: ["single_pass"])
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> SweepConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise MPRMError(f"{path}: sweep recipe not found")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            raise MPRMError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MPRMError(
+                f"{path}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        config = cls(**values)
+        config.check(path)
+        return config
+
+    def check(self, where: str | Path) -> None:
+        for name in self.selectors:
+            if name not in SWEEP_SELECTORS:
+                raise MPRMError(
+                    f"{where}: field 'selectors': unknown selector {name!r} ({', '.join(SWEEP_SELECTORS)})"
+                )
+        for policy in self.compute:
+            if policy not in COMPUTE_POLICIES:
+                raise MPRMError(
+                    f"{where}: field 'compute': unknown policy {policy!r} ({', '.join(COMPUTE_POLICIES)})"
+                )
+        for fraction in self.fractions:
+            if not 0 < fraction < 1:
+                raise MPRMError(f"{where}: field 'fractions': {fraction!r} is not in (0, 1)")
+        if ("equal_steps" in self.compute or "entropy" in self.selectors) and not self.full_data:
+            raise MPRMError(f"{where}: 'equal_steps' and 'entropy' need the full-data runs (full_data: true)")
+        if len(self.noise_grid) > 1:
+            raise MPRMError(f"{where}: field 'noise_grid': one noise field at a time")
+
+
+def selector_params(name: str, params: dict[str, Any], fraction: float) -> dict[str, Any]:
+    """A selector's parameters at one fraction: a mapping value is looked up by the fraction."""
+    resolved = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            if fraction not in value:
+                raise MPRMError(f"selector {name!r}: parameter {key!r} has no value for fraction {fraction}")
+            value = value[fraction]
+        resolved[key] = value
+    return resolved
+
+
+def worlds(config: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
+    """(name, noise overrides) of every world of the sweep."""
+    if not config.noise_grid:
+        return [("default", dict(config.noise))]
+    ((knob, values),) = config.noise_grid.items()
+    return [(f"{knob}={value}", {**config.noise, knob: value}) for value in values]
+
+
+def write_world(folder: Path, config: SweepConfig, noise: dict[str, Any]) -> None:
+    """The corpus + benchmark, and a calibration benchmark from another seed (written once)."""
+    from mprm_hf.data.synthetic import (
+        DEFAULT_BENCHMARK_TRACES,
+        DEFAULT_ROLLOUTS,
+        noise_from_config,
+        write_synthetic,
+    )
+
+    model = noise_from_config(None, noise)
+    traces = config.benchmark_traces or DEFAULT_BENCHMARK_TRACES
+    if not (folder / "world" / "synth.json").is_file():
+        write_synthetic(
+            folder / "world",
+            rollouts=config.rollouts or DEFAULT_ROLLOUTS,
+            benchmark_traces=traces,
+            seed=config.world_seed,
+            noise=model,
+        )
+    if not (folder / "calibration" / "synth.json").is_file():
+        write_synthetic(
+            folder / "calibration",
+            rollouts=0,
+            benchmark_traces=traces,
+            seed=config.calibration_seed,
+            noise=model,
+        )
+
+
+def save_subset(
+    rollouts: Any, method: str, fraction: float | None, params: dict[str, Any], seed: int, out: Path
+) -> int:
+    """Select, convert to stepwise records and save with the selection sidecar the model card reads."""
+    from mprm_hf.data.stepwise import to_stepwise
+    from mprm_hf.selection.selectors import select
+
+    budget = {} if method == FULL else {"top_ratio": fraction}
+    seeded = {"seed": seed} if method in {"random", "mixed"} else {}
+    subset = select(rollouts, method, progress=False, **budget, **seeded, **params)
+    records, _ = to_stepwise(subset)
+    shutil.rmtree(out, ignore_errors=True)
+    records.save_to_disk(str(out))
+    sidecar = {"selector": method, "selector_params": {**params, **budget, **seeded}}
+    write_text_atomic(out / "selection.json", json.dumps(sidecar, indent=2) + "\n")
+    return len(records)
+
+
+def train(
+    dataset: Path, model: Path, config: SweepConfig, seed: int, max_steps: int | None, embedded: Path
+) -> float:
+    from mprm_hf.train import main as train_main
+
+    started = time.perf_counter()
+    argv = [
+        config.train_recipe,
+        "--dataset_name",
+        str(dataset),
+        "--output_dir",
+        str(model),
+        "--seed",
+        str(seed),
+        "--embedded_root",
+        str(embedded),
+        "--eval_fraction",
+        "0",
+        "--include_num_input_tokens_seen",
+        "true",
+        "--disable_tqdm",
+        "true",
+        "--save_strategy",
+        "no",
+        *config.train_args,
+    ]
+    if max_steps is not None:
+        argv += ["--max_steps", str(max_steps)]
+    train_main(argv)
+    return time.perf_counter() - started
+
+
+def score(model: Path, benchmark: Path, out: Path) -> Path:
+    from mprm_hf.evaluation import main as evaluate_main
+
+    if not (out / "metrics.json").is_file():
+        evaluate_main(["--model", str(model), "--benchmark", str(benchmark), "--out", str(out)])
+    return out / "scores.jsonl"
+
+
+def run_one(
+    run_dir: Path, world_dir: Path, rollouts: Any, config: SweepConfig, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """Select, train, score one run; its result.json makes it skip next time."""
+    import datasets
+
+    from mprm_hf.evaluation import metrics_from_scores
+
+    result_file = run_dir / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text(encoding="utf-8"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data, model = run_dir / "data", run_dir / "model"
+    n_rollouts = save_subset(rollouts, spec["selector"], spec["fraction"], spec["params"], spec["seed"], data)
+    train_s = train(data, model, config, spec["seed"], spec.get("max_steps"), world_dir / "embedded")
+    state = json.loads((model / "trainer_state.json").read_text(encoding="utf-8"))
+    steps_trained = sum(len(row) for row in datasets.load_from_disk(str(data))["labels"])
+    test = score(model, world_dir / "world" / "VisualProcessBench", run_dir / "eval")
+    calibration = score(model, world_dir / "calibration" / "VisualProcessBench", run_dir / "eval-calibration")
+    at_half = metrics_from_scores(test)
+    calibrated = metrics_from_scores(test, calibration=calibration)
+    result = {
+        **{key: spec[key] for key in ("world", "compute", "selector", "fraction", "seed")},
+        "params": spec["params"],
+        "rollouts": n_rollouts,
+        "steps": steps_trained,
+        "optimizer_steps": state["global_step"],
+        "tokens": state.get("num_input_tokens_seen"),
+        "train_s": round(train_s, 2),
+        "auc": at_half["auc"],
+        "overall": at_half["overall"],
+        "overall_calibrated": calibrated["overall"],
+        "threshold_calibrated": calibrated["threshold"],
+        "oracle_overall": at_half["oracle_overall"],
+    }
+    write_text_atomic(result_file, json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(data, ignore_errors=True)  # the subset is cheap to rebuild; the model stays for the Space
+    return result
+
+
+def plan(config: SweepConfig, world: str) -> list[dict[str, Any]]:
+    """Every run of one world, full-data runs first (entropy and equal steps need them)."""
+    runs = []
+    for seed in config.seeds:
+        if config.full_data:
+            runs.append(
+                {
+                    "world": world,
+                    "compute": "single_pass",
+                    "selector": FULL,
+                    "fraction": 1.0,
+                    "seed": seed,
+                    "params": {},
+                }
+            )
+        for policy in config.compute:
+            for fraction in config.fractions:
+                for name, params in config.selectors.items():
+                    resolved = selector_params(name, params, fraction)
+                    runs.append(
+                        {
+                            "world": world,
+                            "compute": policy,
+                            "selector": name,
+                            "fraction": fraction,
+                            "seed": seed,
+                            "params": resolved,
+                        }
+                    )
+    return runs
+
+
+def run_name(spec: dict[str, Any]) -> str:
+    return f"{spec['selector']}-{spec['fraction']:g}-seed{spec['seed']}" + (
+        "-equal" if spec["compute"] == "equal_steps" else ""
+    )
+
+
+def run_sweep(config: SweepConfig, *, progress: bool = True) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    from mprm_hf.data.visualprm400k import load_visualprm400k
+    from mprm_hf.evaluation import position_baseline
+
+    out = Path(config.output_dir)
+    results: list[dict[str, Any]] = []
+    references: dict[str, dict[str, float]] = {}
+    for world, noise in worlds(config):
+        world_dir = out / world
+        write_world(world_dir, config, noise)
+        rollouts, _ = load_visualprm400k(world_dir / "world")
+        position = position_baseline(world_dir / "world" / "VisualProcessBench")
+        references[world] = {"position_auc": position["auc"], "position_overall": position["overall"]}
+        runs = plan(config, world)
+        full_runs: dict[int, dict[str, Any]] = {}
+        for spec in tqdm(runs, desc=f"sweep {world}", unit="run", disable=not progress):
+            run_dir = world_dir / "runs" / run_name(spec)
+            if spec["selector"] == "entropy" and spec["params"].get("model") == FULL_DATA_MODEL:
+                spec["params"] = {
+                    **spec["params"],
+                    "model": str(
+                        world_dir
+                        / "runs"
+                        / run_name({**spec, "selector": FULL, "fraction": 1.0, "compute": "single_pass"})
+                        / "model"
+                    ),
+                }
+            if spec["compute"] == "equal_steps":
+                spec["max_steps"] = full_runs[spec["seed"]]["optimizer_steps"]
+            result = run_one(run_dir, world_dir, rollouts, config, spec)
+            if spec["selector"] == FULL:
+                full_runs[spec["seed"]] = result
+            results.append(result)
+    write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in results))
+    write_text_atomic(out / "references.json", json.dumps(references, indent=2) + "\n")
+    write_text_atomic(out / "results.md", results_table(results, references))
+    for world in references:
+        for policy in config.compute:
+            plot_results(results, references[world], world, policy, out / f"plot-{world}-{policy}.png")
+    return results
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    array = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    if not len(array):
+        return math.nan, math.nan
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and seed spread of every metric, per world, compute policy, selector and fraction."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in results:
+        groups[(row["world"], row["compute"], row["selector"], row["fraction"])].append(row)
+    summary = []
+    for (world, compute, selector, fraction), rows in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], kv[0][2])
+    ):
+        entry = {
+            "world": world,
+            "compute": compute,
+            "selector": selector,
+            "fraction": fraction,
+            "seeds": len(rows),
+        }
+        for key in (
+            "rollouts",
+            "steps",
+            "optimizer_steps",
+            "tokens",
+            "train_s",
+            "auc",
+            "overall",
+            "overall_calibrated",
+            "oracle_overall",
+        ):
+            entry[key] = _spread([row.get(key) for row in rows])
+        summary.append(entry)
+    return summary
+
+
+def results_table(results: list[dict[str, Any]], references: dict[str, dict[str, float]]) -> str:
+    """The markdown table: scores in %, mean ± seed standard deviation."""
+
+    def pct(pair: tuple[float, float]) -> str:
+        mean, std = pair
+        return "-" if math.isnan(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+    lines = []
+    for world, ref in references.items():
+        lines.append(
+            f"### World `{world}`\n\nPosition-only scorer (1 - j/n): AUC {100 * ref['position_auc']:.1f}, "
+            f"overall at 0.5 {100 * ref['position_overall']:.1f}. Chance: overall 50.\n"
+        )
+        lines.append(
+            "| compute | selector | fraction | seeds | rollouts | optimizer steps | train s | overall@0.5 | overall (calibrated) | oracle | AUC |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for entry in summarise([r for r in results if r["world"] == world]):
+            lines.append(
+                f"| {entry['compute']} | {entry['selector']} | {entry['fraction']:g} | {entry['seeds']} | "
+                f"{entry['rollouts'][0]:.0f} | {entry['optimizer_steps'][0]:.0f} | {entry['train_s'][0]:.0f} | "
+                f"{pct(entry['overall'])} | {pct(entry['overall_calibrated'])} | {pct(entry['oracle_overall'])} | {pct(entry['auc'])} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_results(
+    results: list[dict[str, Any]], reference: dict[str, float], world: str, compute: str, path: Path
+) -> None:
+    """Calibrated overall F1 and AUC against the fraction of rollouts, a line per selector with the seed
+    spread; full data, the position-only scorer and chance as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = [
+        e
+        for e in summarise([r for r in results if r["world"] == world])
+        if e["compute"] in {compute, "single_pass"}
+    ]
+    full = [e for e in summary if e["selector"] == FULL]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, key, title, position, chance in (
+        (
+            axes[0],
+            "overall_calibrated",
+            "overall F1 (calibrated threshold)",
+            reference["position_overall"],
+            0.5,
+        ),
+        (axes[1], "auc", "ROC-AUC", reference["position_auc"], 0.5),
+    ):
+        for selector in sorted({e["selector"] for e in summary if e["selector"] != FULL}):
+            rows = sorted(
+                (e for e in summary if e["selector"] == selector and e["compute"] == compute),
+                key=lambda e: e["fraction"],
+            )
+            if rows:
+                axis.errorbar(
+                    [e["fraction"] for e in rows],
+                    [100 * e[key][0] for e in rows],
+                    yerr=[100 * e[key][1] for e in rows],
+                    marker="o",
+                    capsize=3,
+                    label=selector,
+                )
+        if full:
+            axis.axhline(100 * full[0][key][0], color="black", linewidth=1.5, label="full data")
+        axis.axhline(100 * position, color="grey", linestyle="--", label="position only")
+        axis.axhline(100 * chance, color="grey", linestyle=":", label="chance")
+        axis.set_xscale("log")
+        axis.set_xlabel("fraction of rollouts (per source)")
+        axis.set_ylabel("%")
+        axis.set_title(title)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"world {world}, compute: {compute.replace('_', ' ')}")
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    temporary.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mprm-hf sweep", description=__doc__.splitlines()[0].split(": ", 1)[-1]
+    )
+    parser.add_argument("--config", required=True, help="sweep recipe (YAML), e.g. recipes/sweeps/tiny.yaml")
+    parser.add_argument("--output-dir", help="override the recipe's output_dir")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the recipe's seeds")
+    parser.add_argument("--fractions", type=float, nargs="+", help="override the recipe's fractions")
+    parser.add_argument("--selectors", nargs="+", help="run only these of the recipe's selectors")
+    args = parser.parse_args(argv)
+    config = SweepConfig.from_yaml(args.config)
+    if args.output_dir:
+        config.output_dir = args.output_dir
+    if args.seeds:
+        config.seeds = args.seeds
+    if args.fractions:
+        config.fractions = args.fractions
+    if args.selectors:
+        missing = sorted(set(args.selectors) - set(config.selectors))
+        if missing:
+            raise MPRMError(
+                f"--selectors: {', '.join(missing)} not in the recipe ({', '.join(config.selectors)})"
+            )
+        config.selectors = {name: config.selectors[name] for name in args.selectors}
+    config.check(args.config)
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(config.output_dir) / "sweep.json", json.dumps(asdict(config), indent=2) + "\n")
+    results = run_sweep(config)
+    print((Path(config.output_dir) / "results.md").read_text(encoding="utf-8"))
+    print(
+        f"{len(results)} runs; results in {config.output_dir}/results.jsonl, plots {config.output_dir}/plot-*.png"
+    )
+    return 0

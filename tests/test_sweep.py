@@ -1,0 +1,99 @@
+"""`mprm-hf sweep` and `mprm-hf quickstart` end to end on a small world, with capped training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mprm_hf.cli import main as cli_main
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-cpu" / "config.yaml"
+
+
+def sweep_recipe(tmp_path: Path, **overrides) -> Path:
+    recipe = {
+        "output_dir": str(tmp_path / "sweep"),
+        "train_recipe": str(RECIPE),
+        "train_args": ["--max_steps", "2"],
+        "rollouts": 120,
+        "benchmark_traces": 12,
+        "fractions": [0.5],
+        "selectors": {"bis": {"alpha": {0.5: 0.05}}, "random": {}},
+        "seeds": [0, 1],
+        "compute": ["single_pass", "equal_steps"],
+        **overrides,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.slow
+def test_sweep_runs_resumes_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["sweep", "--config", str(sweep_recipe(tmp_path))]) == 0
+    out = tmp_path / "sweep"
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    # 2 seeds x (full + 2 selectors x 2 compute policies)
+    assert len(rows) == 10
+    for row in rows:
+        assert (
+            0 <= row["auc"] <= 1 and 0 <= row["overall_calibrated"] <= 1 and 0 <= row["oracle_overall"] <= 1
+        )
+        assert row["tokens"] > 0 and row["train_s"] > 0 and row["optimizer_steps"] == 2
+    bis = next(r for r in rows if r["selector"] == "bis")
+    assert bis["params"] == {"alpha": 0.05} and bis["rollouts"] < 120
+    table = (out / "results.md").read_text()
+    assert "Position-only scorer" in table and "| single_pass | bis | 0.5 | 2 |" in table
+    assert (out / "plot-default-single_pass.png").stat().st_size > 1000
+    assert (out / "default" / "calibration" / "VisualProcessBench" / "test.jsonl").is_file()
+    results = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
+    capsys.readouterr()
+    # a second run trains nothing: every result exists
+    assert cli_main(["sweep", "--config", str(sweep_recipe(tmp_path))]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == results
+    assert "10 runs" in capsys.readouterr().out
+
+
+def test_sweep_recipe_errors_name_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["sweep", "--config", str(sweep_recipe(tmp_path, selectors={"bogus": {}}))]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "field 'selectors'" in error and "bogus" in error
+    assert cli_main(["sweep", "--config", str(sweep_recipe(tmp_path, fractions=[1.5]))]) == 1
+    assert "field 'fractions'" in capsys.readouterr().err
+    assert cli_main(["sweep", "--config", str(tmp_path / "missing.yaml")]) == 1
+    assert "sweep recipe not found" in capsys.readouterr().err
+
+
+def test_shipped_sweep_recipes_parse() -> None:
+    from mprm_hf.sweep import SweepConfig, plan, worlds
+
+    root = Path(__file__).resolve().parent.parent / "recipes" / "sweeps"
+    tiny = SweepConfig.from_yaml(root / "tiny.yaml")
+    assert set(tiny.selectors) == {"bis", "random", "mixed", "reliable", "low-mc", "entropy"}
+    assert len(plan(tiny, "default")) == len(tiny.seeds) * (1 + len(tiny.fractions) * len(tiny.selectors))
+    pseudo = SweepConfig.from_yaml(root / "pseudo-positive.yaml")
+    assert [name for name, _ in worlds(pseudo)] == [
+        "pseudo_positive=0.0",
+        "pseudo_positive=0.15",
+        "pseudo_positive=0.5",
+    ]
+    SweepConfig.from_yaml(root / "visualprm400k-7b.yaml")
+
+
+@pytest.mark.slow
+def test_quickstart_prints_the_table_the_sentence_and_stages(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "qs"
+    argv = ["quickstart", "--output-dir", str(out), "--rollouts", "200", "--max-steps", "2"]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "selector" in printed and "F1 cal." in printed
+    assert "BIS-10% reached" in printed and "random-10% reached" in printed
+    assert (out / "quickstart.png").is_file()
+    hub = [p for p in out.iterdir() if p.name.endswith(".hub")]
+    assert len(hub) == 1 and (hub[0] / "README.md").is_file()
+    model_card = next(out.rglob("hub/README.md"))
+    assert "prm" in model_card.read_text()
+    assert "mprm-hf demo --model" in printed
