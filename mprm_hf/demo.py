@@ -2,7 +2,7 @@
 
 One app serves both `mprm-hf demo` on a laptop and the Hugging Face Space in `spaces_demo/`. The model
 comes from `--model`, else `$MPRM_MODEL` (a folder or a Hub id), else the PRM that `make demo` trains
-(`outputs/tiny-cpu`), else the untrained embedded tiny model, built offline on first use so that the demo
+(BIS-10%'s, under `outputs/quickstart`), else the untrained embedded tiny model, built offline on first use so that the demo
 always starts, even without a trained checkpoint.
 """
 
@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mprm_hf.quickstart import trained_model
+
 EMBEDDED_DIR = Path("embedded")
 EMBEDDED_MODEL = EMBEDDED_DIR / "tiny-qwen2-vl"
-DEMO_TRAINED_MODEL = Path("outputs/tiny-cpu")  # what `make demo` trains from recipes/tiny-cpu
+DEMO_TRAINED_MODEL = trained_model()  # BIS-10%'s PRM, which `make demo` (mprm-hf quickstart) trains
 EXAMPLES_DIR = EMBEDDED_DIR / "demo-examples"
 STEP_FORMATS = ("prm-token", "visualprm")
 N_EXAMPLES = 4

@@ -18,6 +18,14 @@ from typing import Any
 from mprm_hf.embedded import BIS_ALPHA, BIS_TOP_RATIO
 from mprm_hf.sweep import FULL, SweepConfig, plot_results, run_name, run_sweep, summarise
 
+DEFAULT_OUTPUT = "outputs/quickstart"
+
+
+def trained_model(output_dir: str | Path = DEFAULT_OUTPUT, selector: str = "bis", seed: int = 0) -> Path:
+    """Where the quickstart leaves a selector's trained PRM (the Space opens BIS-10%'s by default)."""
+    spec = {"selector": selector, "fraction": BIS_TOP_RATIO, "seed": seed, "compute": "single_pass"}
+    return Path(output_dir) / "default" / "runs" / run_name(spec) / "model"
+
 
 def quickstart_config(
     output_dir: str, seed: int, rollouts: int | None = None, max_steps: int | None = None
@@ -77,17 +85,10 @@ def stage_best(config: SweepConfig, summary: list[dict[str, Any]]) -> tuple[Path
         *params, "--format", "arrow", "--output", str(subset), "--dry-run", "--quiet",
     ]  # fmt: skip
     select_main(select_argv)
-    spec = {
-        "selector": best["selector"],
-        "fraction": best["fraction"],
-        "seed": config.seeds[0],
-        "compute": "single_pass",
-    }
-    model = world / "runs" / run_name(spec) / "model"
+    model = trained_model(config.output_dir, best["selector"], config.seeds[0])
     train_argv = [config.train_recipe, "--dataset_name", str(subset), "--output_dir", str(model)]
     script_args, training_args = parse_args(train_argv)
-    metrics = {"eval_" + key: best[key][0] for key in ("auc",)}
-    staged = stage_model(script_args, training_args, ["train", *train_argv], metrics)
+    staged = stage_model(script_args, training_args, ["train", *train_argv], {})
     return subset.with_name(subset.name + ".hub"), staged
 
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mprm-hf quickstart", description=__doc__.splitlines()[0].split(": ", 1)[-1]
     )
-    parser.add_argument("--output-dir", default="outputs/quickstart", help="where everything is written")
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT, help="where everything is written")
     parser.add_argument("--seed", type=int, default=0, help="selection and training seed")
     parser.add_argument("--rollouts", type=int, help="corpus size (default: the synth default)")
     parser.add_argument("--max-steps", type=int, help="cap every training run (a smoke test)")
@@ -109,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     references = json.loads((Path(args.output_dir) / "references.json").read_text(encoding="utf-8"))
     plot_results(results, references["default"], "default", "single_pass", plot)
     subset_hub, model_hub = stage_best(config, summary)
-    models = Path(args.output_dir) / "default" / "runs"
     print("\n" + format_table(summary) + "\n")
     print(claim_sentence(summary))
     print(
         f"\nplot: {plot}\nstaged for the Hub: {subset_hub} (subset + card), {model_hub} (checkpoint + card);"
     )
     print(f"push them with: mprm-hf push {subset_hub} --repo-id OWNER/NAME")
-    print(f"open the Space on a trained PRM: mprm-hf demo --model {models}/bis-0.1-seed{args.seed}/model")
+    print(
+        f"open the Space on a trained PRM: mprm-hf demo --model {trained_model(args.output_dir, seed=args.seed)}"
+    )
     return 0
