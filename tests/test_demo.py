@@ -69,7 +69,9 @@ def test_model_path_falls_back_from_flag_to_environment(monkeypatch: pytest.Monk
 def test_model_path_prefers_the_demo_trained_prm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("MPRM_MODEL", raising=False)
     monkeypatch.chdir(tmp_path)
-    trained = tmp_path / "outputs" / "tiny-cpu"
+    trained = (
+        tmp_path / demo.DEMO_TRAINED_MODEL
+    )  # where `make demo` (mprm-hf quickstart) leaves BIS-10%'s PRM
     trained.mkdir(parents=True)
     (trained / "config.json").write_text("{}")
     assert demo.resolve_model_path() == str(demo.DEMO_TRAINED_MODEL)
