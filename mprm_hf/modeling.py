@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
-from mprm_hf.errors import MPRMError
+from mprm_hf.errors import MPRMError, first_line
 
 Arch = Literal["qwen2_vl", "qwen2_5_vl"]
 
@@ -336,16 +336,11 @@ def load_model_and_processor(
             if local.exists()
             else "no such folder, and the Hub has no such model or cannot be reached (offline and not cached?)"
         )
-        raise MPRMError(f"{name}: {where}: {_first_line(error)}") from error
+        raise MPRMError(f"{name}: {where}: {first_line(error)}") from error
     if adapter is not None:
         model, processor = _apply_adapter(model, processor, Path(adapter).expanduser())
     model.eval()
     return model, processor
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _load_processor(source: str, model_type: str) -> Any:
@@ -357,7 +352,7 @@ def _load_processor(source: str, model_type: str) -> Any:
         if model_type not in IMAGE_ONLY_FALLBACK_TYPES:
             if isinstance(error, ImportError):
                 raise MPRMError(
-                    f"{source}: its processor needs a missing package: {_first_line(error)}"
+                    f"{source}: its processor needs a missing package: {first_line(error)}"
                 ) from error
             raise
         return Qwen2VLImageTextProcessor.from_pretrained(source)

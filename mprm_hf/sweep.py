@@ -13,6 +13,7 @@ markdown table (`results.md`) and one plot per world and compute policy (`plot-*
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import shutil
@@ -26,7 +27,7 @@ import numpy as np
 import yaml
 
 from mprm_hf.errors import MPRMError
-from mprm_hf.fileio import write_text_atomic
+from mprm_hf.fileio import write_bytes_atomic, write_text_atomic
 
 COMPUTE_POLICIES = ("single_pass", "equal_steps")
 # Selectors of the sweep and the defaults of their parameters; bis's alpha may map fraction -> alpha.
@@ -76,6 +77,18 @@ class SweepConfig:
         return config
 
     def check(self, where: str | Path) -> None:
+        lists = {"fractions": (int, float), "seeds": (int,), "compute": (str,), "train_args": (str,)}
+        for name, kinds in lists.items():
+            value = getattr(self, name)
+            if not isinstance(value, list) or any(
+                isinstance(v, bool) or not isinstance(v, kinds) for v in value
+            ):
+                raise MPRMError(
+                    f"{where}: field {name!r} must be a list of {kinds[-1].__name__}, got {value!r}"
+                )
+        for name in ("selectors", "noise", "noise_grid"):
+            if not isinstance(getattr(self, name), dict):
+                raise MPRMError(f"{where}: field {name!r} must be a mapping, got {getattr(self, name)!r}")
         for name in self.selectors:
             if name not in SWEEP_SELECTORS:
                 raise MPRMError(
@@ -146,8 +159,9 @@ def write_world(folder: Path, config: SweepConfig, noise: dict[str, Any]) -> Non
 
 def save_subset(
     rollouts: Any, method: str, fraction: float | None, params: dict[str, Any], seed: int, out: Path
-) -> int:
-    """Select, convert to stepwise records and save with the selection sidecar the model card reads."""
+) -> tuple[int, int]:
+    """Select, convert to stepwise records and save with the selection sidecar the model card reads;
+    return the numbers of rollouts and labelled steps kept."""
     from mprm_hf.data.stepwise import to_stepwise
     from mprm_hf.selection.selectors import select
 
@@ -159,25 +173,39 @@ def save_subset(
     records.save_to_disk(str(out))
     sidecar = {"selector": method, "selector_params": {**params, **budget, **seeded}}
     write_text_atomic(out / "selection.json", json.dumps(sidecar, indent=2) + "\n")
-    return len(records)
+    return len(records), sum(len(labels) for labels in records["labels"])
+
+
+def base_model(config: SweepConfig, world_dir: Path) -> list[str]:
+    """`--model_name_or_path` of the runs: none when the training recipe names its model, else the embedded
+    tiny model, built once per world (so no run builds the rest of the embedded default beside it)."""
+    recipe = yaml.safe_load(Path(config.train_recipe).read_text(encoding="utf-8")) or {}
+    if recipe.get("model_name_or_path"):
+        return []
+    from mprm_hf.embedded import EMBEDDED_SEED
+    from mprm_hf.modeling import build_tiny_model
+
+    folder = world_dir / "tiny-qwen2-vl"
+    if not (folder / "config.json").is_file():
+        build_tiny_model(folder, arch="qwen2_vl", seed=EMBEDDED_SEED)
+    return ["--model_name_or_path", str(folder)]
 
 
 def train(
-    dataset: Path, model: Path, config: SweepConfig, seed: int, max_steps: int | None, embedded: Path
+    dataset: Path, model: Path, config: SweepConfig, seed: int, max_steps: int | None, world_dir: Path
 ) -> float:
     from mprm_hf.train import main as train_main
 
     started = time.perf_counter()
     argv = [
         config.train_recipe,
+        *base_model(config, world_dir),
         "--dataset_name",
         str(dataset),
         "--output_dir",
         str(model),
         "--seed",
         str(seed),
-        "--embedded_root",
-        str(embedded),
         "--eval_fraction",
         "0",
         "--include_num_input_tokens_seen",
@@ -206,8 +234,6 @@ def run_one(
     run_dir: Path, world_dir: Path, rollouts: Any, config: SweepConfig, spec: dict[str, Any]
 ) -> dict[str, Any]:
     """Select, train, score one run; its result.json makes it skip next time."""
-    import datasets
-
     from mprm_hf.evaluation import metrics_from_scores
 
     result_file = run_dir / "result.json"
@@ -215,10 +241,11 @@ def run_one(
         return json.loads(result_file.read_text(encoding="utf-8"))
     run_dir.mkdir(parents=True, exist_ok=True)
     data, model = run_dir / "data", run_dir / "model"
-    n_rollouts = save_subset(rollouts, spec["selector"], spec["fraction"], spec["params"], spec["seed"], data)
-    train_s = train(data, model, config, spec["seed"], spec.get("max_steps"), world_dir / "embedded")
+    n_rollouts, n_steps = save_subset(
+        rollouts, spec["selector"], spec["fraction"], spec["params"], spec["seed"], data
+    )
+    train_s = train(data, model, config, spec["seed"], spec.get("max_steps"), world_dir)
     state = json.loads((model / "trainer_state.json").read_text(encoding="utf-8"))
-    steps_trained = sum(len(row) for row in datasets.load_from_disk(str(data))["labels"])
     test = score(model, world_dir / "world" / "VisualProcessBench", run_dir / "eval")
     calibration = score(model, world_dir / "calibration" / "VisualProcessBench", run_dir / "eval-calibration")
     at_half = metrics_from_scores(test)
@@ -227,7 +254,7 @@ def run_one(
         **{key: spec[key] for key in ("world", "compute", "selector", "fraction", "seed")},
         "params": spec["params"],
         "rollouts": n_rollouts,
-        "steps": steps_trained,
+        "steps": n_steps,
         "optimizer_steps": state["global_step"],
         "tokens": state.get("num_input_tokens_seen"),
         "train_s": round(train_s, 2),
@@ -442,10 +469,10 @@ def plot_results(
     axes[0].legend(fontsize=8)
     figure.suptitle(f"world {world}, compute: {compute.replace('_', ' ')}")
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=110)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110)
     plt.close(figure)
-    temporary.replace(path)
+    write_bytes_atomic(path, image.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,10 @@ def test_sweep_recipe_errors_name_the_field(tmp_path: Path, capsys: pytest.Captu
     assert len(error.splitlines()) == 1 and "field 'selectors'" in error and "bogus" in error
     assert cli_main(["sweep", "--config", str(sweep_recipe(tmp_path, fractions=[1.5]))]) == 1
     assert "field 'fractions'" in capsys.readouterr().err
+    assert cli_main(["sweep", "--config", str(sweep_recipe(tmp_path, fractions="0.1"))]) == 1
+    assert "field 'fractions' must be a list" in capsys.readouterr().err
+    assert cli_main(["sweep", "--config", str(sweep_recipe(tmp_path, selectors=["bis"]))]) == 1
+    assert "field 'selectors' must be a mapping" in capsys.readouterr().err
     assert cli_main(["sweep", "--config", str(tmp_path / "missing.yaml")]) == 1
     assert "sweep recipe not found" in capsys.readouterr().err
 

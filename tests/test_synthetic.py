@@ -489,3 +489,9 @@ def test_cli_noise_flags_and_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert len(error.splitlines()) == 1 and "unknown noise field 'pseudo_positives'" in error
     assert cli_main([*argv, "--error-rate", "1.5"]) == 1
     assert "must be in [0, 1]" in capsys.readouterr().err
+    config.write_text("redundancy: lots\n")
+    assert cli_main([*argv, "--noise", str(config)]) == 1
+    assert "noise field 'redundancy' must be a number" in capsys.readouterr().err
+    config.write_text("recovered_range: [0.1]\n")
+    assert cli_main([*argv, "--noise", str(config)]) == 1
+    assert "noise field 'recovered_range' takes 2 numbers" in capsys.readouterr().err

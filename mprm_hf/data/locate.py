@@ -13,7 +13,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from mprm_hf.errors import MPRMError
+from mprm_hf.errors import MPRMError, first_line
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -64,16 +64,16 @@ def locate_dataset(
     except LocalEntryNotFoundError as err:
         raise MPRMError(
             f"{text}: no such local folder, and the Hub cannot be reached with no copy cached "
-            f"({_first_line(err)}); pass a local folder holding the {what}"
+            f"({first_line(err)}); pass a local folder holding the {what}"
         ) from None
     except (RepositoryNotFoundError, GatedRepoError) as err:
         raise MPRMError(
-            f"{text}: no such dataset repo on the Hub, or no access ({_first_line(err)})"
+            f"{text}: no such dataset repo on the Hub, or no access ({first_line(err)})"
         ) from None
     except RevisionNotFoundError as err:
-        raise MPRMError(f"{text}: revision {revision!r} not found ({_first_line(err)})") from None
+        raise MPRMError(f"{text}: revision {revision!r} not found ({first_line(err)})") from None
     except (HfHubHTTPError, OSError) as err:
-        raise MPRMError(f"{text}: download from the Hub failed ({_first_line(err)})") from None
+        raise MPRMError(f"{text}: download from the Hub failed ({first_line(err)})") from None
     return Path(folder)
 
 
@@ -91,11 +91,6 @@ def unpack_archive(archive: Path, cache_dir: str | Path | None = None) -> Path:
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(target)
         except (zipfile.BadZipFile, OSError) as err:
-            raise MPRMError(f"{archive}: cannot unpack ({_first_line(err)})") from None
+            raise MPRMError(f"{archive}: cannot unpack ({first_line(err)})") from None
         marker.touch()
     return target
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

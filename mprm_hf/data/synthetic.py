@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from mprm_hf.data.synthetic_sources import FULL_SIZE_ROLLOUTS, SOURCE_SHAPES
-from mprm_hf.errors import MPRMError
+from mprm_hf.errors import MPRMError, first_line
 from mprm_hf.fileio import write_bytes_atomic
 
 # ---------------------------------------------------------------------------------------------------
@@ -941,29 +941,31 @@ def noise_from_config(path: str | Path | None, overrides: dict[str, Any]) -> Noi
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as error:
-            raise MPRMError(f"{path}: cannot read the noise config ({_first_line(error)})") from None
+            raise MPRMError(f"{path}: cannot read the noise config ({first_line(error)})") from None
         if not isinstance(loaded, dict):
             raise MPRMError(f"{path}: the noise config must be a mapping of NoiseModel fields")
         values.update(loaded)
     values.update({key: value for key, value in overrides.items() if value is not None})
-    known = {f.name: f for f in fields(NoiseModel)}
+    where = path or "flags"
+    known = [f.name for f in fields(NoiseModel)]
     for key, value in values.items():
         if key not in known:
-            raise MPRMError(f"{path or 'flags'}: unknown noise field {key!r} (known: {', '.join(known)})")
-        if isinstance(getattr(NOISE, key), tuple):
+            raise MPRMError(f"{where}: unknown noise field {key!r} (known: {', '.join(known)})")
+        default = getattr(NOISE, key)
+        numbers = value if isinstance(value, (list, tuple)) else (value,)
+        if isinstance(default, tuple) and len(numbers) != len(default):
+            raise MPRMError(f"{where}: noise field {key!r} takes {len(default)} numbers, got {value!r}")
+        if any(isinstance(n, bool) or not isinstance(n, (int, float)) for n in numbers):
+            raise MPRMError(f"{where}: noise field {key!r} must be a number or numbers, got {value!r}")
+        if isinstance(default, tuple):
             values[key] = tuple(value)
     noise = NoiseModel(**values)
     for key in known:
         value = getattr(noise, key)
         for number in value if isinstance(value, tuple) else (value,):
             if isinstance(number, float) and not 0.0 <= number <= 1.0:
-                raise MPRMError(f"{path or 'flags'}: noise field {key!r} must be in [0, 1], got {number}")
+                raise MPRMError(f"{where}: noise field {key!r} must be in [0, 1], got {number}")
     return noise
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def format_summary(summary: dict[str, Any]) -> str:
