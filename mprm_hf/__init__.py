@@ -22,7 +22,9 @@ _PUBLIC = {
     "load_visualprocessbench": "mprm_hf.data.visualprocessbench",
     "load_stepwise": "mprm_hf.data.stepwise",
     "select": "mprm_hf.selection.selectors",
-    "build_reference_subset": "mprm_hf.selection.reference",
+    "build_subset": "mprm_hf.selection.subset",
+    "build_reference_subset": "mprm_hf.selection.subset",
+    "scan_corpus": "mprm_hf.selection.scan",
     "build_tiny_model": "mprm_hf.modeling",
     "load_model_and_processor": "mprm_hf.modeling",
 }

@@ -53,22 +53,22 @@ def ensure_embedded(root: str | os.PathLike = "embedded") -> dict[str, Path]:
 
 def write_bis_subset(corpus: Path, out: Path) -> None:
     """BIS-10% (alpha 0.2) of the corpus as stepwise records, saved with a `selection.json` sidecar."""
-    from mprm_hf.data.stepwise import to_stepwise
-    from mprm_hf.data.visualprm400k import load_visualprm400k
-    from mprm_hf.selection.selectors import select
+    from mprm_hf.selection.subset import build_subset
 
-    rollouts, _ = load_visualprm400k(corpus)
-    subset = select(rollouts, "bis", alpha=BIS_ALPHA, top_ratio=BIS_TOP_RATIO, progress=False)
-    records, _ = to_stepwise(subset)
-    logger.info(
-        "embedded default: %d of %d rollouts selected (BIS-10%%) -> %s", len(records), len(rollouts), out
+    result = build_subset(
+        corpus, out, method="bis", fmt="arrow", alpha=BIS_ALPHA, top_ratio=BIS_TOP_RATIO, progress=False
     )
-    records.save_to_disk(str(out))
+    logger.info(
+        "embedded default: %d of %d rollouts selected (BIS-10%%) -> %s",
+        result.n_written,
+        len(result.scores),
+        out,
+    )
     sidecar = {
         "selector": "bis",
         "selector_params": {"top_ratio": BIS_TOP_RATIO, "alpha": BIS_ALPHA},
         "corpus": str(corpus),
-        "rollouts_total": len(rollouts),
-        "rollouts_selected": len(records),
+        "rollouts_total": len(result.scores),
+        "rollouts_selected": result.n_written,
     }
     (out / "selection.json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")

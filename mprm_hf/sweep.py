@@ -158,22 +158,21 @@ def write_world(folder: Path, config: SweepConfig, noise: dict[str, Any]) -> Non
 
 
 def save_subset(
-    rollouts: Any, method: str, fraction: float | None, params: dict[str, Any], seed: int, out: Path
+    corpus: Path, method: str, fraction: float | None, params: dict[str, Any], seed: int, out: Path
 ) -> tuple[int, int]:
-    """Select, convert to stepwise records and save with the selection sidecar the model card reads;
-    return the numbers of rollouts and labelled steps kept."""
-    from mprm_hf.data.stepwise import to_stepwise
-    from mprm_hf.selection.selectors import select
+    """Select from the corpus into stepwise records (an Arrow folder) with the selection sidecar the model
+    card reads; return the numbers of rollouts and labelled steps kept."""
+    from mprm_hf.selection.subset import build_subset
 
     budget = {} if method == FULL else {"top_ratio": fraction}
     seeded = {"seed": seed} if method in {"random", "mixed"} else {}
-    subset = select(rollouts, method, progress=False, **budget, **seeded, **params)
-    records, _ = to_stepwise(subset)
-    shutil.rmtree(out, ignore_errors=True)
-    records.save_to_disk(str(out))
+    result = build_subset(
+        corpus, out, method=method, fmt="arrow", progress=False, **budget, **seeded, **params
+    )
     sidecar = {"selector": method, "selector_params": {**params, **budget, **seeded}}
     write_text_atomic(out / "selection.json", json.dumps(sidecar, indent=2) + "\n")
-    return len(records), sum(len(labels) for labels in records["labels"])
+    steps = result.scores.column("n_steps")[result.selection.rows[result.written_rows.written]]
+    return result.n_written, int(steps.sum())
 
 
 def base_model(config: SweepConfig, world_dir: Path) -> list[str]:
@@ -230,9 +229,7 @@ def score(model: Path, benchmark: Path, out: Path) -> Path:
     return out / "scores.jsonl"
 
 
-def run_one(
-    run_dir: Path, world_dir: Path, rollouts: Any, config: SweepConfig, spec: dict[str, Any]
-) -> dict[str, Any]:
+def run_one(run_dir: Path, world_dir: Path, config: SweepConfig, spec: dict[str, Any]) -> dict[str, Any]:
     """Select, train, score one run; its result.json makes it skip next time."""
     from mprm_hf.evaluation import metrics_from_scores
 
@@ -242,7 +239,7 @@ def run_one(
     run_dir.mkdir(parents=True, exist_ok=True)
     data, model = run_dir / "data", run_dir / "model"
     n_rollouts, n_steps = save_subset(
-        rollouts, spec["selector"], spec["fraction"], spec["params"], spec["seed"], data
+        world_dir / "world", spec["selector"], spec["fraction"], spec["params"], spec["seed"], data
     )
     train_s = train(data, model, config, spec["seed"], spec.get("max_steps"), world_dir)
     state = json.loads((model / "trainer_state.json").read_text(encoding="utf-8"))
@@ -310,7 +307,6 @@ def run_name(spec: dict[str, Any]) -> str:
 def run_sweep(config: SweepConfig, *, progress: bool = True) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
-    from mprm_hf.data.visualprm400k import load_visualprm400k
     from mprm_hf.evaluation import position_baseline
 
     out = Path(config.output_dir)
@@ -319,7 +315,6 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> list[dict[str, A
     for world, noise in worlds(config):
         world_dir = out / world
         write_world(world_dir, config, noise)
-        rollouts, _ = load_visualprm400k(world_dir / "world")
         position = position_baseline(world_dir / "world" / "VisualProcessBench")
         references[world] = {"position_auc": position["auc"], "position_overall": position["overall"]}
         runs = plan(config, world)
@@ -338,7 +333,7 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> list[dict[str, A
                 }
             if spec["compute"] == "equal_steps":
                 spec["max_steps"] = full_runs[spec["seed"]]["optimizer_steps"]
-            result = run_one(run_dir, world_dir, rollouts, config, spec)
+            result = run_one(run_dir, world_dir, config, spec)
             if spec["selector"] == FULL:
                 full_runs[spec["seed"]] = result
             results.append(result)

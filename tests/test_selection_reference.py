@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 
 from mprm_hf.errors import MPRMError
-from mprm_hf.selection import reference
+from mprm_hf.selection import scan, scores, subset, writers
 
 ALPHAS = [0.0, 0.05, 0.2, 1.0, 1e-300]
 RATIOS = [0.001, 0.1, 0.25, 1 / 3, 0.5, 1.0]
@@ -217,21 +217,17 @@ def test_oracle_sees_the_hard_cases(corpora: list[Path]) -> None:
     assert ties.count(b"\n") > 30
 
 
-@pytest.mark.parametrize(
-    ("corpus_index", "cache_records"), [(0, False), (1, False), (2, False), (0, True), (1, True), (2, True)]
-)
-def test_reference_format_is_byte_identical(
-    corpora: list[Path], corpus_index: int, cache_records: bool, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("corpus_index", [0, 1, 2])
+def test_reference_format_is_byte_identical(corpora: list[Path], corpus_index: int, tmp_path: Path) -> None:
     annotations = corpora[corpus_index]
     cache = tmp_path / "cache"
     for run, alpha in enumerate(ALPHAS):
         for ratio in RATIOS:
             expected = oracle_subset(annotations, alpha, ratio)
             output = tmp_path / f"out_{alpha}_{ratio}.jsonl"
-            result = reference.build_reference_subset(
+            result = subset.build_reference_subset(
                 annotations, output, alpha=alpha, top_ratio=ratio, num_proc=1 + corpus_index % 2,
-                cache_dir=cache, cache_records=cache_records, progress=False, shard_bytes=4096,
+                cache_dir=cache, progress=False, shard_bytes=4096,
             )  # fmt: skip
             assert output.read_bytes() == expected, (alpha, ratio)
             assert result.n_written == expected.count(b"\n")
@@ -241,14 +237,14 @@ def test_reference_format_is_byte_identical(
 def _count_plain_shards(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Record, per shard, whether the whole-shard msgspec read served it (in this process)."""
     served: list[bool] = []
-    scan = reference._scan_plain_shard
+    plain = scan._scan_plain_shard
 
     def counting(*args: object) -> object:
-        values = scan(*args)
+        values = plain(*args)
         served.append(values is not None)
         return values
 
-    monkeypatch.setattr(reference, "_scan_plain_shard", counting)
+    monkeypatch.setattr(scan, "_scan_plain_shard", counting)
     return served
 
 
@@ -264,7 +260,7 @@ def test_score_only_scan_is_byte_identical(
     for alpha in ALPHAS:
         for ratio in RATIOS:
             output = tmp_path / "out.jsonl"
-            reference.build_reference_subset(
+            subset.build_reference_subset(
                 annotations, output, alpha=alpha, top_ratio=ratio, num_proc=1, use_cache=False,
                 progress=False, shard_bytes=2048,
             )  # fmt: skip
@@ -280,7 +276,7 @@ def test_score_only_scan_matches_the_oracle_on_the_synthetic_world(
     served = _count_plain_shards(monkeypatch)
     for alpha, ratio in [(0.05, 0.1), (0.2, 0.25), (0.0, 1 / 3), (1.0, 0.5)]:
         output = tmp_path / "out.jsonl"
-        reference.build_reference_subset(
+        subset.build_reference_subset(
             annotations, output, alpha=alpha, top_ratio=ratio, num_proc=1, use_cache=False, progress=False,
             shard_bytes=65536,
         )  # fmt: skip
@@ -302,28 +298,30 @@ def test_score_only_scan_matches_the_oracle_on_the_synthetic_world(
 )
 def test_plain_shard_read_declines_unusual_shards(shard: bytes) -> None:
     """Each of these must go line by line (the whole-shard read returns None and records nothing)."""
-    out = reference.ShardScan(0)
-    assert reference._scan_plain_shard(shard, 0, len(shard), out) is None
-    assert out.offsets == [] and out.no_numeric_score == 0
+    out = scan.ShardScan(0, 0)
+    assert scan._scan_plain_shard(shard, 0, len(shard), out) is None
+    assert out.offsets == [] and out.skipped == {}
 
 
 def test_plain_shard_read_reads_a_plain_shard() -> None:
     shard = b'{"steps_with_score": [{"score": 1}, {"score": 0.25}]}\n{"steps_with_score": []}\n{"x": 1}'
-    out = reference.ShardScan(0)
-    values = reference._scan_plain_shard(b"\n" * 100 + shard, 100, 100 + len(shard), out)
+    out = scan.ShardScan(0, 100)
+    values = scan._scan_plain_shard(b"\n" * 100 + shard, 100, 100 + len(shard), out)
     assert values.tolist() == [1.0, 0.25] and list(out.offsets) == [100] and list(out.n_scored) == [2]
-    assert list(out.lengths) == [shard.index(b"\n")] and out.no_numeric_score == 2
+    assert list(out.lengths) == [shard.index(b"\n")] and out.skipped == {scan.NO_NUMERIC_SCORE: 2}
+    assert (
+        list(out.lines) == [0]
+        and out.n_lines == 3
+        and out.examples == [(scan.NO_NUMERIC_SCORE, 1), (scan.NO_NUMERIC_SCORE, 2)]
+    )
 
 
-@pytest.mark.parametrize("cache_records", [False, True])
 @pytest.mark.parametrize(
     "bad_value",
     [b'"\xff"', b"1" + b"0" * 5000],
     ids=["invalid-utf8-in-an-unread-field", "integer-over-digit-limit"],
 )
-def test_unread_fields_still_crash_as_the_reference(
-    tmp_path: Path, cache_records: bool, bad_value: bytes
-) -> None:
+def test_unread_fields_still_crash_as_the_reference(tmp_path: Path, bad_value: bytes) -> None:
     """msgspec skips fields it does not read without decoding them: the reference still fails on them,
     even when that line is not kept (it ties with line 1, which the 50% budget keeps)."""
     annotations = tmp_path / "annotations"
@@ -336,9 +334,8 @@ def test_unread_fields_still_crash_as_the_reference(
         + b', "steps_with_score": [{"step": "s", "score": 1}]}\n'
     )
     with pytest.raises(MPRMError, match=r"x\.jsonl:2: (not valid UTF-8|cannot be parsed as JSON)"):
-        reference.build_reference_subset(
+        subset.build_reference_subset(
             annotations, tmp_path / "o.jsonl", alpha=0.1, top_ratio=0.5, cache_dir=tmp_path / "cache", progress=False,
-            cache_records=cache_records,
         )  # fmt: skip
 
 
@@ -356,10 +353,10 @@ def test_msgspec_rejects_what_json_rejects() -> None:
             pass
         else:
             assert text == b"[1]"  # JSON, but not an object: the reference crashes, the careful path says so
-        with pytest.raises((ValueError, reference.msgspec.MsgspecError)):
-            reference._decode_scores(text)
+        with pytest.raises((ValueError, scan.msgspec.MsgspecError)):
+            scan._decode_scores(text)
     duplicate = b'{"steps_with_score": [{"score": 1, "score": 2}], "steps_with_score": [{"score": 3}]}'
-    assert [step.score for step in reference._decode_scores(duplicate).steps_with_score] == [3.0]  # last wins
+    assert [step.score for step in scan._decode_scores(duplicate).steps_with_score] == [3.0]  # last wins
 
 
 def test_msgspec_floats_are_python_floats() -> None:
@@ -374,7 +371,7 @@ def test_msgspec_floats_are_python_floats() -> None:
         literals.append("0." + "".join(rnd.choice("0123456789") for _ in range(rnd.randint(1, 40))))
         literals.append(str(rnd.randint(-(2**80), 2**80)))
     for literal in literals:
-        decoded = reference._decode_scores(b'{"steps_with_score": [{"score": %s}]}' % literal.encode())
+        decoded = scan._decode_scores(b'{"steps_with_score": [{"score": %s}]}' % literal.encode())
         assert decoded.steps_with_score[0].score.hex() == float(json.loads(literal)).hex(), literal
 
 
@@ -393,7 +390,7 @@ def test_near_ties_follow_python_sum_order(tmp_path: Path) -> None:
     (annotations / "near.jsonl").write_text("\n".join(lines) + "\n")
     for ratio in (0.25, 0.5, 0.75):
         output = tmp_path / "out.jsonl"
-        reference.build_reference_subset(
+        subset.build_reference_subset(
             annotations, output, alpha=0.05, top_ratio=ratio, use_cache=False, progress=False
         )
         assert output.read_bytes() == oracle_subset(annotations, 0.05, ratio)
@@ -409,11 +406,11 @@ def test_nan_bis_uses_python_sort(tmp_path: Path) -> None:
         steps = [{"step": "a", "score": score}, {"step": "b", "score": 0.25 if number % 2 else 0.0}]
         lines.append(json.dumps({"image": f"{number}.png", "question": "q", "steps_with_score": steps}))
     (annotations / "nan.jsonl").write_text("\n".join(lines))
-    bis = reference.reference_bis(np.array([2] * 3), np.array([2, 1, 0]), np.array([math.inf, 0.5, 0.0]), 0.0)
+    bis = scores.bis(np.array([2] * 3), np.array([2, 1, 0]), np.array([math.inf, 0.5, 0.0]), 0.0)
     assert math.isnan(bis[0])
     for ratio in (0.25, 0.5):
         output = tmp_path / "out.jsonl"
-        reference.build_reference_subset(
+        subset.build_reference_subset(
             annotations, output, alpha=0.0, top_ratio=ratio, use_cache=False, progress=False
         )
         assert output.read_bytes() == oracle_subset(annotations, 0.0, ratio)
@@ -428,18 +425,11 @@ def test_cli_reference_format_matches_oracle(corpora: list[Path], tmp_path: Path
             "--format", "reference", "--output", str(output)]  # fmt: skip
     assert main(argv) == 0
     assert output.read_bytes() == oracle_subset(corpora[1], 0.2, 0.1)
-    assert not list((tmp_path / "hf_cache").glob("*/*.records"))  # the default caches the score table only
-    assert len(list((tmp_path / "hf_cache").glob("*/*.scores.arrow"))) == 1
+    assert len(list((tmp_path / "hf_cache").glob("mprm_hf_scores/*/*.arrow"))) == 1
     argv[argv.index("0.1")] = "0.25"
     for _ in range(2):  # from the score table: the kept lines are converted each time
         assert main(argv) == 0
         assert output.read_bytes() == oracle_subset(corpora[1], 0.2, 0.25)
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "records"))
-    assert main([*argv, "--cache-records"]) == 0
-    assert len(list((tmp_path / "records").glob("*/*.records/complete"))) == 1
-    argv[argv.index("0.25")] = "0.5"
-    assert main(argv) == 0  # served from the records cache built earlier
-    assert output.read_bytes() == oracle_subset(corpora[1], 0.2, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -459,7 +449,7 @@ def test_records_the_reference_would_crash_on_are_one_line_errors(
         '{"image": "a", "steps_with_score": [{"step": "s", "score": 1}]}\n\n' + line
     )
     with pytest.raises(MPRMError, match=rf"bad\.jsonl:3: .*{re.escape(message)}") as caught:
-        reference.build_reference_subset(
+        subset.build_reference_subset(
             annotations, tmp_path / "o.jsonl", alpha=0.1, top_ratio=0.5, use_cache=False, progress=False
         )
     assert "\n" not in str(caught.value)
@@ -473,7 +463,7 @@ def test_invalid_utf8_is_an_error(tmp_path: Path) -> None:
         b'{"image": "a", "steps_with_score": [{"step": "\xff", "score": 1}]}\n'
     )
     with pytest.raises(MPRMError, match=r"x\.jsonl:1: not valid UTF-8"):
-        reference.build_reference_subset(
+        subset.build_reference_subset(
             annotations, tmp_path / "o.jsonl", alpha=0.1, top_ratio=0.5, use_cache=False, progress=False
         )
 
@@ -481,21 +471,20 @@ def test_invalid_utf8_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5, float("nan")])
 def test_bad_ratio_is_rejected(corpora: list[Path], tmp_path: Path, ratio: float) -> None:
     with pytest.raises(MPRMError, match="--top-ratio"):
-        reference.build_reference_subset(
+        subset.build_reference_subset(
             corpora[0], tmp_path / "o.jsonl", alpha=0.1, top_ratio=ratio, use_cache=False
         )
 
 
 def test_missing_folder_and_no_files(tmp_path: Path) -> None:
     with pytest.raises(MPRMError, match="annotations folder not found"):
-        reference.annotation_files(tmp_path / "nope")
+        scan.annotation_files(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(MPRMError, match=r"no \*\.jsonl annotation files"):
-        reference.annotation_files(tmp_path / "empty")
+        scan.annotation_files(tmp_path / "empty")
 
 
-@pytest.mark.parametrize("cache_records", [False, True])
-def test_a_conversion_crash_matters_only_when_kept(tmp_path: Path, cache_records: bool) -> None:
+def test_a_conversion_crash_matters_only_when_kept(tmp_path: Path) -> None:
     """A step text that is a number crashes the reference's converter, but only for a kept rollout."""
     annotations = tmp_path / "annotations"
     annotations.mkdir()
@@ -513,13 +502,12 @@ def test_a_conversion_crash_matters_only_when_kept(tmp_path: Path, cache_records
     options = {
         "alpha": 0.05,
         "cache_dir": tmp_path / "cache",
-        "cache_records": cache_records,
         "progress": False,
     }
-    reference.build_reference_subset(annotations, tmp_path / "o.jsonl", top_ratio=0.5, **options)
+    subset.build_reference_subset(annotations, tmp_path / "o.jsonl", top_ratio=0.5, **options)
     assert (tmp_path / "o.jsonl").read_bytes() == oracle_subset(annotations, 0.05, 0.5)
     with pytest.raises(MPRMError, match=r"x\.jsonl:3: field 'steps_with_score\[0\]\.step' must be a string"):
-        reference.build_reference_subset(annotations, tmp_path / "o2.jsonl", top_ratio=1.0, **options)
+        subset.build_reference_subset(annotations, tmp_path / "o2.jsonl", top_ratio=1.0, **options)
     assert not (tmp_path / "o2.jsonl").exists()
 
 
@@ -529,25 +517,26 @@ def test_cache_follows_the_files(tmp_path: Path) -> None:
 
     annotations = write_corpus(tmp_path / "corpus", seed=7, lines_per_file=(40, 30, 0, 1, 5))
     options = {"alpha": 0.2, "top_ratio": 0.25, "cache_dir": tmp_path / "cache", "progress": False}
-    first = reference.build_reference_subset(annotations, tmp_path / "a.jsonl", **options)
-    again = reference.build_reference_subset(annotations, tmp_path / "b.jsonl", **options)
+    first = subset.build_reference_subset(annotations, tmp_path / "a.jsonl", **options)
+    again = subset.build_reference_subset(annotations, tmp_path / "b.jsonl", **options)
     assert (first.cached, again.cached) == (False, True)
     with (annotations / "b_source.jsonl").open("a", encoding="utf-8") as handle:
         steps = [{"step": "new", "score": 0.5}, {"step": "n2", "score": 0.0}]
         handle.write(
             "\n" + json.dumps({"image": "new.png", "question": "q", "steps_with_score": steps}) + "\n"
         )
-    edited = reference.build_reference_subset(annotations, tmp_path / "c.jsonl", **options)
+    edited = subset.build_reference_subset(annotations, tmp_path / "c.jsonl", **options)
     assert not edited.cached
     assert (tmp_path / "c.jsonl").read_bytes() == oracle_subset(annotations, 0.2, 0.25)
-    tables = sorted((tmp_path / "cache").glob("*.scores.arrow"))
-    assert len(tables) == 2
-    assert all(datasets.Dataset.from_file(str(table)).num_rows > 0 for table in tables)
+    tables = sorted((tmp_path / "cache").glob("*/*.arrow"))
+    assert tables == [edited.scores.path]  # the stale table of this corpus was pruned
+    assert datasets.Dataset.from_file(str(tables[0])).num_rows == len(edited.scores)
+    assert edited.scores.dataset().num_rows == len(edited.scores)
 
 
 def test_a_sweep_through_the_public_api_reads_the_corpus_once(tmp_path: Path) -> None:
-    """`mprm_hf.build_reference_subset` with `cache_records`: the first alpha scans, every later alpha
-    and ratio comes from the records cache, and each output is the reference's."""
+    """`mprm_hf.build_reference_subset`: the first alpha scans, every later alpha and ratio comes from
+    the cached score table, and each output is the reference's."""
     import mprm_hf
 
     annotations = write_corpus(tmp_path / "corpus", seed=11, lines_per_file=(60, 45, 0, 3, 20))
@@ -555,8 +544,7 @@ def test_a_sweep_through_the_public_api_reads_the_corpus_once(tmp_path: Path) ->
     for step, (alpha, ratio) in enumerate(sweep):
         output = tmp_path / f"alpha{alpha}_ratio{ratio}.jsonl"
         result = mprm_hf.build_reference_subset(
-            annotations, output, alpha=alpha, top_ratio=ratio, cache_records=True,
-            cache_dir=tmp_path / "cache", progress=False,
+            annotations, output, alpha=alpha, top_ratio=ratio, cache_dir=tmp_path / "cache", progress=False,
         )  # fmt: skip
         assert result.cached == (step > 0)
         assert output.read_bytes() == oracle_subset(annotations, alpha, ratio)
@@ -620,13 +608,11 @@ def test_top_k_positions_is_the_stable_sort_prefix() -> None:
             values = values + rnd.normal(size=size) * (trial % 2)
         for top_k in {1, size // 3 or 1, size // 2 or 1, size}:
             expected = np.sort(np.argsort(-values, kind="stable")[:top_k])
-            assert reference.top_k_positions(values, top_k).tolist() == expected.tolist()
+            assert scores.top_positions(values, top_k).tolist() == expected.tolist()
 
 
-@pytest.mark.parametrize("use_cache,cache_records", [(False, False), (True, False), (True, True)])
-def test_a_score_too_large_for_a_float_is_a_located_error(
-    tmp_path: Path, use_cache: bool, cache_records: bool
-) -> None:
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_a_score_too_large_for_a_float_is_a_located_error(tmp_path: Path, use_cache: bool) -> None:
     """float() of a 400-digit integer overflows, where the reference crashes: one line, file, line, field."""
     annotations = tmp_path / "annotations"
     annotations.mkdir()
@@ -639,7 +625,7 @@ def test_a_score_too_large_for_a_float_is_a_located_error(
     (annotations / "src.jsonl").write_text(json.dumps(good) + "\n" + huge + "\n", encoding="utf-8")
     output = tmp_path / "out.jsonl"
     with pytest.raises(MPRMError) as error:
-        reference.build_reference_subset(
+        subset.build_reference_subset(
             annotations,
             output,
             alpha=0.2,
@@ -647,7 +633,6 @@ def test_a_score_too_large_for_a_float_is_a_located_error(
             num_proc=1,
             use_cache=use_cache,
             cache_dir=tmp_path / "cache",
-            cache_records=cache_records,
         )
     message = str(error.value)
     assert "src.jsonl:2" in message and "steps_with_score[0].score" in message and "too large" in message
@@ -691,13 +676,10 @@ def _plain_record(rnd: random.Random) -> dict:
     return record
 
 
-@pytest.mark.parametrize("cache_records", [False, True])
 @pytest.mark.parametrize("num_proc", [1, 2])
-def test_typed_conversion_matches_the_oracle(
-    tmp_path: Path, cache_records: bool, num_proc: int, monkeypatch
-) -> None:
-    """Plain lines are converted from one msgspec call per shard (records cache) or per chunk of kept
-    lines; a chunk msgspec cannot type goes line by line. Both must give the oracle's bytes."""
+def test_typed_conversion_matches_the_oracle(tmp_path: Path, num_proc: int, monkeypatch) -> None:
+    """Kept lines are converted from one msgspec call per chunk; a chunk msgspec cannot type goes line
+    by line, and a line it cannot type rule by rule. Every route must give the oracle's bytes."""
     rnd = random.Random(7)
     annotations = tmp_path / "annotations"
     annotations.mkdir()
@@ -709,149 +691,84 @@ def test_typed_conversion_matches_the_oracle(
         (annotations / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with (annotations / "c.jsonl").open("a", encoding="utf-8") as handle:  # a chunk msgspec cannot type
         handle.write('{"image": "t.png", "steps_with_score": [{"step": "s", "score": true}]}\n')
-    typed, per_line = [], []
-    typed_convert, line_convert = reference._typed_record_bytes, reference.convert_line
-    monkeypatch.setattr(reference, "_typed_record_bytes", lambda *a: typed.append(1) or typed_convert(*a))
-    monkeypatch.setattr(reference, "convert_line", lambda *a: per_line.append(1) or line_convert(*a))
+    typed, careful = [], []
+    typed_rule, careful_rule = writers._typed_rollout, writers._careful_rollout
+    monkeypatch.setattr(writers, "_typed_rollout", lambda *a: typed.append(1) or typed_rule(*a))
+    monkeypatch.setattr(writers, "_careful_rollout", lambda *a: careful.append(1) or careful_rule(*a))
+    monkeypatch.setattr(writers, "CHUNK_ROWS", 37)
     served = _count_plain_shards(monkeypatch)
     for alpha in ALPHAS[:3]:
         for ratio in RATIOS:
             output = tmp_path / "out.jsonl"
-            reference.build_reference_subset(
+            subset.build_reference_subset(
                 annotations, output, alpha=alpha, top_ratio=ratio, num_proc=num_proc, use_cache=True,
-                cache_dir=tmp_path / "cache", cache_records=cache_records, progress=False, shard_bytes=2048,
+                cache_dir=tmp_path / "cache", progress=False, shard_bytes=2048,
             )  # fmt: skip
             assert output.read_bytes() == oracle_subset(annotations, alpha, ratio), (alpha, ratio)
     if num_proc == 1:  # the counters see this process only
-        assert typed and (per_line or cache_records)
+        assert typed and careful
         assert any(served) and not all(served)  # a null score sends its shard line by line
 
 
 def test_long_digit_runs_are_found_and_short_ones_are_not() -> None:
-    step = reference._INT_DIGITS // 2
+    step = scan._INT_DIGITS // 2
     short = bytearray(b"x" * (step * 12))
     for position in range(0, len(short), step):  # a digit at every sampled byte, in runs of two
         short[position : position + 2] = b"16"
-    assert not reference._may_hold_long_digit_run(np.frombuffer(bytes(short), dtype=np.uint8))
+    assert not scan._may_hold_long_digit_run(np.frombuffer(bytes(short), dtype=np.uint8))
     long = bytearray(short)
-    long[step * 3 + 5 : step * 3 + 5 + reference._INT_DIGITS + 1] = b"7" * (reference._INT_DIGITS + 1)
-    assert reference._may_hold_long_digit_run(np.frombuffer(bytes(long), dtype=np.uint8))
+    long[step * 3 + 5 : step * 3 + 5 + scan._INT_DIGITS + 1] = b"7" * (scan._INT_DIGITS + 1)
+    assert scan._may_hold_long_digit_run(np.frombuffer(bytes(long), dtype=np.uint8))
 
 
-def _slow_square(value: int) -> int:
-    import time
-
-    time.sleep(0.2 if value == 5 else 0.001 * (value % 3))
-    if value in (5, 13):
-        raise MPRMError(f"task {value}")
-    return value * value
-
-
-def test_workers_return_results_in_order_and_raise_the_first_error_in_order() -> None:
-    """While one process sleeps on task 5, the other runs later tasks, 13 among them: the error reported
-    must still be task 5's, as a one-process run would report it; and the workers stay usable."""
-    import gc
-
-    with reference.Workers(2) as workers:
-        assert list(workers.imap(_slow_square, list(range(5)))) == [value * value for value in range(5)]
-        assert gc.get_freeze_count() > 0  # the workers were forked with the inherited objects frozen
-        for _ in range(3):
-            with pytest.raises(MPRMError, match="task 5"):
-                list(workers.imap(_slow_square, list(range(20))))
-    assert gc.get_freeze_count() == 0  # and they are thawed when the workers go
-
-
-def _pid_after_a_while(_: int) -> int:
-    import time
-
-    time.sleep(0.02)
-    return os.getpid()
-
-
-_CALLER = os.getpid()
-
-
-def _unpicklable_in_a_worker(value: int) -> object:
-    import time
-
-    time.sleep(0.005)
-    return value if os.getpid() == _CALLER else (lambda: value)
-
-
-def test_workers_share_the_tasks_and_survive_an_early_stop() -> None:
-    """Both processes claim tasks as they free up; a caller that stops early leaves no task running and
-    no stale result for the next `imap`; a result a worker cannot send is an error, not a hang."""
-    with reference.Workers(2) as workers:
-        assert len(set(workers.imap(_pid_after_a_while, list(range(30))))) == 2
-        early = workers.imap(_slow_square, list(range(40)))
-        assert next(early) == 0
-        early.close()
-        assert list(workers.imap(_slow_square, list(range(5)))) == [0, 1, 4, 9, 16]
-        with pytest.raises(Exception, match="pickle"):
-            list(workers.imap(_unpicklable_in_a_worker, list(range(100))))
-
-
-def test_kept_lines_come_back_as_part_files_and_none_is_left(
-    corpora: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_no_temporary_is_left_beside_the_output_also_when_the_run_fails(
+    corpora: list[Path], tmp_path: Path
 ) -> None:
-    """Workers write their converted chunks to part files next to the output, appended in the kernel
-    where the OS can (`copy_file_range`) and with a plain copy where it cannot; either way the bytes are
-    the oracle's and no part file or folder stays behind, also when the run fails."""
+    """The output is written to a unique temporary beside it, then renamed: a failed run leaves the old
+    output as it was and nothing else."""
     out_dir = tmp_path / "out"
-    for copy_in_kernel in (True, False):
-        if not copy_in_kernel:
-            monkeypatch.delattr(reference.os, "copy_file_range", raising=False)
-        output = out_dir / f"subset_{copy_in_kernel}.jsonl"
-        reference.build_reference_subset(
-            corpora[0], output, alpha=0.2, top_ratio=0.5, num_proc=2, use_cache=False, progress=False,
-            shard_bytes=4096,
-        )  # fmt: skip
-        assert output.read_bytes() == oracle_subset(corpora[0], 0.2, 0.5)
+    output = out_dir / "subset.jsonl"
+    subset.build_reference_subset(
+        corpora[0], output, alpha=0.2, top_ratio=0.5, num_proc=2, use_cache=False, progress=False,
+        shard_bytes=4096,
+    )  # fmt: skip
+    assert output.read_bytes() == oracle_subset(corpora[0], 0.2, 0.5)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.jsonl").write_text(
         '{"image": "a", "steps_with_score": [{"step": 7, "score": 1}]}\n', encoding="utf-8"
     )  # kept, and its step text is not a string: the reference crashes converting it
     with pytest.raises(MPRMError, match="must be a string"):
-        reference.build_reference_subset(
-            bad,
-            out_dir / "failed.jsonl",
-            alpha=0.2,
-            top_ratio=1.0,
-            num_proc=1,
-            use_cache=False,
-            progress=False,
-        )
-    assert sorted(path.name for path in out_dir.iterdir()) == ["subset_False.jsonl", "subset_True.jsonl"]
+        subset.build_reference_subset(bad, output, alpha=0.2, top_ratio=1.0, num_proc=1, use_cache=False,
+                                      progress=False)  # fmt: skip
+    assert [path.name for path in out_dir.iterdir()] == ["subset.jsonl"]
+    assert output.read_bytes() == oracle_subset(corpora[0], 0.2, 0.5)
 
 
 @pytest.mark.parametrize("num_proc", [1, 2])
-def test_one_pass_and_two_phase_cold_runs_agree(
-    corpora: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, num_proc: int
+def test_the_score_table_does_not_depend_on_shards_or_processes(
+    corpora: list[Path], tmp_path: Path, num_proc: int
 ) -> None:
-    """A cold run scans, ranks and converts file by file when whole files balance the processes, else
-    it scans by shards and converts after: the same bytes, the same cached score table, either way."""
-    calls: list[bool] = []
-    one_pass = reference.scan_select_write
-
-    def counting(*args: object, **kwargs: object) -> object:
-        calls.append(True)
-        return one_pass(*args, **kwargs)
-
-    monkeypatch.setattr(reference, "scan_select_write", counting)
+    """Tiny shards on two processes and one whole-file shard give the same table: lines are numbered
+    across shards, and every skipped line is counted by reason with its place."""
     for corpus in corpora:
-        tables = []
-        for balanced in (True, False):
-            monkeypatch.setattr(reference, "_files_balance", lambda *_, balanced=balanced: balanced)
-            cache = tmp_path / f"cache_{corpus.parent.name}_{balanced}"
-            for alpha, ratio in [(0.2, 0.1), (0.05, 0.5)]:
-                output = tmp_path / "out.jsonl"
-                result = reference.build_reference_subset(
-                    corpus, output, alpha=alpha, top_ratio=ratio, num_proc=num_proc, cache_dir=cache,
-                    progress=False, shard_bytes=4096,
-                )  # fmt: skip
-                assert output.read_bytes() == oracle_subset(corpus, alpha, ratio), (balanced, alpha, ratio)
-                assert result.n_written == output.read_bytes().count(b"\n")
-            tables.append(next(cache.glob("*.scores.arrow")).read_bytes())
-        assert tables[0] == tables[1]
-    assert len(calls) == len(corpora)  # one cold run per corpus took the one-pass path
+        small = scan.scan_corpus(corpus, num_proc=num_proc, use_cache=False, progress=False, shard_bytes=1024)
+        whole = scan.scan_corpus(corpus, num_proc=1, use_cache=False, progress=False, shard_bytes=1 << 30)
+        assert small.table.equals(whole.table)
+        assert [vars(c) for c in small.counts] == [vars(c) for c in whole.counts]
+        for path, counts in zip(whole.files, whole.counts, strict=True):
+            data = path.read_bytes()
+            lines = re.split(rb"\r\n|\r|\n", data)
+            if not lines[-1]:
+                lines.pop()  # a final terminator ends no line
+            rows = whole.table.filter(pc.equal(whole.table["file"], whole.files.index(path)))
+            for line, offset in zip(rows["line"].to_pylist(), rows["offset"].to_pylist(), strict=True):
+                assert data[offset:].startswith(lines[line - 1])
+            assert counts.ranked + counts.n_skipped == len(lines)
+            for reason, line in counts.examples:
+                assert reason in scan.SKIP_REASONS and 1 <= line <= len(lines)
+    assert any(
+        c.skipped
+        for corpus in corpora
+        for c in scan.scan_corpus(corpus, progress=False, use_cache=False).counts
+    )

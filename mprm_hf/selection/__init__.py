@@ -1,2 +1,4 @@
-"""Selection of informative rollouts: scores (BIS and its parts), selectors at a budget, the reference's
-byte-exact output, and the report / card of a selection. `mprm_hf.select` is `selectors.select`."""
+"""Selection of informative rollouts, one path for every selector and format: `scan` (the cached
+per-rollout score table), `scores` (BIS and the budget rule, each defined once), `selectors`, `writers`
+(reference PRM jsonl, stepwise jsonl / parquet / Arrow, all atomic), `report` (terminal table, histogram,
+card facts) and `subset` (the path end to end). `mprm_hf.select` is `selectors.select`."""

@@ -7,12 +7,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mprm_hf.errors import MPRMError
-from mprm_hf.selection.report import SelectionReport, SourceRow
+from mprm_hf.selection.report import SelectionReport
+from mprm_hf.selection.scores import DEFAULT_ALPHA
+from mprm_hf.selection.writers import FORMATS
 
-FORMATS = ("jsonl", "parquet", "arrow", "reference")
 # CLI flag (argparse dest) -> selector parameter
 SELECTOR_FLAGS = {
     "alpha": "alpha",
@@ -42,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     budget.add_argument("--budget", type=int, help="keep N rollouts over all sources")
     params = parser.add_argument_group("selector parameters")
-    params.add_argument("--alpha", type=float, help="bis: smoothing term alpha (default 0.05)")
+    params.add_argument(
+        "--alpha",
+        type=float,
+        help=f"bis: smoothing term alpha (default {DEFAULT_ALPHA}, the reference script's; the paper uses "
+        "0.2 for a 10%% subset and 0.05 for 25%%)",
+    )
     params.add_argument("--seed", type=int, help="random / mixed: sampling seed (default 0)")
     params.add_argument(
         "--entropy-model", help="entropy: PRM (path or Hub id) whose step predictions give the entropy"
@@ -80,19 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-proc",
         type=int,
         default=None,
-        help="processes for scanning and datasets maps (default: all cores)",
+        help="processes for the scan and the conversion (default: all cores)",
     )
     output.add_argument(
-        "--no-cache", action="store_true", help="reference: rescan instead of using the cached score table"
-    )
-    output.add_argument(
-        "--cache-records",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="reference: also cache every ranked rollout's PRM line (about half the corpus size on disk), "
-        "so later alphas and ratios only copy bytes: for sweeps. Default: cache the score table only, "
-        "for the fastest first run; later runs convert their kept lines (a records cache built earlier "
-        "is still used)",
+        "--no-cache",
+        action="store_true",
+        help="scan the corpus again instead of using the cached score table",
     )
     output.add_argument("--revision", help="revision of the source corpus when it is a Hub id")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -126,154 +123,7 @@ def selector_params(args: argparse.Namespace) -> dict[str, Any]:
     return {SELECTOR_FLAGS[flag]: value for flag, value in given.items()}
 
 
-def run_reference(args: argparse.Namespace) -> tuple[SelectionReport, str]:
-    """--format reference: the reference's exact bytes (bis, per-source ratio only)."""
-    from mprm_hf.selection.reference import build_reference_subset, column_numpy
-
-    if args.method != "bis":
-        raise MPRMError(
-            f"--format reference reproduces the reference's BIS selection; --method {args.method} has no reference output"
-        )
-    if args.budget is not None or args.top_ratio is None:
-        raise MPRMError("--format reference needs --top-ratio (the reference has no global budget)")
-    alpha = 0.05 if args.alpha is None else args.alpha
-    result = build_reference_subset(
-        args.annotations,
-        args.output,
-        alpha=alpha,
-        top_ratio=args.top_ratio,
-        num_proc=args.num_proc,
-        use_cache=not args.no_cache,
-        cache_records=args.cache_records,
-        progress=not args.quiet,
-    )
-    table = result.table
-    files = column_numpy(table, "file")
-    n_scored, n_pos = column_numpy(table, "n_scored"), column_numpy(table, "n_pos")
-
-    def per_file(weights: np.ndarray | None = None, mask: np.ndarray | None = None) -> list[int]:
-        chosen = files if mask is None else files[mask]
-        weighted = None if weights is None else (weights if mask is None else weights[mask])
-        return np.bincount(chosen, weights=weighted, minlength=len(result.files)).astype(np.int64).tolist()
-
-    totals, kept, written = per_file(), per_file(mask=result.kept), per_file(mask=result.written)
-    steps_before, positive_before = per_file(n_scored), per_file(n_pos)
-    steps_after, positive_after = per_file(n_scored, result.written), per_file(n_pos, result.written)
-    rows = [
-        SourceRow(
-            source=path.stem,
-            total=totals[index],
-            kept=written[index],
-            steps_before=steps_before[index],
-            positive_before=positive_before[index],
-            steps_after=steps_after[index],
-            positive_after=positive_after[index],
-            dropped_at_conversion=kept[index] - written[index],
-        )
-        for index, path in enumerate(result.files)
-    ]
-    from mprm_hf.selection import scores
-
-    staging = bool(
-        args.push_to_hub or args.dry_run
-    )  # the histogram is the only user of the per-rollout arrays
-    report = SelectionReport(
-        selector="bis",
-        params={"alpha": alpha, "top_ratio": args.top_ratio, "format": "reference"},
-        rows=rows,
-        p_pos=scores.p_pos(n_pos, n_scored) if staging else np.zeros(0),
-        reliability=scores.reliability(column_numpy(table, "sum_pos"), n_pos) if staging else np.zeros(0),
-        bis=result.bis if staging else np.zeros(0),
-        bis_alpha=alpha,
-        kept_mask=result.written if staging else np.zeros(0, dtype=bool),
-        order_note="file order (as the reference)",
-    )
-    note = "score table from cache" if result.cached else "score table scanned and cached"
-    return report, note
-
-
-def run_stepwise(args: argparse.Namespace) -> tuple[SelectionReport, Any]:
-    """jsonl / parquet / arrow: load with datasets, score with a map, select, convert to stepwise records."""
-    import pyarrow.compute as pc
-
-    from mprm_hf.data.stepwise import to_stepwise
-    from mprm_hf.data.visualprm400k import load_visualprm400k
-    from mprm_hf.selection import scores
-    from mprm_hf.selection.selectors import select_rollouts
-
-    params = selector_params(args)
-    ds, _ = load_visualprm400k(args.annotations, revision=args.revision, num_proc=args.num_proc)
-    selection = select_rollouts(
-        ds,
-        args.method,
-        top_ratio=args.top_ratio,
-        budget=args.budget,
-        num_proc=args.num_proc,
-        progress=not args.quiet,
-        **params,
-    )
-    scored = selection.scored
-    extra = [name for name in (*scores.SCORE_COLUMNS, "bis", "entropy") if name in scored.column_names]
-    chosen = scored.select(selection.indices).remove_columns(extra)
-    records, _ = to_stepwise(chosen, threshold=args.threshold, num_proc=args.num_proc)
-
-    table = scored.select_columns(["source", *scores.SCORE_COLUMNS]).with_format("numpy")[:]
-    sources = np.asarray(table["source"], dtype=object)
-    n_steps, n_pos = np.asarray(table["n_steps"]), np.asarray(table["n_pos"])
-    rankable = n_steps > 0
-    out_sources = np.asarray(records["source"], dtype=object)
-    labels = records.data.table.column("labels")
-    per_record_steps = pc.list_value_length(labels).to_numpy(zero_copy_only=False)
-    per_record_pos = np.asarray([int(sum(row)) for row in records["labels"]], dtype=np.int64)
-    chosen_sources = sources[selection.indices]
-    rows = []
-    for source in dict.fromkeys(sources.tolist()):
-        mine, out = (sources == source) & rankable, out_sources == source
-        rows.append(
-            SourceRow(
-                source=str(source),
-                total=int(mine.sum()),
-                kept=int(out.sum()),
-                steps_before=int(n_steps[mine].sum()),
-                positive_before=int(n_pos[mine].sum()),
-                steps_after=int(per_record_steps[out].sum()),
-                positive_after=int(per_record_pos[out].sum()),
-                dropped_at_conversion=int((chosen_sources == source).sum() - out.sum()),
-            )
-        )
-    kept_mask = np.zeros(len(scored), dtype=bool)
-    kept_mask[selection.indices] = True
-    alpha = float(params.get("alpha", 0.05))
-    report = SelectionReport(
-        selector=args.method,
-        params={
-            key: value
-            for key, value in {**selection.params, "threshold": args.threshold}.items()
-            if value is not None
-        },
-        rows=rows,
-        p_pos=np.asarray(table["p_pos"]),
-        reliability=np.asarray(table["reliability"]),
-        bis=scores.bis(table["p_pos"], table["reliability"], alpha),
-        bis_alpha=alpha,
-        kept_mask=kept_mask,
-        order_note=selection.order_note,
-    )
-    write_records(records, args.output, args.format)
-    return report, records
-
-
-def write_records(records: Any, output: Path, fmt: str) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "jsonl":
-        records.to_json(str(output), lines=True, force_ascii=False)
-    elif fmt == "parquet":
-        records.to_parquet(str(output))
-    else:
-        records.save_to_disk(str(output))
-
-
-def stage_and_push(args: argparse.Namespace, argv: list[str], report: SelectionReport, records: Any) -> None:
+def stage_and_push(args: argparse.Namespace, argv: list[str], report: SelectionReport) -> None:
     """Write the Hub folder (data + README.md card + histogram); push it unless --dry-run."""
     import shlex
     import tempfile
@@ -292,8 +142,10 @@ def stage_and_push(args: argparse.Namespace, argv: list[str], report: SelectionR
             files = {}
 
             def write(staging: Path) -> None:
+                import datasets
+
                 (staging / "data").mkdir(parents=True, exist_ok=True)
-                records.to_parquet(str(staging / "data" / "train.parquet"))
+                datasets.load_from_disk(str(args.output)).to_parquet(str(staging / "data" / "train.parquet"))
 
         files["selection_histogram.png"] = histogram
         info = report.card_info(
@@ -314,19 +166,27 @@ def stage_and_push(args: argparse.Namespace, argv: list[str], report: SelectionR
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mprm_hf.selection.subset import build_subset
+
     argv = list(argv or [])
     args = build_parser().parse_args(argv)
-    if args.top_ratio is not None and not 0.0 < args.top_ratio <= 1.0:
-        raise MPRMError(f"--top-ratio must be in (0, 1], got {args.top_ratio}")
-    if args.format == "reference":
-        selector_params(args)
-        report, note = run_reference(args)
-        records = None
-    else:
-        report, records = run_stepwise(args)
-        note = f"{args.format} stepwise records"
-    print(report.table())
-    print(f"wrote {report.n_kept} rollouts to {args.output} ({note})")
+    result = build_subset(
+        args.annotations,
+        args.output,
+        method=args.method,
+        fmt=args.format,
+        top_ratio=args.top_ratio,
+        budget=args.budget,
+        threshold=args.threshold,
+        num_proc=args.num_proc,
+        use_cache=not args.no_cache,
+        revision=args.revision,
+        progress=not args.quiet,
+        **selector_params(args),
+    )
+    print(result.report.table())
+    origin = "score table from cache" if result.cached else "score table scanned and cached"
+    print(f"wrote {result.n_written} rollouts to {args.output} ({args.format}; {origin})")
     if args.push_to_hub or args.dry_run:
-        stage_and_push(args, argv, report, records)
+        stage_and_push(args, argv, result.report)
     return 0

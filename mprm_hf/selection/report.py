@@ -47,7 +47,8 @@ class SelectionReport:
     bis: np.ndarray = field(repr=False)
     bis_alpha: float = 0.05
     kept_mask: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=bool))
-    order_note: str = "dataset order"
+    order_note: str = "file order"
+    notes: list[str] = field(default_factory=list)  # skipped lines and dropped rollouts, by reason and place
 
     @property
     def n_total(self) -> int:
@@ -102,9 +103,8 @@ class SelectionReport:
         lines.append(line("all", self.n_kept, self.n_total, self.balance_before(), self.balance_after()))
         dropped = sum(row.dropped_at_conversion for row in self.rows)
         if dropped:
-            lines.append(
-                f"{dropped} chosen rollouts were dropped at conversion (empty image, step or score)."
-            )
+            lines.append(f"{dropped} chosen rollouts were dropped at conversion, not replaced.")
+        lines += self.notes
         before, after = self.balance_before(), self.balance_after()
         lines.append(
             f"steps: {before['steps']} before ({before['negative']} negative), "

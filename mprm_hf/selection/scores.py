@@ -1,33 +1,48 @@
-"""Per-rollout scores (SPEC 3) as plain vectorised numpy functions, and a `Dataset.map` that adds them.
+"""Per-rollout scores and the budget rule (SPEC 3): each defined once, in float64, and used by every
+selector, every output format and the `Dataset` API.
 
-For one rollout with numeric MC scores s_1..s_n (steps whose score is missing or non-numeric are
-skipped, exactly like the reference) and hard labels y_j = 1 iff s_j > 0:
+For one rollout with numeric MC scores s_1..s_n (a missing or non-numeric score is skipped, as the
+reference skips it) and hard labels y_j = 1 iff s_j > 0:
 
     p_pos = (number of y_j = 1) / n
     R     = mean of s_j over the positive steps;  R = 1.0 when there is no positive step
     BIS   = (p_pos * (1 - p_pos) + alpha) * R
 
-The sum inside R is taken the way Python's built-in `sum()` takes it (left to right on Python <= 3.11,
-Neumaier-compensated from 3.12), so that these columns rank rollouts exactly as the reference does.
+in the reference's Python-float operation order, with the sum inside R taken as Python's built-in
+`sum()` takes it (left to right on Python <= 3.11, Neumaier-compensated from 3.12), so that near-ties
+rank exactly as the reference ranks them. The budget keeps `top_k = max(1, floor(m * r))` of a source's
+m eligible rollouts by a stable descending sort (ties keep file order).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 
 import numpy as np
-import pyarrow as pa
 
 from mprm_hf.errors import MPRMError
 
-SCORE_COLUMNS = ("n_steps", "n_pos", "p_pos", "reliability")
+DEFAULT_ALPHA = 0.05
+"""The reference script's default alpha. The paper's settings: 0.2 for a 10% subset, 0.05 for 25%."""
 
 
-def p_pos(n_pos: np.ndarray, n_steps: np.ndarray) -> np.ndarray:
+def check_alpha(alpha: float) -> float:
+    """BIS's smoothing term: a finite number >= 0 (alpha < 0 would rank pure rollouts below nothing)."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise MPRMError(f"--alpha must be a number, got {alpha!r}") from None
+    if not math.isfinite(value) or value < 0.0:
+        raise MPRMError(f"--alpha must be a finite number >= 0, got {alpha!r}")
+    return value
+
+
+def p_pos(n_pos: np.ndarray, n_scored: np.ndarray) -> np.ndarray:
     """p_pos = n_pos / n (NaN where a rollout has no numeric score: it cannot be ranked)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.asarray(n_pos, dtype=np.float64) / np.asarray(n_steps, dtype=np.float64)
+        return np.asarray(n_pos, dtype=np.float64) / np.asarray(n_scored, dtype=np.float64)
 
 
 def reliability(sum_pos: np.ndarray, n_pos: np.ndarray) -> np.ndarray:
@@ -35,16 +50,48 @@ def reliability(sum_pos: np.ndarray, n_pos: np.ndarray) -> np.ndarray:
     noise-free negative, the reference's rule)."""
     n_pos = np.asarray(n_pos)
     divisor = np.where(n_pos > 0, n_pos, 1).astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         return np.where(n_pos > 0, np.asarray(sum_pos, dtype=np.float64) / divisor, 1.0)
 
 
-def bis(p_pos: np.ndarray, reliability: np.ndarray, alpha: float) -> np.ndarray:
-    """BIS = (p_pos * (1 - p_pos) + alpha) * R: mixed rollouts first (p_pos near 0.5), weighted by how
-    much their positive steps can be trusted; alpha keeps pure rollouts in play."""
-    p_pos = np.asarray(p_pos, dtype=np.float64)
+def bis(n_scored: np.ndarray, n_pos: np.ndarray, sum_pos: np.ndarray, alpha: float) -> np.ndarray:
+    """BIS exactly as the reference's Python floats give it: mixed rollouts first (p_pos near 0.5),
+    weighted by how much their positive steps can be trusted; alpha keeps pure rollouts in play."""
+    mixture = p_pos(n_pos, n_scored)
     with np.errstate(invalid="ignore", over="ignore"):
-        return (p_pos * (1.0 - p_pos) + float(alpha)) * np.asarray(reliability, dtype=np.float64)
+        mixture *= 1.0 - mixture  # p_pos * (1 - p_pos): the right side first, as in Python
+        mixture += check_alpha(alpha)
+        mixture *= reliability(sum_pos, n_pos)
+    return mixture
+
+
+def top_k(m: int, top_ratio: float) -> int:
+    """The per-source budget, `max(1, int(m * r))`, in Python arithmetic on purpose (the reference's)."""
+    return max(1, int(m * top_ratio))
+
+
+def rank_descending(priority: np.ndarray) -> np.ndarray:
+    """Positions by priority descending, ties in input order: what `list.sort(key=..., reverse=True)`
+    gives (NaN compares false both ways, so only Python's own sort reproduces Python's order)."""
+    if np.isnan(priority).any():
+        values = priority.tolist()
+        return np.asarray(sorted(range(len(values)), key=values.__getitem__, reverse=True), dtype=np.int64)
+    return np.argsort(-priority, kind="stable")
+
+
+def top_positions(priority: np.ndarray, k: int) -> np.ndarray:
+    """The first `k` of `rank_descending(priority)`, in input order, without sorting everything: every
+    value above the k-th largest, then the ties at it in input order (exactly the stable sort's prefix)."""
+    if k >= len(priority):
+        return np.arange(len(priority), dtype=np.int64)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if np.isnan(priority).any():
+        return np.sort(rank_descending(priority)[:k])
+    kth = np.partition(priority, len(priority) - k)[len(priority) - k]
+    above = np.flatnonzero(priority > kth)
+    ties = np.flatnonzero(priority == kth)[: k - len(above)]
+    return np.sort(np.concatenate([above, ties]))
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:
@@ -107,7 +154,7 @@ def python_sum_rows(matrix: np.ndarray, mask: np.ndarray, *, compensated: bool |
 
 
 def rollout_statistics(offsets: np.ndarray, values: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
-    """n_steps, n_pos, sum_pos per rollout from a flattened list column (Arrow offsets + values).
+    """n_scored, n_pos, sum_pos per rollout from a flattened list column (Arrow offsets + values).
 
     `valid` marks numeric scores; the others are skipped, as the reference skips them."""
     lengths = np.diff(offsets).astype(np.int64)
@@ -115,64 +162,11 @@ def rollout_statistics(offsets: np.ndarray, values: np.ndarray, valid: np.ndarra
     row_of = np.repeat(np.arange(rows), lengths)
     position = np.arange(len(values)) - np.repeat(offsets[:-1], lengths)
     positive = valid & (values > 0.0)
-    n_steps = np.bincount(row_of[valid], minlength=rows).astype(np.int64)
+    n_scored = np.bincount(row_of[valid], minlength=rows).astype(np.int64)
     n_pos = np.bincount(row_of[positive], minlength=rows).astype(np.int64)
     width = int(lengths.max()) if rows and len(values) else 0
     matrix = np.zeros((rows, width), dtype=np.float64)
     mask = np.zeros((rows, width), dtype=bool)
     matrix[row_of, position] = np.where(positive, values, 0.0)
     mask[row_of, position] = positive
-    return {"n_steps": n_steps, "n_pos": n_pos, "sum_pos": python_sum_rows(matrix, mask)}
-
-
-def _scores_batch(mc_scores: pa.ChunkedArray | pa.Array, alpha: float | None) -> dict[str, np.ndarray]:
-    column = mc_scores.combine_chunks() if isinstance(mc_scores, pa.ChunkedArray) else mc_scores
-    if isinstance(column, pa.ChunkedArray):  # an empty chunked array combines to itself
-        column = pa.array([], type=pa.list_(pa.float64()))
-    column = column.cast(pa.list_(pa.float64())) if column.type != pa.list_(pa.float64()) else column
-    offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
-    offsets = offsets - offsets[0]
-    valid = flat.is_valid().to_numpy(zero_copy_only=False)
-    values = flat.fill_null(np.nan).to_numpy(zero_copy_only=False)
-    stats = rollout_statistics(offsets, values, valid)
-    columns = {
-        "n_steps": stats["n_steps"],
-        "n_pos": stats["n_pos"],
-        "p_pos": p_pos(stats["n_pos"], stats["n_steps"]),
-        "reliability": reliability(stats["sum_pos"], stats["n_pos"]),
-    }
-    if alpha is not None:
-        columns["bis"] = bis(columns["p_pos"], columns["reliability"], alpha)
-    return columns
-
-
-def add_rollout_scores(ds, *, alpha: float | None = None, num_proc: int | None = None):
-    """Add n_steps, n_pos, p_pos, reliability (and bis for `alpha`) to a VisualPRM400K `Dataset`.
-
-    A batched `Dataset.map` over the `mc_scores` column in Arrow format, so it is cached by `datasets`
-    and a second call with the same data is free. A rollout without a numeric score gets n_steps 0 and
-    p_pos NaN: selectors never keep it (the reference does not rank it)."""
-    if "mc_scores" not in ds.column_names:
-        raise MPRMError(f"dataset has no 'mc_scores' column (columns: {', '.join(ds.column_names)})")
-    existing = [name for name in (*SCORE_COLUMNS, "bis") if name in ds.column_names]
-    if existing:
-        ds = ds.remove_columns(existing)
-    import datasets
-
-    # Arrow-formatted map keeps only what the function returns: score one column, then join.
-    scores = (
-        ds.select_columns(["mc_scores"])
-        .with_format("arrow")
-        .map(
-            _scores_batch,
-            input_columns=["mc_scores"],
-            batched=True,
-            batch_size=10_000,
-            fn_kwargs={"alpha": alpha},
-            num_proc=num_proc if num_proc and num_proc > 1 and len(ds) > 20_000 else None,
-            desc="Scoring rollouts",
-        )
-        .with_format(None)
-    )
-    return datasets.concatenate_datasets([ds, scores], axis=1)
+    return {"n_scored": n_scored, "n_pos": n_pos, "sum_pos": python_sum_rows(matrix, mask)}

@@ -1,17 +1,19 @@
-"""Selectors: which rollouts to train on, each at the same budget (SPEC 3 and its baselines).
+"""Selectors: which rollouts to train on, each a small function of the score table at one budget rule
+(SPEC 3 and its baselines).
 
 A selector gives every rollout a *priority* (higher is kept first) and may declare some rollouts
-ineligible; the budget is then applied the same way for all of them:
+ineligible; the budget is then applied the same way for all of them (`scores.top_k`,
+`scores.top_positions`):
 
 * per source (`top_ratio=r`): inside each source, `top_k = max(1, floor(m * r))` of its m eligible
-  rollouts, by priority, ties in dataset order (a stable sort, as the reference);
-* global (`budget=N`): the N highest priorities over all sources.
+  rollouts, by priority, ties in file order (a stable sort, as the reference);
+* global (`budget=N`): the N highest priorities over all sources, ties in file order.
 
-Rollouts without a numeric MC score are never eligible (the reference cannot rank them). The kept
-rows come back in dataset order, except `entropy` with `curriculum=True` (low to high entropy).
+The table holds only rollouts the reference can rank (at least one numeric MC score). Kept rows come
+back in file order, except `entropy` with `curriculum=True` (low to high entropy).
 
-To add a selector: write a subclass of `Selector` with a `priority` method and register it with
-`@register("name")`; the CLI and `select()` pick it up from `SELECTORS`.
+To add a selector: subclass `Selector`, declare `params`, implement `priority` (and `eligible` or
+`output_order` if needed) and register it with `@register("name")`; the CLI and `select()` pick it up.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,6 +29,9 @@ from mprm_hf.errors import MPRMError
 from mprm_hf.selection import scores as scoring
 
 SELECTORS: dict[str, type[Selector]] = {}
+Columns = dict[str, np.ndarray]
+"""The score table as numpy: source (an integer per file), n_scored, n_pos, sum_pos, p_pos,
+reliability, and entropy when the entropy selector computed it."""
 
 
 def register(name: str) -> Callable[[type[Selector]], type[Selector]]:
@@ -41,21 +45,21 @@ def register(name: str) -> Callable[[type[Selector]], type[Selector]]:
 
 @dataclass
 class Selection:
-    """The kept row indices (in output order), the scored dataset and what the selector computed."""
+    """The kept table rows (in output order) and what the selector computed."""
 
-    indices: np.ndarray
-    scored: Any  # datasets.Dataset with the score columns
+    rows: np.ndarray
+    method: str
+    params: dict[str, Any]
     priority: np.ndarray
     eligible: np.ndarray
-    params: dict[str, Any]
-    order_note: str = "dataset order"
+    order_note: str = "file order"
 
 
 class Selector:
-    """Base: subclasses set `params` (the CLI flags they use) and define `priority`."""
+    """Base: subclasses set `params` (parameter -> default) and define `priority`."""
 
     name: ClassVar[str] = ""
-    params: ClassVar[dict[str, Any]] = {}  # parameter -> default
+    params: ClassVar[dict[str, Any]] = {}
     uses_budget: ClassVar[bool] = True
 
     def __init__(self, **params: Any) -> None:
@@ -64,16 +68,16 @@ class Selector:
             raise MPRMError(
                 f"selector {self.name!r} takes no parameter {unknown[0]!r} (takes: {', '.join(self.params) or 'none'})"
             )
-        self.values = {**self.params, **params}
+        self.values = {**self.params, **{key: value for key, value in params.items() if value is not None}}
 
-    def eligible(self, table: dict[str, np.ndarray]) -> np.ndarray:
-        return table["n_steps"] > 0
+    def eligible(self, table: Columns) -> np.ndarray:
+        return table["n_scored"] > 0
 
-    def priority(self, ds: Any, table: dict[str, np.ndarray]) -> np.ndarray:
+    def priority(self, table: Columns) -> np.ndarray:
         raise NotImplementedError
 
     def output_order(self, kept: np.ndarray, priority: np.ndarray) -> tuple[np.ndarray, str]:
-        return np.sort(kept), "dataset order"
+        return np.sort(kept), "file order"
 
 
 def _random_priority(n: int, seed: int) -> np.ndarray:
@@ -84,13 +88,10 @@ def _random_priority(n: int, seed: int) -> np.ndarray:
 class BisSelector(Selector):
     """Balanced-Information Score: BIS = (p_pos (1 - p_pos) + alpha) R."""
 
-    params = {"alpha": 0.05}
+    params = {"alpha": scoring.DEFAULT_ALPHA}
 
-    def priority(self, ds, table):
-        alpha = float(self.values["alpha"])
-        if not math.isfinite(alpha):
-            raise MPRMError(f"--alpha must be a finite number, got {alpha!r}")
-        return scoring.bis(table["p_pos"], table["reliability"], alpha)
+    def priority(self, table):
+        return scoring.bis(table["n_scored"], table["n_pos"], table["sum_pos"], self.values["alpha"])
 
 
 @register("random")
@@ -99,8 +100,8 @@ class RandomSelector(Selector):
 
     params = {"seed": 0}
 
-    def priority(self, ds, table):
-        return _random_priority(len(table["n_steps"]), int(self.values["seed"]))
+    def priority(self, table):
+        return _random_priority(len(table["n_scored"]), int(self.values["seed"]))
 
 
 @register("mixed")
@@ -110,17 +111,17 @@ class MixedSelector(Selector):
     params = {"seed": 0}
 
     def eligible(self, table):
-        return (table["n_pos"] > 0) & (table["n_pos"] < table["n_steps"])
+        return (table["n_pos"] > 0) & (table["n_pos"] < table["n_scored"])
 
-    def priority(self, ds, table):
-        return _random_priority(len(table["n_steps"]), int(self.values["seed"]))
+    def priority(self, table):
+        return _random_priority(len(table["n_scored"]), int(self.values["seed"]))
 
 
 @register("reliable")
 class ReliableSelector(Selector):
     """Highest R first (R = 1.0 for an all-negative rollout, as in BIS)."""
 
-    def priority(self, ds, table):
+    def priority(self, table):
         return table["reliability"]
 
 
@@ -128,7 +129,7 @@ class ReliableSelector(Selector):
 class LowMCSelector(Selector):
     """Lowest R first: the rollouts whose positive steps the MC estimate trusts least."""
 
-    def priority(self, ds, table):
+    def priority(self, table):
         return -table["reliability"]
 
 
@@ -138,8 +139,8 @@ class FullSelector(Selector):
 
     uses_budget = False
 
-    def priority(self, ds, table):
-        return np.zeros(len(table["n_steps"]))
+    def priority(self, table):
+        return np.zeros(len(table["n_scored"]))
 
 
 @register("entropy")
@@ -149,146 +150,139 @@ class EntropySelector(Selector):
     entropy = mean over steps of the binary entropy (bits) of the model's positive-reward probability;
     the `drop` fraction of highest-entropy rollouts of each source is removed (likely label noise),
     a budget then keeps the lowest-entropy rest, and `curriculum=True` orders the output from low to
-    high entropy. The entropies come from an `entropy` column if the dataset has one, else from a
-    scoring pass of `model` (a path or Hub id, through `mprm_hf.scoring.score_traces`)."""
+    high entropy. The entropies come from a scoring pass of `model` (a path or Hub id, through
+    `mprm_hf.scoring.score_traces`) over the rollouts, or from an `entropy` column given to `select`."""
 
     params = {"model": None, "drop": 0.1, "curriculum": False, "step_format": "prm-token", "batch_size": 8}
 
     def eligible(self, table):
-        base = table["n_steps"] > 0
-        entropy = table["entropy"]
         drop = float(self.values["drop"])
         if not 0.0 <= drop < 1.0:
             raise MPRMError(f"--entropy-drop must be in [0, 1), got {drop!r}")
-        keep = base & np.isfinite(entropy)
+        entropy = table["entropy"]
+        keep = (table["n_scored"] > 0) & np.isfinite(entropy)
         for source in np.unique(table["source"]):
             members = np.flatnonzero(keep & (table["source"] == source))
             n_drop = math.floor(len(members) * drop)
             if n_drop:
-                worst = members[np.argsort(-entropy[members], kind="stable")[:n_drop]]
-                keep[worst] = False
+                keep[members[scoring.rank_descending(entropy[members])[:n_drop]]] = False
         return keep
 
-    def priority(self, ds, table):
+    def priority(self, table):
         return -table["entropy"]
 
     def output_order(self, kept, priority):
         if self.values["curriculum"]:
-            return kept[np.argsort(-priority[kept], kind="stable")], "entropy, low to high (curriculum)"
-        return np.sort(kept), "dataset order"
-
-
-def rollout_entropy(
-    ds: Any, model: str | Path, *, step_format: str = "prm-token", batch_size: int = 8, progress: bool = True
-) -> np.ndarray:
-    """Mean step entropy of every rollout under `model` (one scoring pass over the whole dataset)."""
-    from mprm_hf.data.stepwise import prompt_of
-    from mprm_hf.modeling import load_model_and_processor
-    from mprm_hf.scoring import score_traces
-
-    model_obj, processor = load_model_and_processor(str(model))
-    traces = []
-    for record in ds:
-        root = Path(record.get("image_root") or ".")
-        traces.append(
-            {
-                "question": prompt_of(record),
-                "steps": [text.strip() for text in record["steps"]],
-                "images": [str(root / image) for image in record["image"]],
-            }
-        )
-    probabilities = score_traces(
-        model_obj, processor, traces, batch_size=batch_size, step_format=step_format, progress=progress
-    )
-    return scoring.mean_step_entropy(probabilities)
-
-
-def _budgeted(
-    priority: np.ndarray,
-    eligible: np.ndarray,
-    sources: np.ndarray,
-    *,
-    top_ratio: float | None,
-    budget: int | None,
-) -> np.ndarray:
-    """Indices kept by the budget: per source (`top_ratio`) or global (`budget`), stable by priority."""
-    candidates = np.flatnonzero(eligible)
-    if budget is not None:
-        order = candidates[np.argsort(-priority[candidates], kind="stable")]
-        return order[:budget]
-    kept = []
-    for source in dict.fromkeys(sources[candidates].tolist()):  # sources in dataset order
-        members = candidates[sources[candidates] == source]
-        top_k = max(1, math.floor(len(members) * top_ratio))
-        kept.append(members[np.argsort(-priority[members], kind="stable")[:top_k]])
-    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+            return kept[scoring.rank_descending(priority[kept])], "entropy, low to high (curriculum)"
+        return np.sort(kept), "file order"
 
 
 def check_budget(top_ratio: float | None, budget: int | None) -> None:
     if top_ratio is not None and budget is not None:
         raise MPRMError("give either --top-ratio or --budget, not both")
-    if top_ratio is not None and not (isinstance(top_ratio, (int, float)) and 0.0 < top_ratio <= 1.0):
+    if top_ratio is not None and not (
+        isinstance(top_ratio, (int, float)) and not isinstance(top_ratio, bool) and 0.0 < top_ratio <= 1.0
+    ):
         raise MPRMError(f"--top-ratio must be in (0, 1], got {top_ratio!r}")
-    if budget is not None and (not isinstance(budget, int) or budget < 1):
+    if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 1):
         raise MPRMError(f"--budget must be a positive number of rollouts, got {budget!r}")
 
 
-def select_rollouts(
-    ds: Any,
+def budgeted(
+    priority: np.ndarray,
+    eligible: np.ndarray,
+    source: np.ndarray,
+    *,
+    top_ratio: float | None,
+    budget: int | None,
+) -> np.ndarray:
+    """Rows kept by the budget, in file order: per source (`top_ratio`) or global (`budget`)."""
+    candidates = np.flatnonzero(eligible)
+    if budget is not None:
+        return np.sort(candidates[scoring.top_positions(priority[candidates], budget)])
+    kept = []
+    for code in np.unique(source[candidates]):  # sources in file order
+        members = candidates[source[candidates] == code]
+        kept.append(members[scoring.top_positions(priority[members], scoring.top_k(len(members), top_ratio))])
+    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+
+
+def columns_of(source: np.ndarray, n_scored: np.ndarray, n_pos: np.ndarray, sum_pos: np.ndarray) -> Columns:
+    """The columns every selector reads, from the table's four."""
+    return {
+        "source": source,
+        "n_scored": n_scored,
+        "n_pos": n_pos,
+        "sum_pos": sum_pos,
+        "p_pos": scoring.p_pos(n_pos, n_scored),
+        "reliability": scoring.reliability(sum_pos, n_pos),
+    }
+
+
+def select_rows(
+    table: Columns,
     method: str,
     *,
     top_ratio: float | None = None,
     budget: int | None = None,
-    num_proc: int | None = None,
-    progress: bool = True,
+    entropy: Callable[[np.ndarray], np.ndarray] | np.ndarray | None = None,
     **params: Any,
 ) -> Selection:
-    """Score `ds` (a VisualPRM400K dataset), run selector `method` at the budget, return the Selection."""
+    """Run selector `method` on the columns at the budget. `entropy` is the rollouts' entropy, or a
+    function of the eligible rows that computes it (only the entropy selector asks for it)."""
     if method not in SELECTORS:
         raise MPRMError(f"unknown selection method {method!r} (one of: {', '.join(SELECTORS)})")
     selector = SELECTORS[method](**params)
     if selector.uses_budget and top_ratio is None and budget is None:
         raise MPRMError(f"selector {method!r} needs a budget: --top-ratio R or --budget N")
     check_budget(top_ratio, budget)
-    alpha = selector.values.get("alpha") if method == "bis" else None
-    scored = scoring.add_rollout_scores(ds, alpha=alpha, num_proc=num_proc)
-    columns = scored.with_format("numpy", columns=list(scoring.SCORE_COLUMNS))[:]
-    table = {name: np.asarray(columns[name]) for name in scoring.SCORE_COLUMNS}
-    table["source"] = np.asarray(
-        scored["source"] if "source" in scored.column_names else [""] * len(scored), dtype=object
-    )
+    if method == "bis":
+        selector.values["alpha"] = scoring.check_alpha(selector.values["alpha"])
     if method == "entropy":
-        if "entropy" in scored.column_names:
-            table["entropy"] = np.asarray(scored["entropy"], dtype=np.float64)
-        else:
-            if not selector.values["model"]:
-                raise MPRMError(
-                    "selector 'entropy' needs --entropy-model (a PRM path or Hub id) or an 'entropy' column"
-                )
-            entropy = rollout_entropy(
-                scored,
-                selector.values["model"],
-                step_format=selector.values["step_format"],
-                batch_size=int(selector.values["batch_size"]),
-                progress=progress,
+        if entropy is None:
+            raise MPRMError(
+                "selector 'entropy' needs --entropy-model (a PRM path or Hub id) or an 'entropy' column"
             )
-            scored = scored.add_column("entropy", entropy.tolist())
-            table["entropy"] = entropy
+        table = dict(table)
+        table["entropy"] = entropy(np.flatnonzero(table["n_scored"] > 0)) if callable(entropy) else entropy
     eligible = selector.eligible(table)
-    priority = np.asarray(selector.priority(scored, table), dtype=np.float64)
+    priority = np.asarray(selector.priority(table), dtype=np.float64)
     if selector.uses_budget:
-        kept = _budgeted(priority, eligible, table["source"], top_ratio=top_ratio, budget=budget)
+        kept = budgeted(priority, eligible, table["source"], top_ratio=top_ratio, budget=budget)
     else:
         kept = np.flatnonzero(eligible)
-    indices, order_note = selector.output_order(kept, priority)
+    rows, order_note = selector.output_order(kept, priority)
     recorded = dict(selector.values)
     recorded.update({"top_ratio": top_ratio} if top_ratio is not None else {})
     recorded.update({"budget": budget} if budget is not None else {})
-    return Selection(indices.astype(np.int64), scored, priority, eligible, recorded, order_note)
+    return Selection(rows.astype(np.int64), method, recorded, priority, eligible, order_note)
+
+
+def dataset_columns(ds: Any) -> Columns:
+    """The selector columns of a VisualPRM400K `Dataset` (`load_visualprm400k`), from its float64
+    `mc_scores` read through Arrow (never numpy's float32), with the scan's sums."""
+    import pyarrow as pa
+
+    if "mc_scores" not in ds.column_names:
+        raise MPRMError(f"dataset has no 'mc_scores' column (columns: {', '.join(ds.column_names)})")
+    column = ds.data.table.column("mc_scores").combine_chunks()
+    if isinstance(column, pa.ChunkedArray):  # an empty column combines to itself
+        column = pa.array([], type=pa.list_(pa.float64()))
+    column = column.cast(pa.list_(pa.float64()))
+    offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    offsets = offsets - offsets[0]
+    valid = flat.is_valid().to_numpy(zero_copy_only=False)
+    stats = scoring.rollout_statistics(offsets, flat.fill_null(np.nan).to_numpy(zero_copy_only=False), valid)
+    names = ds["source"] if "source" in ds.column_names else [""] * len(ds)
+    _, source = np.unique(np.asarray(names, dtype=object), return_inverse=True)
+    return columns_of(source, stats["n_scored"], stats["n_pos"], stats["sum_pos"])
 
 
 def select(ds: Any, method: str, **params: Any) -> Any:
-    """The selected rollouts of `ds` as a `Dataset` (score columns added), e.g.
-    `select(ds, "bis", alpha=0.2, top_ratio=0.1)` or `select(ds, "random", seed=1, budget=500)`."""
-    selection = select_rollouts(ds, method, **params)
-    return selection.scored.select(selection.indices)
+    """The selected rollouts of a VisualPRM400K `Dataset`, e.g. `select(ds, "bis", alpha=0.2,
+    top_ratio=0.1)` or `select(ds, "random", seed=1, budget=500)`: the same selectors and budget rule as
+    `mprm-hf select`, on the dataset's rows. An `entropy` column serves the entropy selector."""
+    entropy = np.asarray(ds["entropy"], dtype=np.float64) if "entropy" in ds.column_names else None
+    selection = select_rows(dataset_columns(ds), method, entropy=entropy, **params)
+    return ds.select(selection.rows)

@@ -1,0 +1,432 @@
+"""Writers: only the kept rollouts are read again (by byte span) and converted, into the reference's PRM
+jsonl (byte for byte what `build_bis_subset.py` writes), stepwise records as jsonl, parquet or an Arrow
+folder (SPEC 2.4), every one written atomically: a unique temporary beside the target, then a rename.
+
+One conversion rule serves every format (`Rollout`, SPEC 3): a kept rollout is dropped, not replaced,
+when its image is empty, it has no steps, or a step has empty text or a non-numeric score; the question
+is `question_orig`, else `question`, else `""`, passed through `str()` and stripped. Stepwise formats
+also drop (and count) a rollout with a non-finite score, which the reference keeps but no soft label can
+be trained on. Kept lines are read in chunks of `CHUNK_ROWS`, each in one typed `msgspec` call where
+every line has the common shape; any other line is read rule by rule with `json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from json.encoder import encode_basestring  # the exact string encoder json.dumps(ensure_ascii=False) uses
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from mprm_hf.errors import MPRMError
+from mprm_hf.selection.scan import (
+    _DECODE_ERRORS,
+    ScoreTable,
+    _loads,
+    _numeric,
+    _progress_bar,
+    _record_and_scores,
+    _where,
+)
+
+FORMATS = ("jsonl", "parquet", "arrow", "reference")
+CHUNK_ROWS = 500
+"""Kept lines converted per task: one typed msgspec call, little memory per worker."""
+
+NO_IMAGE = "no image"
+NO_STEPS = "no steps"
+EMPTY_STEP_TEXT = "empty step text"
+BAD_SCORE = "missing or non-numeric score"
+NON_FINITE_SCORE = "non-finite score (stepwise formats)"
+DROP_REASONS = (NO_IMAGE, NO_STEPS, EMPTY_STEP_TEXT, BAD_SCORE, NON_FINITE_SCORE)
+
+
+class _PRMStep(msgspec.Struct, gc=False):
+    step: str | None = None
+    score: float | None = None
+
+
+class _PRMRecord(msgspec.Struct, gc=False):
+    image: str | list[str] = ""
+    question_orig: str | None = None
+    question: str | None = None
+    steps_with_score: list[_PRMStep] | None = None
+
+
+_decode_prm = msgspec.json.Decoder(_PRMRecord).decode
+_decode_prm_lines = msgspec.json.Decoder(_PRMRecord).decode_lines
+"""Read what a converted line needs (image, question, step texts and scores), for the common shape
+only: any other type raises, and the line is read rule by rule."""
+_SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, OverflowError)
+
+
+@dataclass
+class Rollout:
+    """A kept rollout the conversion rule lets through: what every format writes."""
+
+    image: object  # a non-empty string or list, as the record holds it
+    question: str  # stripped
+    texts: list[str]  # stripped, non-empty
+    scores: list[float]
+    exact: bool = False  # read by `json` (rule by rule): write the reference's line with `json`'s encoder
+
+
+# --------------------------------------------------------------------------------------------- rule
+def _typed_rollout(record: _PRMRecord) -> Rollout | str:
+    """The rule for a record msgspec typed (string or null texts, finite float or null scores): the
+    reference can only drop such a record, never crash on it."""
+    image, steps = record.image, record.steps_with_score
+    if not image:
+        return NO_IMAGE
+    if not steps:
+        return NO_STEPS
+    texts, scores = [], []
+    for step in steps:
+        text, score = step.step, step.score
+        text = (text or "").strip()
+        if not text:
+            return EMPTY_STEP_TEXT
+        if score is None:
+            return BAD_SCORE
+        texts.append(text)
+        scores.append(score)
+    return Rollout(image, (record.question_orig or record.question or "").strip(), texts, scores)
+
+
+def _careful_rollout(raw: bytes, path: Path, offset: int) -> Rollout | str:
+    """The reference's rule step by step on a line parsed as `json.loads` parses it, its crashes turned
+    into one-line errors naming the file, line and field."""
+    stripped = raw.strip()
+    record, _, parsed_by_json = _record_and_scores(stripped, path, offset)
+    if not parsed_by_json:  # a value whose text depends on how a huge integer was parsed: `json` decides
+        record = _loads(stripped, path, offset, exact=True)
+    image = record.get("image", "")  # type: ignore[union-attr]
+    if not image:
+        return NO_IMAGE
+    steps = record.get("steps_with_score") or []  # type: ignore[union-attr]
+    if not steps:
+        return NO_STEPS
+    texts, scores = [], []
+    for index, step in enumerate(steps):
+        text = step.get("step") or ""
+        if type(text) is not str:
+            raise MPRMError(
+                f"{_where(path, offset)}: field 'steps_with_score[{index}].step' must be a string, "
+                f"got {type(text).__name__}"
+            )
+        text = text.strip()
+        if not text:
+            return EMPTY_STEP_TEXT
+        value = _numeric(step.get("score"), path, offset, index)
+        if value is None:
+            return BAD_SCORE
+        texts.append(text)
+        scores.append(value)
+    question = str(record.get("question_orig") or record.get("question") or "").strip()  # type: ignore[union-attr]
+    try:  # only `json` lets lone surrogates through; the reference crashes writing them
+        "".join([question, *texts, json.dumps(image, ensure_ascii=False)]).encode("utf-8")
+    except UnicodeEncodeError:
+        raise MPRMError(
+            f"{_where(path, offset)}: text holds a lone surrogate escape and cannot be written as UTF-8"
+        ) from None
+    return Rollout(image, question, texts, scores, exact=True)
+
+
+def read_rollouts(path: Path, offsets: Sequence[int], lengths: Sequence[int]) -> list[Rollout | str]:
+    """Kept lines of one file, by byte span, through the rule: a Rollout or the reason it is dropped.
+    One msgspec call for the chunk when every line has the common shape, else line by line."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        raws = [os.pread(descriptor, length, offset) for offset, length in zip(offsets, lengths, strict=True)]
+    finally:
+        os.close(descriptor)
+    try:  # a ranked line holds no newline and one JSON value: one record per line
+        records = _decode_prm_lines(b"\n".join(raws))
+    except _DECODE_ERRORS:
+        records = []
+    out: list[Rollout | str] = []
+    for index, (raw, offset) in enumerate(zip(raws, offsets, strict=True)):
+        try:
+            record = records[index] if len(records) == len(raws) else _decode_prm(raw)
+            out.append(_typed_rollout(record))
+        except (*_DECODE_ERRORS, *_SHAPE_ERRORS):
+            out.append(_careful_rollout(raw, path, offset))
+    return out
+
+
+# -------------------------------------------------------------------------------------------- lines
+def reference_line(rollout: Rollout) -> bytes:
+    """The reference's PRM record + "\\n" as UTF-8, exactly as `json.dumps(..., ensure_ascii=False)`."""
+    labels = [b"1.0" if score > 0.0 else b"0.0" for score in rollout.scores]
+    if not rollout.exact and type(rollout.image) is str:
+        # orjson.dumps of a string is encode_basestring's text, encoded (a test checks every code point)
+        human = "Question: " + rollout.question + "\nProcess: " + "<prm>\n\n".join(rollout.texts) + "<prm>"
+        return b"".join(
+            (
+                b'{"image": ',
+                orjson.dumps(rollout.image),
+                b', "conversations": [{"from": "human", "value": ',
+                orjson.dumps(human),
+                b'}, {"from": "gpt", "value": [',
+                b", ".join(labels),
+                b"]}]}\n",
+            )
+        )
+    image = rollout.image
+    image_json = encode_basestring(image) if type(image) is str else json.dumps(image, ensure_ascii=False)
+    human = f"Question: {rollout.question}\nProcess: " + "\n\n".join(text + "<prm>" for text in rollout.texts)
+    line = (
+        '{"image": '
+        + image_json
+        + ', "conversations": [{"from": "human", "value": '
+        + encode_basestring(human)
+        + '}, {"from": "gpt", "value": ['
+        + ", ".join(label.decode() for label in labels)
+        + "]}]}\n"
+    )
+    return line.encode("utf-8")
+
+
+def stepwise_record(rollout: Rollout, *, id: str, source: str, image_root: str, threshold: float) -> dict:
+    """SPEC 2.4: {id, source, images, prompt, completions, labels, mc_scores}; a step is positive iff
+    its MC score > threshold. Image paths are joined to the corpus root (the annotations' parent)."""
+    image = rollout.image
+    images = [image] if isinstance(image, str) else [str(item) for item in image]  # type: ignore[union-attr]
+    return {
+        "id": id,
+        "source": source,
+        "images": [os.path.join(image_root, item) for item in images],
+        "prompt": rollout.question,
+        "completions": rollout.texts,
+        "labels": [score > threshold for score in rollout.scores],
+        "mc_scores": rollout.scores,
+    }
+
+
+STEPWISE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("images", pa.list_(pa.string())),
+        ("prompt", pa.string()),
+        ("completions", pa.list_(pa.string())),
+        ("labels", pa.list_(pa.bool_())),
+        ("mc_scores", pa.list_(pa.float64())),
+    ]
+)
+
+
+# ------------------------------------------------------------------------------------------ convert
+@dataclass
+class Chunk:
+    """Kept rows of one file, converted by one worker."""
+
+    file: int
+    path: str
+    source: str
+    image_root: str
+    rows: np.ndarray
+    lines: list[int]
+    offsets: list[int]
+    lengths: list[int]
+
+
+@dataclass
+class Converted:
+    """What a chunk gave: the output (bytes, or an Arrow batch) and, per row, why it was dropped
+    ("" when written) and its positive step labels."""
+
+    data: bytes | pa.RecordBatch
+    reasons: list[str]
+    positives: list[int]
+
+
+def convert_chunk(task: tuple[Chunk, str, float]) -> Converted:
+    """Convert one chunk into `fmt` (a worker's unit of output work)."""
+    chunk, fmt, threshold = task
+    rollouts = read_rollouts(Path(chunk.path), chunk.offsets, chunk.lengths)
+    reasons: list[str] = []
+    positives: list[int] = []
+    kept: list[Rollout] = []
+    kept_lines: list[int] = []
+    for rollout, line in zip(rollouts, chunk.lines, strict=True):
+        finite = isinstance(rollout, str) or all(math.isfinite(score) for score in rollout.scores)
+        if not finite and fmt != "reference":
+            rollout = NON_FINITE_SCORE
+        if isinstance(rollout, str):
+            reasons.append(rollout)
+            positives.append(0)
+            continue
+        reasons.append("")
+        cut = 0.0 if fmt == "reference" else threshold
+        positives.append(sum(score > cut for score in rollout.scores))
+        kept.append(rollout)
+        kept_lines.append(line)
+    if fmt == "reference":
+        return Converted(b"".join(map(reference_line, kept)), reasons, positives)
+    records = [
+        stepwise_record(
+            rollout,
+            id=f"{chunk.source}:{line}",
+            source=chunk.source,
+            image_root=chunk.image_root,
+            threshold=threshold,
+        )  # fmt: skip
+        for rollout, line in zip(kept, kept_lines, strict=True)
+    ]
+    if fmt == "jsonl":
+        return Converted(b"".join(orjson.dumps(record) + b"\n" for record in records), reasons, positives)
+    columns = {name: [record[name] for record in records] for name in STEPWISE_SCHEMA.names}
+    return Converted(pa.RecordBatch.from_pydict(columns, schema=STEPWISE_SCHEMA), reasons, positives)
+
+
+def chunks_of(table: ScoreTable, rows: np.ndarray, image_root: str) -> list[Chunk]:
+    """`rows` (in output order) cut into per-file chunks of at most CHUNK_ROWS consecutive rows."""
+    file_of = table.column("file")[rows]
+    lines, offsets, lengths = (table.column(name)[rows] for name in ("line", "offset", "length"))
+    chunks = []
+    start = 0
+    while start < len(rows):
+        stop = start + 1
+        while stop < len(rows) and stop - start < CHUNK_ROWS and file_of[stop] == file_of[start]:
+            stop += 1
+        file_index = int(file_of[start])
+        chunks.append(
+            Chunk(
+                file_index,
+                str(table.files[file_index]),
+                table.files[file_index].stem,
+                image_root,
+                rows[start:stop],
+                lines[start:stop].tolist(),
+                offsets[start:stop].tolist(),
+                lengths[start:stop].tolist(),
+            )  # fmt: skip
+        )
+        start = stop
+    return chunks
+
+
+def _converted(tasks: list, num_proc: int | None) -> Iterator[Converted]:
+    """`convert_chunk` over the tasks in order, on a fork pool when there is more than one chunk."""
+    processes = max(1, min(num_proc or os.cpu_count() or 1, len(tasks)))
+    if processes == 1:
+        yield from map(convert_chunk, tasks)
+        return
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as executor:
+        yield from executor.map(convert_chunk, tasks)
+
+
+# -------------------------------------------------------------------------------------------- write
+@dataclass
+class WriteResult:
+    """Per kept row (in output order): why it was dropped ("" when written) and its positive labels."""
+
+    reasons: np.ndarray
+    positives: np.ndarray
+
+    @property
+    def written(self) -> np.ndarray:
+        return self.reasons == ""
+
+
+def _temporary_beside(target: Path, *, folder: bool = False) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{target.name}."
+    if folder:
+        return Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix, suffix=".tmp"))
+    descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".tmp")
+    os.close(descriptor)
+    return Path(name)
+
+
+def replace_atomically(temporary: Path, target: Path) -> None:
+    """Move a finished file or folder onto `target` with renames only: a reader sees the old or the new
+    one, never half of either. A folder replaces a folder (the old one is removed after the swap)."""
+    if temporary.is_dir() and target.exists():
+        if not target.is_dir():
+            raise MPRMError(f"{target}: exists and is not a folder; it would be replaced by an Arrow folder")
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+        os.rename(target, old / "data")
+        os.rename(temporary, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(temporary, target)
+
+
+def write_subset(
+    table: ScoreTable,
+    rows: np.ndarray,
+    output: str | os.PathLike,
+    *,
+    fmt: str = "jsonl",
+    threshold: float = 0.0,
+    image_root: str | None = None,
+    num_proc: int | None = None,
+    progress: bool = True,
+) -> WriteResult:
+    """Convert the kept `rows` of `table` (in output order) and write them to `output` in `fmt`."""
+    if fmt not in FORMATS:
+        raise MPRMError(f"unknown format {fmt!r} (one of: {', '.join(FORMATS)})")
+    if not math.isfinite(threshold):
+        raise MPRMError(f"--threshold must be a finite number, got {threshold!r}")
+    output = Path(output)
+    root = image_root if image_root is not None else str(table.files[0].parent.parent)
+    tasks = [(chunk, fmt, threshold) for chunk in chunks_of(table, np.asarray(rows, dtype=np.int64), root)]
+    reasons: list[str] = []
+    positives: list[int] = []
+    temporary = _temporary_beside(output, folder=fmt == "arrow")
+    try:
+        with _progress_bar(progress, total=len(rows), desc="Writing rollouts", unit="rollout") as bar:
+            if fmt in ("jsonl", "reference"):
+                with temporary.open("wb") as sink:
+                    for part in _converted(tasks, num_proc):
+                        sink.write(part.data)  # type: ignore[arg-type]
+                        reasons += part.reasons
+                        positives += part.positives
+                        bar.update(len(part.reasons))
+            else:
+                batches = []
+                for part in _converted(tasks, num_proc):
+                    batches.append(part.data)
+                    reasons += part.reasons
+                    positives += part.positives
+                    bar.update(len(part.reasons))
+                records = pa.Table.from_batches(batches, schema=STEPWISE_SCHEMA)
+                if fmt == "parquet":
+                    import pyarrow.parquet as pq
+
+                    pq.write_table(records, temporary)
+                else:
+                    _save_arrow_folder(records, temporary)
+        replace_atomically(temporary, output)
+    except BaseException:
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)
+        raise
+    return WriteResult(np.asarray(reasons, dtype=object), np.asarray(positives, dtype=np.int64))
+
+
+def _save_arrow_folder(records: pa.Table, folder: Path) -> None:
+    """`Dataset.save_to_disk` of the records, with the stepwise features (what `load_from_disk` reads)."""
+    import datasets
+
+    from mprm_hf.data.stepwise import STEPWISE_FEATURES
+
+    dataset = datasets.Dataset(
+        records.cast(STEPWISE_FEATURES.arrow_schema), info=datasets.DatasetInfo(features=STEPWISE_FEATURES)
+    )
+    dataset.save_to_disk(str(folder))
