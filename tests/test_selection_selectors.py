@@ -1,4 +1,5 @@
-"""Scores, selectors and budgets on the synthetic world; the select command's outputs, report and card."""
+"""Scores, selectors and budgets on the score table of the synthetic world; the select command's outputs,
+report and card; every format keeps the rollouts the reference output keeps."""
 
 from __future__ import annotations
 
@@ -13,7 +14,19 @@ import pytest
 
 from mprm_hf.errors import MPRMError
 from mprm_hf.selection import scores
-from mprm_hf.selection.selectors import SELECTORS, select, select_rollouts
+from mprm_hf.selection.scan import scan_corpus
+from mprm_hf.selection.selectors import SELECTORS, dataset_columns, select, select_rows
+from mprm_hf.selection.subset import build_subset, table_columns
+
+
+@pytest.fixture(scope="module")
+def table(synthetic_dir: Path):
+    return scan_corpus(synthetic_dir / "annotations", use_cache=False, progress=False)
+
+
+@pytest.fixture(scope="module")
+def columns(table):
+    return table_columns(table)
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +99,26 @@ def test_python_sum_rows_left_to_right_is_exact_to_the_sign_of_zero() -> None:
 
 
 def test_score_formulas() -> None:
-    n_steps, n_pos, sum_pos = np.array([4, 4, 3, 0]), np.array([2, 0, 3, 0]), np.array([1.5, 0.0, 2.4, 0.0])
-    p = scores.p_pos(n_pos, n_steps)
+    n_scored, n_pos, sum_pos = np.array([4, 4, 3, 0]), np.array([2, 0, 3, 0]), np.array([1.5, 0.0, 2.4, 0.0])
+    p = scores.p_pos(n_pos, n_scored)
     r = scores.reliability(sum_pos, n_pos)
     assert p[:3].tolist() == [0.5, 0.0, 1.0] and math.isnan(p[3])
     assert r.tolist() == [0.75, 1.0, 2.4 / 3, 1.0]
-    assert scores.bis(p, r, 0.05)[:3].tolist() == [(0.25 + 0.05) * 0.75, 0.05, 0.05 * (2.4 / 3)]
+    assert scores.bis(n_scored, n_pos, sum_pos, 0.05)[:3].tolist() == [
+        (0.25 + 0.05) * 0.75,
+        0.05,
+        0.05 * (2.4 / 3),
+    ]
     assert scores.binary_entropy(np.array([0.0, 0.5, 1.0])).tolist() == [0.0, 1.0, 0.0]
     entropy = scores.mean_step_entropy([[0.5, 1.0], [], [0.0]])
     assert entropy[0] == 0.5 and math.isnan(entropy[1]) and entropy[2] == 0.0
+    assert scores.top_k(9, 0.25) == 2 and scores.top_k(3, 0.1) == 1
+    for alpha in (-0.1, math.nan, math.inf, "x"):
+        with pytest.raises(MPRMError, match="--alpha"):
+            scores.bis(n_scored, n_pos, sum_pos, alpha)
 
 
-def test_add_rollout_scores_skips_missing_scores_like_the_reference() -> None:
+def test_dataset_columns_skip_missing_scores_like_the_reference() -> None:
     import datasets
 
     ds = datasets.Dataset.from_dict(
@@ -106,124 +127,119 @@ def test_add_rollout_scores_skips_missing_scores_like_the_reference() -> None:
             {"source": datasets.Value("string"), "mc_scores": datasets.List(datasets.Value("float64"))}
         ),
     )
-    out = scores.add_rollout_scores(ds, alpha=0.2)
-    assert out["n_steps"] == [3, 0, 2] and out["n_pos"] == [2, 0, 0]
-    assert out["reliability"][0] == 0.75 and out["reliability"][2] == 1.0
-    assert out["bis"][0] == pytest.approx((2 / 3 * 1 / 3 + 0.2) * 0.75) and out["bis"][2] == 0.2
-    assert out.column_names[:2] == ["source", "mc_scores"]
+    columns = dataset_columns(ds)
+    assert columns["n_scored"].tolist() == [3, 0, 2] and columns["n_pos"].tolist() == [2, 0, 0]
+    assert columns["reliability"][0] == 0.75 and columns["reliability"][2] == 1.0
+    assert columns["source"].tolist() == [0, 0, 1]
+    assert select(ds, "full")["mc_scores"] == [[0.5, None, 0.0, 1.0], [0.0, 0.0]]
 
 
 # --------------------------------------------------------------------------------------- selectors
-def _per_source_budget(ds, indices, ratio):
-    sources = np.asarray(ds["source"])
-    counts = {s: int((sources == s).sum()) for s in dict.fromkeys(sources.tolist())}
-    kept = np.asarray(sources[indices])
-    return {s: int((kept == s).sum()) for s in counts}, {
-        s: max(1, math.floor(m * ratio)) for s, m in counts.items()
-    }
+def _per_source(columns, rows, ratio):
+    sources = columns["source"]
+    kept = {int(s): int((sources[rows] == s).sum()) for s in np.unique(sources)}
+    return kept, {int(s): max(1, math.floor(int((sources == s).sum()) * ratio)) for s in np.unique(sources)}
 
 
 @pytest.mark.parametrize("method", ["bis", "random", "reliable", "low-mc"])
-def test_per_source_budget(rollouts, method: str) -> None:
-    selection = select_rollouts(rollouts, method, top_ratio=0.2, progress=False)
-    kept, expected = _per_source_budget(rollouts, selection.indices, 0.2)
+def test_per_source_budget(columns, method: str) -> None:
+    selection = select_rows(columns, method, top_ratio=0.2)
+    kept, expected = _per_source(columns, selection.rows, 0.2)
     assert kept == expected
-    assert (np.diff(selection.indices) > 0).all()  # dataset order
+    assert (np.diff(selection.rows) > 0).all()  # file order
 
 
-def test_global_budget(rollouts) -> None:
-    selection = select_rollouts(rollouts, "bis", alpha=0.2, budget=50, progress=False)
-    assert len(selection.indices) == 50
+def test_global_budget(columns) -> None:
+    selection = select_rows(columns, "bis", alpha=0.2, budget=50)
+    assert len(selection.rows) == 50
     threshold = np.sort(selection.priority[selection.eligible])[::-1][49]
-    assert (selection.priority[selection.indices] >= threshold).all()
+    assert (selection.priority[selection.rows] >= threshold).all()
 
 
-def test_bis_keeps_the_highest_scores_per_source(rollouts) -> None:
-    selection = select_rollouts(rollouts, "bis", alpha=0.05, top_ratio=0.25, progress=False)
-    sources = np.asarray(selection.scored["source"])
-    kept = np.zeros(len(sources), dtype=bool)
-    kept[selection.indices] = True
-    for source in set(sources.tolist()):
-        mine = sources == source
-        assert selection.priority[mine & kept].min() >= selection.priority[
-            mine & ~kept & selection.eligible
-        ].max(initial=-1)
+def test_bis_keeps_the_highest_scores_per_source(columns) -> None:
+    selection = select_rows(columns, "bis", alpha=0.05, top_ratio=0.25)
+    kept = np.zeros(len(columns["source"]), dtype=bool)
+    kept[selection.rows] = True
+    for source in np.unique(columns["source"]):
+        mine = columns["source"] == source
+        assert selection.priority[mine & kept].min() >= selection.priority[mine & ~kept].max(initial=-1)
 
 
-def test_random_is_seed_stable_and_seed_dependent(rollouts) -> None:
-    first = select_rollouts(rollouts, "random", seed=1, top_ratio=0.2, progress=False).indices
-    again = select_rollouts(rollouts, "random", seed=1, top_ratio=0.2, progress=False).indices
-    other = select_rollouts(rollouts, "random", seed=2, top_ratio=0.2, progress=False).indices
+def test_random_is_seed_stable_and_seed_dependent(columns) -> None:
+    first = select_rows(columns, "random", seed=1, top_ratio=0.2).rows
+    again = select_rows(columns, "random", seed=1, top_ratio=0.2).rows
+    other = select_rows(columns, "random", seed=2, top_ratio=0.2).rows
     assert first.tolist() == again.tolist()
     assert first.tolist() != other.tolist()
 
 
-def test_mixed_keeps_only_mixed_rollouts(rollouts) -> None:
-    subset = select(rollouts, "mixed", top_ratio=0.5, seed=0, progress=False)
-    assert len(subset) > 0
-    for row in subset:
-        labels = [score > 0 for score in row["mc_scores"] if score is not None]
-        assert any(labels) and not all(labels)
+def test_mixed_keeps_only_mixed_rollouts(columns) -> None:
+    rows = select_rows(columns, "mixed", top_ratio=0.5, seed=0).rows
+    assert len(rows) > 0
+    assert ((columns["n_pos"][rows] > 0) & (columns["n_pos"][rows] < columns["n_scored"][rows])).all()
 
 
-def test_reliable_and_low_mc_are_opposite_ends(rollouts) -> None:
-    high = select(rollouts, "reliable", top_ratio=0.2, progress=False)
-    low = select(rollouts, "low-mc", top_ratio=0.2, progress=False)
-    assert np.mean(high["reliability"]) > np.mean(low["reliability"])
+def test_reliable_and_low_mc_are_opposite_ends(columns) -> None:
+    high = select_rows(columns, "reliable", top_ratio=0.2).rows
+    low = select_rows(columns, "low-mc", top_ratio=0.2).rows
+    assert columns["reliability"][high].mean() > columns["reliability"][low].mean()
 
 
-def test_full_keeps_every_rankable_rollout(rollouts) -> None:
-    subset = select(rollouts, "full", progress=False)
-    assert len(subset) == sum(1 for row in rollouts["mc_scores"] if any(s is not None for s in row))
-
-
-def test_entropy_cut_and_curriculum_from_an_entropy_column(rollouts) -> None:
-    rnd = np.random.default_rng(0)
-    with_entropy = rollouts.add_column("entropy", rnd.random(len(rollouts)).tolist())
-    selection = select_rollouts(
-        with_entropy, "entropy", drop=0.25, curriculum=True, top_ratio=1.0, progress=False
+def test_full_keeps_every_rankable_rollout(columns, rollouts) -> None:
+    assert len(select_rows(columns, "full").rows) == len(columns["n_scored"])
+    assert len(select(rollouts, "full")) == sum(
+        1 for row in rollouts["mc_scores"] if any(s is not None for s in row)
     )
-    entropy = np.asarray(with_entropy["entropy"])
-    kept = selection.indices
+
+
+def test_entropy_cut_and_curriculum_from_given_entropies(columns) -> None:
+    entropy = np.random.default_rng(0).random(len(columns["source"]))
+    selection = select_rows(columns, "entropy", entropy=entropy, drop=0.25, curriculum=True, top_ratio=1.0)
+    kept = selection.rows
     assert (np.diff(entropy[kept]) >= 0).all()  # low to high
-    sources = np.asarray(with_entropy["source"])
-    for source in set(sources.tolist()):
-        mine = np.flatnonzero(sources == source)
+    for source in np.unique(columns["source"]):
+        mine = np.flatnonzero(columns["source"] == source)
         dropped = np.setdiff1d(mine, kept)
         assert len(dropped) == math.floor(len(mine) * 0.25)
         if len(dropped):
             assert entropy[dropped].min() >= entropy[np.intersect1d(mine, kept)].max()
-    plain = select_rollouts(with_entropy, "entropy", drop=0.25, top_ratio=1.0, progress=False).indices
+    plain = select_rows(columns, "entropy", entropy=entropy, drop=0.25, top_ratio=1.0).rows
     assert (np.diff(plain) > 0).all() and sorted(plain.tolist()) == sorted(kept.tolist())
 
 
 @pytest.mark.slow
-def test_entropy_from_a_scoring_pass(rollouts, tiny_model_dir: Path) -> None:
-    small = rollouts.select(range(24))
-    selection = select_rollouts(
-        small, "entropy", model=str(tiny_model_dir), drop=0.25, curriculum=True, budget=10, progress=False
-    )
-    entropy = np.asarray(selection.scored["entropy"])
-    assert np.isfinite(entropy).all() and ((entropy >= 0) & (entropy <= 1)).all()
-    assert len(selection.indices) == 10
-    assert (np.diff(entropy[selection.indices]) >= 0).all()
+def test_entropy_from_a_scoring_pass(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from mprm_hf.data.synthetic import write_synthetic
+
+    corpus = tmp_path / "small"
+    write_synthetic(corpus, rollouts=40, benchmark_traces=0, seed=3)
+    result = build_subset(corpus, tmp_path / "e.jsonl", method="entropy", model=str(tiny_model_dir), drop=0.25,
+                          curriculum=True, budget=10, progress=False)  # fmt: skip
+    entropy = -result.selection.priority
+    assert np.isfinite(entropy[result.selection.eligible]).all()
+    assert ((entropy[result.selection.eligible] >= 0) & (entropy[result.selection.eligible] <= 1)).all()
+    assert len(result.selection.rows) == 10 and result.n_written == 10
+    assert (np.diff(entropy[result.selection.rows]) >= 0).all()
+    assert result.selection.order_note.startswith("entropy")
 
 
-def test_registry_and_bad_parameters(rollouts) -> None:
+def test_registry_and_bad_parameters(columns) -> None:
     assert set(SELECTORS) >= {"bis", "random", "mixed", "reliable", "low-mc", "full", "entropy"}
     with pytest.raises(MPRMError, match="unknown selection method"):
-        select_rollouts(rollouts, "nope", top_ratio=0.1)
+        select_rows(columns, "nope", top_ratio=0.1)
     with pytest.raises(MPRMError, match="takes no parameter 'alpha'"):
-        select_rollouts(rollouts, "random", alpha=0.1, top_ratio=0.1)
+        select_rows(columns, "random", alpha=0.1, top_ratio=0.1)
     with pytest.raises(MPRMError, match="needs a budget"):
-        select_rollouts(rollouts, "bis")
-    for ratio in (0.0, 1.5, -1.0):
+        select_rows(columns, "bis")
+    for ratio in (0.0, 1.5, -1.0, math.nan):
         with pytest.raises(MPRMError, match="--top-ratio"):
-            select_rollouts(rollouts, "bis", top_ratio=ratio)
+            select_rows(columns, "bis", top_ratio=ratio)
     with pytest.raises(MPRMError, match="either --top-ratio or --budget"):
-        select_rollouts(rollouts, "bis", top_ratio=0.1, budget=3)
+        select_rows(columns, "bis", top_ratio=0.1, budget=3)
     with pytest.raises(MPRMError, match="--entropy-model"):
-        select_rollouts(rollouts, "entropy", top_ratio=0.1)
+        select_rows(columns, "entropy", top_ratio=0.1)
+    with pytest.raises(MPRMError, match="--alpha must be a finite number >= 0"):
+        select_rows(columns, "bis", alpha=-1.0, top_ratio=0.1)
 
 
 # ---------------------------------------------------------------------------------------- command
@@ -298,7 +314,7 @@ def test_push_offline_is_one_line_and_keeps_the_folder(
     [
         (
             ["--annotations", "/nonexistent/annotations", "--top-ratio", "0.1", "--format", "reference"],
-            "annotations folder not found",
+            "no such folder",
         ),
         (
             ["--annotations", "{empty}", "--top-ratio", "0.1", "--format", "reference"],
@@ -335,20 +351,88 @@ def test_bad_input_is_one_line(
     assert len(lines) == 1 and message in lines[0], out
 
 
-def test_reference_and_stepwise_paths_choose_the_same_rollouts(
-    synthetic_dir: Path, tmp_path: Path, rollouts
-) -> None:
-    """On a clean corpus the datasets path ranks exactly as the reference scan does."""
-    from mprm_hf.selection.reference import build_reference_subset
+def _tie_heavy_corpus(folder: Path, n: int, seed: int) -> Path:
+    """Clean lines whose MC scores come from a few values, so that exact ties and near-ties (the same
+    scores in other orders) are everywhere; every image is unique, so an output line names its rollout;
+    a few rollouts are dropped at conversion (an empty step) and one has an infinite score."""
+    rnd = random.Random(seed)
+    annotations = folder / "annotations"
+    annotations.mkdir(parents=True)
+    values = [0.0, 0.0, 0.0625, 0.1, 0.2, 0.3, 0.5, 1.0]
+    for name, count in (("a_src", n // 2), ("b_src", n // 3), ("c_src", n - n // 2 - n // 3)):
+        lines = []
+        for index in range(count):
+            steps = [{"step": f"s{k}", "score": rnd.choice(values)} for k in range(rnd.randint(1, 6))]
+            if index % 997 == 5:
+                steps[0]["step"] = "  "
+            if index == 11:
+                steps[0]["score"] = float("inf")
+            lines.append(
+                json.dumps({"image": f"{name}/{index}.png", "question": "q", "steps_with_score": steps})
+            )
+        (annotations / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
 
-    result = build_reference_subset(synthetic_dir / "annotations", tmp_path / "r.jsonl", alpha=0.2, top_ratio=0.1,
-                                    use_cache=False, progress=False)  # fmt: skip
-    selection = select_rollouts(rollouts, "bis", alpha=0.2, top_ratio=0.1, progress=False)
-    chosen = rollouts.select(selection.indices)
-    ours = sorted(tuple(images) for images in chosen["image"])
-    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
-    theirs = sorted(
-        tuple(line["image"]) if isinstance(line["image"], list) else (line["image"],) for line in lines
-    )
-    assert len(ours) == int(result.kept.sum()) == result.n_written
-    assert ours == theirs
+
+def test_every_format_keeps_the_rollouts_the_reference_output_keeps(tmp_path: Path) -> None:
+    """For a grid of alphas and ratios on a tie-heavy corpus of 12k rollouts: the jsonl / parquet / arrow
+    outputs and the `Dataset` API keep exactly the rollouts (by id) that the reference output keeps,
+    except the one with an infinite score, which only stepwise formats drop (and report)."""
+    import datasets
+
+    from mprm_hf.data.visualprm400k import load_visualprm400k
+
+    corpus = _tie_heavy_corpus(tmp_path / "corpus", 12_000, seed=5)
+    ds, _ = load_visualprm400k(corpus, cache_dir=tmp_path / "hf")
+    cache = tmp_path / "cache"
+    for alpha in (0.0, 0.05, 0.2):
+        for ratio in (0.02, 0.1, 0.25):
+            reference = build_subset(corpus, tmp_path / "r.jsonl", fmt="reference", alpha=alpha, top_ratio=ratio,
+                                     cache_dir=cache, progress=False)  # fmt: skip
+            expected = set()
+            for line in (tmp_path / "r.jsonl").read_text(encoding="utf-8").splitlines():
+                source, index = json.loads(line)["image"].removesuffix(".png").split("/")
+                expected.add(f"{source}:{int(index) + 1}")
+            assert len(expected) == reference.n_written
+            infinite = {f"{name}:12" for name in ("a_src", "b_src", "c_src")} & expected
+            for fmt in ("jsonl", "parquet", "arrow"):
+                output = tmp_path / f"s.{fmt}"
+                result = build_subset(corpus, output, fmt=fmt, alpha=alpha, top_ratio=ratio, cache_dir=cache,
+                                      progress=False)  # fmt: skip
+                if fmt == "jsonl":
+                    ids = [json.loads(line)["id"] for line in output.read_text().splitlines()]
+                elif fmt == "parquet":
+                    ids = datasets.Dataset.from_parquet(str(output))["id"]
+                else:
+                    ids = datasets.load_from_disk(str(output))["id"]
+                assert set(ids) == expected - infinite, (alpha, ratio, fmt)
+                assert ids == result.written_ids()
+                assert any("non-finite" in note for note in result.report.notes) == bool(infinite)
+            chosen = select(ds, "bis", alpha=alpha, top_ratio=ratio)
+            assert set(chosen["id"]) == set(reference.written_ids()) | {
+                f"{name}:{line}" for name, line in zip(*_dropped(reference), strict=True)
+            }, (alpha, ratio)
+
+
+def _dropped(result) -> tuple[list[str], list[int]]:
+    """(source, line) of the rollouts the selector kept and the conversion dropped."""
+    rows = result.selection.rows[~result.written_rows.written]
+    files, lines = result.scores.column("file")[rows], result.scores.column("line")[rows]
+    return [result.files[f].stem for f in files.tolist()], lines.tolist()
+
+
+def test_select_refuses_to_overwrite_its_input_and_bad_thresholds(
+    synthetic_dir: Path, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus"
+    (corpus / "annotations").mkdir(parents=True)
+    source = next((synthetic_dir / "annotations").glob("*.jsonl"))
+    target = corpus / "annotations" / source.name
+    target.write_bytes(source.read_bytes())
+    with pytest.raises(MPRMError, match="is one of the annotation files"):
+        build_subset(corpus, target, alpha=0.2, top_ratio=0.1, use_cache=False, progress=False)
+    assert target.read_bytes() == source.read_bytes()
+    with pytest.raises(MPRMError, match="--threshold must be a finite number"):
+        build_subset(
+            corpus, tmp_path / "o.jsonl", alpha=0.2, top_ratio=0.1, threshold=math.nan, progress=False
+        )
