@@ -1,15 +1,16 @@
 """Selection speed and memory against the reference's approach, printed as ratios in one run.
 
 Baseline: the reference's algorithm as published (read each annotation file whole, `json.loads` every
-line, score it in Python, sort, convert the kept ones with `json.dumps`). Ours: `mprm-hf select
---format reference` cold (no cache) and warm (a new alpha and ratio from the cache), with the default
-cache (the score table) and with `--cache-records` (score table + converted records); warm runs
-both through the CLI (a fresh process: interpreter start-up and imports included) and in a process
-that already imported `mprm_hf`. CLI runs are fresh subprocesses; wall time, CPU time (the whole
-tree, getrusage) and peak memory (the largest single process's RSS from getrusage, and the whole
+line, score it in Python, sort, convert the kept ones with `json.dumps`). Ours: `mprm-hf select` through
+the CLI (a fresh process: interpreter start-up and imports included, output written), cold (an empty
+cache: the corpus is scanned) and warm (a new alpha, ratio, method or format on the cached scan), for
+every output format and several selectors, on a clean synthetic corpus and on an edge-case copy of it
+(malformed lines, blank lines, numeric strings and null scores, exact ties). Wall time, CPU time (the
+whole tree, getrusage) and peak memory (the largest single process's RSS from getrusage, and the whole
 process tree's RSS and PSS summed from /proc/PID/smaps_rollup, sampled every 20 ms) are measured from
 outside. Before each run the corpus is read once (so it is in the page cache) and the run's output
-file removed (so every run creates it). The outputs must be byte-identical, or the benchmark fails.
+removed. Every `--format reference` output must be byte-identical to the baseline's, and every other
+format must keep as many rollouts as the reference output of the same selection, or the benchmark fails.
 
     python benchmarks/bench_selection.py [--corpus /tmp/mprm_bench_corpus] [--rollouts 565149]
 """
@@ -18,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -186,138 +186,198 @@ def ensure_corpus(corpus: Path, rollouts: int, env: dict[str, str]) -> Path:
     return annotations
 
 
+def measure(
+    command: list[str],
+    output: Path,
+    files: Sequence[Path],
+    env: dict[str, str],
+    cache: Path,
+    cold: bool = False,
+) -> dict[str, float]:
+    """One unsampled run for the times, one sampled run for the tree's memory; a cold run starts from an
+    empty cache each time."""
+    measured = []
+    for sample in (False, True):
+        if cold:
+            shutil.rmtree(cache, ignore_errors=True)
+        if output.is_dir():
+            shutil.rmtree(output)
+        output.unlink(missing_ok=True)
+        measured.append(timed(command, {**env, "HF_DATASETS_CACHE": str(cache)}, files, sample))
+    return {**measured[0], **{key: measured[1][key] for key in MEMORY_KEYS[1:]}}
+
+
+EDGE_EVERY = 53
+"""In the edge-case corpus, one line in EDGE_EVERY is replaced by one of the cases below (in turn)."""
+
+
+def edge_case_corpus(clean: Path, out: Path) -> Path:
+    """A copy of the clean corpus with malformed lines (truncated JSON, a blank line, a JSON array),
+    numeric strings and null scores, and exact ties (a rollout repeated): every kind of line the scan
+    must take the careful path for."""
+    annotations = out / "annotations"
+    if any(annotations.glob("*.jsonl")):
+        return annotations
+    annotations.mkdir(parents=True, exist_ok=True)
+    for path in sorted((clean / "annotations").glob("*.jsonl")):
+        with path.open("rb") as source, (annotations / path.name).open("wb") as sink:
+            previous = b""
+            for number, line in enumerate(source):
+                case = (number // EDGE_EVERY) % 5 if number % EDGE_EVERY == EDGE_EVERY - 1 else -1
+                if case == 0:
+                    line = line[: len(line) // 2] + b"\n"  # truncated
+                elif case == 1:
+                    line = b"   \n"
+                elif case == 2:
+                    line = line.replace(b'"score": 0.', b'"score": "0.', 1).replace(
+                        b', "num_mc_correct"', b'", "num_mc_correct"', 1
+                    )
+                elif case == 3:
+                    line = line.replace(b'"score": 1.0', b'"score": null', 1)
+                elif case == 4 and previous:
+                    line = previous  # an exact tie
+                sink.write(line)
+                previous = line
+    return annotations
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=Path(tempfile.gettempdir()) / "mprm_bench_corpus")
     parser.add_argument("--rollouts", type=int, default=565_149)
     parser.add_argument("--num-proc", type=int, default=2)
-    parser.add_argument(
-        "--repeat", type=int, default=1, help="run everything N times; show each run's fastest wall time"
-    )
     args = parser.parse_args()
-
-    def best(run: Callable[..., tuple[dict[str, float], Path]], fresh: Path | None = None):  # noqa: ANN202
-        """The fastest of `--repeat` unsampled runs, then one run sampling the tree's memory (a cold run
-        starts each time from an empty `fresh` cache); memory is the largest seen over all of them."""
-        results = []
-        for sample in [False] * args.repeat + [True]:
-            if fresh is not None:
-                shutil.rmtree(fresh, ignore_errors=True)
-            results.append(run(sample))
-        timing, output = min(results[:-1], key=lambda result: result[0]["wall"])
-        memory = {
-            key: max(
-                (result[0][key] for result in results if result[0][key] == result[0][key]), default=math.nan
-            )
-            for key in MEMORY_KEYS
-        }
-        return {**timing, **memory}, output
 
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     # an installed package has its bytecode; with PYTHONDONTWRITEBYTECODE set, a checkout would not
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO_ROOT / "mprm_hf")], check=True)
-    annotations = ensure_corpus(args.corpus, args.rollouts, env)
-    corpus = sorted(annotations.glob("*.jsonl"))
-    size = sum(path.stat().st_size for path in corpus)
+    clean = ensure_corpus(args.corpus, args.rollouts, env)
+    corpora = {
+        "clean": clean,
+        "edge cases": edge_case_corpus(args.corpus, args.corpus.with_name(args.corpus.name + "_edge")),
+    }
     with tempfile.TemporaryDirectory(prefix="bench-selection-") as scratch_dir:
         scratch = Path(scratch_dir)
         baseline_script = scratch / "baseline.py"
         baseline_script.write_text(BASELINE)
+        tables = []
+        for name, annotations in corpora.items():
+            files = sorted(annotations.glob("*.jsonl"))
+            size = sum(path.stat().st_size for path in files)
 
-        def baseline(alpha: str, ratio: str, sample: bool) -> tuple[dict[str, float], Path]:
-            output = scratch / f"baseline_{alpha}_{ratio}.jsonl"
-            output.unlink(missing_ok=True)  # every run creates its output (replacing one costs a flush)
-            return timed(
-                [sys.executable, str(baseline_script), str(annotations), alpha, ratio, str(output)],
-                env,
-                corpus,
-                sample,
-            ), output
-
-        def ours(
-            alpha: str, ratio: str, cache: Path, sample: bool, *extra: str
-        ) -> tuple[dict[str, float], Path]:
-            output = scratch / f"ours_{alpha}_{ratio}.jsonl"
-            output.unlink(missing_ok=True)
-            command = [sys.executable, "-m", "mprm_hf.cli", "select", "--annotations", str(annotations),
-                       "--method", "bis", "--alpha", alpha, "--top-ratio", ratio, "--format", "reference",
-                       "--output", str(output), "--num-proc", str(args.num_proc), "--quiet", *extra]  # fmt: skip
-            return timed(command, {**env, "HF_DATASETS_CACHE": str(cache)}, corpus, sample), output
-
-        def in_process(
-            alpha: float, ratio: float, cache: Path, cache_records: bool, sample: bool
-        ) -> tuple[dict[str, float], Path]:
-            """A new alpha/ratio in a Python process that already imported mprm_hf (a notebook, a sweep)."""
-            from mprm_hf.selection.reference import build_reference_subset
-
-            output = scratch / f"in_process_{alpha}_{ratio}.jsonl"
-            output.unlink(missing_ok=True)
-            settle(corpus)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            build_reference_subset(annotations, output, alpha=alpha, top_ratio=ratio, num_proc=args.num_proc,
-                                   cache_dir=cache / "mprm_hf_reference_scores", cache_records=cache_records,
-                                   progress=False)  # fmt: skip
-            timing = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu_start}
-            memory = dict.fromkeys(MEMORY_KEYS, float("nan"))
-            return {**timing, **memory}, output
-
-        baselines = {
-            key: best(lambda sample, key=key: baseline(*key, sample))
-            for key in (("0.2", "0.1"), ("0.05", "0.25"), ("0.1", "0.1"))
-        }
-        runs = []
-        for mode, flags, records in (
-            ("default", (), False),
-            ("--cache-records", ("--cache-records",), True),
-        ):
-            cache = scratch / mode.strip("-")
-            runs += [
+            warm = scratch / f"warm-{name}"
+            shutil.rmtree(warm, ignore_errors=True)
+            base = {}
+            for alpha, ratio in (("0.2", "0.1"), ("0.05", "0.25")):
+                output = scratch / f"baseline_{alpha}_{ratio}.jsonl"
+                command = [sys.executable, str(baseline_script), str(annotations), alpha, ratio, str(output)]
+                base[alpha, ratio] = measure(command, output, files, env, warm), output
+            plan = [  # (label, state, baseline key, format, method flags)
                 (
-                    f"cold: 10% a=0.2, {mode} (CLI)",
+                    "bis 10% a=0.2, reference",
+                    "cold",
                     ("0.2", "0.1"),
-                    lambda sample, c=cache, f=flags: ours("0.2", "0.1", c, sample, *f),
-                    cache,
+                    "reference",
+                    ["--alpha", "0.2", "--top-ratio", "0.1"],
                 ),
                 (
-                    f"warm: 25% a=0.05, {mode} (CLI)",
+                    "bis 10% a=0.2, jsonl",
+                    "cold",
+                    ("0.2", "0.1"),
+                    "jsonl",
+                    ["--alpha", "0.2", "--top-ratio", "0.1"],
+                ),
+                (
+                    "random 10%, parquet",
+                    "cold",
+                    ("0.2", "0.1"),
+                    "parquet",
+                    ["--method", "random", "--top-ratio", "0.1"],
+                ),
+                (
+                    "mixed 10%, arrow",
+                    "cold",
+                    ("0.2", "0.1"),
+                    "arrow",
+                    ["--method", "mixed", "--top-ratio", "0.1"],
+                ),
+                ("prime the warm cache", "prime", None, "jsonl", ["--alpha", "0.2", "--top-ratio", "0.1"]),
+                (
+                    "bis 25% a=0.05, reference",
+                    "warm",
                     ("0.05", "0.25"),
-                    lambda sample, c=cache, f=flags: ours("0.05", "0.25", c, sample, *f),
-                    None,
+                    "reference",
+                    ["--alpha", "0.05", "--top-ratio", "0.25"],
                 ),
                 (
-                    f"warm: 10% a=0.1, {mode} (CLI)",
-                    ("0.1", "0.1"),
-                    lambda sample, c=cache, f=flags: ours("0.1", "0.1", c, sample, *f),
-                    None,
+                    "bis 10% a=0.2, jsonl",
+                    "warm",
+                    ("0.2", "0.1"),
+                    "jsonl",
+                    ["--alpha", "0.2", "--top-ratio", "0.1"],
                 ),
                 (
-                    f"warm: 10% a=0.1, {mode} (in process)",
-                    ("0.1", "0.1"),
-                    lambda sample, c=cache, r=records: in_process(0.1, 0.1, c, r, sample),
-                    None,
+                    "reliable 10%, jsonl",
+                    "warm",
+                    ("0.2", "0.1"),
+                    "jsonl",
+                    ["--method", "reliable", "--top-ratio", "0.1"],
+                ),
+                (
+                    "low-mc 10%, parquet",
+                    "warm",
+                    ("0.2", "0.1"),
+                    "parquet",
+                    ["--method", "low-mc", "--top-ratio", "0.1"],
+                ),
+                (
+                    "random 10%, arrow",
+                    "warm",
+                    ("0.2", "0.1"),
+                    "arrow",
+                    ["--method", "random", "--top-ratio", "0.1"],
                 ),
             ]
-        rows = []
-        for label, key, run, fresh in runs:
-            fast, output = best(run, fresh)
-            base, base_output = baselines[key]
-            if output.read_bytes() != base_output.read_bytes():
-                raise SystemExit(f"{label}: output differs from the baseline's")
-            rows.append((label, base, fast))
+            rows = []
+            for label, state, key, fmt, flags in plan:
+                output = scratch / f"ours.{fmt}"
+                command = [sys.executable, "-m", "mprm_hf.cli", "select", "--annotations", str(annotations),
+                           *flags, "--format", fmt, "--output", str(output), "--num-proc", str(args.num_proc),
+                           "--quiet"]  # fmt: skip
+                if state == "prime":
+                    subprocess.run(
+                        command,
+                        env={**env, "HF_DATASETS_CACHE": str(warm)},
+                        check=True,
+                        stdout=subprocess.DEVNULL,
+                    )
+                    continue
+                fast = measure(
+                    command,
+                    output,
+                    files,
+                    env,
+                    scratch / "cold" if state == "cold" else warm,
+                    state == "cold",
+                )
+                reference_output = base[key][1]
+                if fmt == "reference" and output.read_bytes() != reference_output.read_bytes():
+                    raise SystemExit(f"{name}, {label}: output differs from the baseline's")
+                rows.append((f"{state}: {label}", base[key][0], fast))
+            tables.append((name, size, rows))
 
-    print(f"\ncorpus: {args.corpus} ({size / 2**20:.0f} MiB), {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f}, num_proc={args.num_proc}; every output byte-identical to the baseline's")  # fmt: skip
-    print(f"{'run':<50} {'wall s base/ours':>17} {'speed-up':>9} {'CPU s base/ours':>16}   "
-          f"{'peak MiB base/ours: largest RSS':>31} {'tree RSS':>13} {'tree PSS':>13}")  # fmt: skip
-    for label, base, fast in rows:
-        memory = "".join(
-            f" {base[key]:>6.0f} / {'-' if math.isnan(fast[key]) else f'{fast[key]:.0f}':<5}"
-            for key in MEMORY_KEYS
-        )  # an in-process run's memory is not measured: its process holds more than the run
-        print(
-            f"{label:<50} {base['wall']:>7.2f} / {fast['wall']:<7.2f} {base['wall'] / fast['wall']:>8.1f}x "
-            f"{base['cpu']:>7.2f} / {fast['cpu']:<7.2f}  {' ' * 16}{memory}"
-        )
+    print(f"\n{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, num_proc={args.num_proc}; every "
+          "reference output byte-identical to the baseline's")  # fmt: skip
+    for name, size, rows in tables:
+        print(f"\n{name} corpus ({size / 2**20:.0f} MiB)")
+        print(f"{'run':<40} {'wall s base/ours':>17} {'speed-up':>9} {'CPU s base/ours':>16}   "
+              f"{'peak MiB base/ours: largest RSS':>31} {'tree RSS':>13} {'tree PSS':>13}")  # fmt: skip
+        for label, base, fast in rows:
+            memory = "".join(f" {base[key]:>6.0f} / {fast[key]:<5.0f}" for key in MEMORY_KEYS)
+            print(
+                f"{label:<40} {base['wall']:>7.2f} / {fast['wall']:<7.2f} {base['wall'] / fast['wall']:>8.1f}x "
+                f"{base['cpu']:>7.2f} / {fast['cpu']:<7.2f}  {' ' * 16}{memory}"
+            )
 
 
 if __name__ == "__main__":
