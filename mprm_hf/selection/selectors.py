@@ -200,11 +200,14 @@ def budgeted(
     candidates = np.flatnonzero(eligible)
     if budget is not None:
         return np.sort(candidates[scoring.top_positions(priority[candidates], budget)])
-    kept = []
-    for code in np.unique(source[candidates]):  # sources in file order
-        members = candidates[source[candidates] == code]
-        kept.append(members[scoring.top_positions(priority[members], scoring.top_k(len(members), top_ratio))])
-    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+    grouped = candidates[np.argsort(source[candidates], kind="stable")]  # by source, file order inside
+    bounds = np.flatnonzero(np.diff(source[grouped])) + 1
+    kept = [
+        members[scoring.top_positions(priority[members], scoring.top_k(len(members), top_ratio))]
+        for members in np.split(grouped, bounds)
+        if len(members)
+    ]
+    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
 
 
 def columns_of(source: np.ndarray, n_scored: np.ndarray, n_pos: np.ndarray, sum_pos: np.ndarray) -> Columns:

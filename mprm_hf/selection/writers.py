@@ -80,28 +80,28 @@ class Rollout:
     texts: list[str]  # stripped, non-empty
     scores: list[float]
     exact: bool = False  # read by `json` (rule by rule): write the reference's line with `json`'s encoder
+    finite: bool = False  # every score is known to be finite (msgspec reads no NaN or Infinity)
 
 
 # --------------------------------------------------------------------------------------------- rule
 def _typed_rollout(record: _PRMRecord) -> Rollout | str:
     """The rule for a record msgspec typed (string or null texts, finite float or null scores): the
-    reference can only drop such a record, never crash on it."""
+    reference can only drop such a record, never crash on it. Comprehensions first (the cost of a
+    warm run is this function); the reason is worked out only for a rollout that is dropped."""
     image, steps = record.image, record.steps_with_score
     if not image:
         return NO_IMAGE
     if not steps:
         return NO_STEPS
-    texts, scores = [], []
-    for step in steps:
-        text, score = step.step, step.score
-        text = (text or "").strip()
-        if not text:
-            return EMPTY_STEP_TEXT
-        if score is None:
-            return BAD_SCORE
-        texts.append(text)
-        scores.append(score)
-    return Rollout(image, (record.question_orig or record.question or "").strip(), texts, scores)
+    texts = [(step.step or "").strip() for step in steps]
+    scores = [step.score for step in steps]
+    if all(texts) and None not in scores:
+        return Rollout(
+            image, (record.question_orig or record.question or "").strip(), texts, scores, finite=True
+        )
+    first_empty = next((index for index, text in enumerate(texts) if not text), len(texts))
+    first_null = scores.index(None) if None in scores else len(scores)
+    return EMPTY_STEP_TEXT if first_empty <= first_null else BAD_SCORE
 
 
 def _careful_rollout(raw: bytes, path: Path, offset: int) -> Rollout | str:
@@ -203,10 +203,11 @@ def stepwise_record(rollout: Rollout, *, id: str, source: str, image_root: str, 
     its MC score > threshold. Image paths are joined to the corpus root (the annotations' parent)."""
     image = rollout.image
     images = [image] if isinstance(image, str) else [str(item) for item in image]  # type: ignore[union-attr]
+    prefix = image_root.rstrip("/") + "/"
     return {
         "id": id,
         "source": source,
-        "images": [os.path.join(image_root, item) for item in images],
+        "images": [item if item.startswith("/") else prefix + item for item in images],  # os.path.join's rule
         "prompt": rollout.question,
         "completions": rollout.texts,
         "labels": [score > threshold for score in rollout.scores],
@@ -262,7 +263,7 @@ def convert_chunk(task: tuple[Chunk, str, float]) -> Converted:
     kept: list[Rollout] = []
     kept_lines: list[int] = []
     for rollout, line in zip(rollouts, chunk.lines, strict=True):
-        finite = isinstance(rollout, str) or all(math.isfinite(score) for score in rollout.scores)
+        finite = isinstance(rollout, str) or rollout.finite or all(map(math.isfinite, rollout.scores))
         if not finite and fmt != "reference":
             rollout = NON_FINITE_SCORE
         if isinstance(rollout, str):
@@ -270,8 +271,12 @@ def convert_chunk(task: tuple[Chunk, str, float]) -> Converted:
             positives.append(0)
             continue
         reasons.append("")
-        cut = 0.0 if fmt == "reference" else threshold
-        positives.append(sum(score > cut for score in rollout.scores))
+        # at threshold 0 the table's n_pos is the count (write_subset fills it in): no loop per step
+        positives.append(
+            0
+            if fmt == "reference" or threshold == 0.0
+            else sum(score > threshold for score in rollout.scores)
+        )
         kept.append(rollout)
         kept_lines.append(line)
     if fmt == "reference":
@@ -415,7 +420,10 @@ def write_subset(
         else:
             temporary.unlink(missing_ok=True)
         raise
-    return WriteResult(np.asarray(reasons, dtype=object), np.asarray(positives, dtype=np.int64))
+    positive = np.asarray(positives, dtype=np.int64)
+    if fmt == "reference" or threshold == 0.0:
+        positive = table.column("n_pos")[np.asarray(rows, dtype=np.int64)].astype(np.int64)
+    return WriteResult(np.asarray(reasons, dtype=object), positive)
 
 
 def _read_json_lines(data: bytes) -> pa.Table:
