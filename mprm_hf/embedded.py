@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from mprm_hf.fileio import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_SEED = 0
@@ -71,4 +73,4 @@ def write_bis_subset(corpus: Path, out: Path) -> None:
         "rollouts_total": len(result.scores),
         "rollouts_selected": result.n_written,
     }
-    (out / "selection.json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out / "selection.json", json.dumps(sidecar, indent=2) + "\n")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mprm_hf.errors import MPRMError
+from mprm_hf.fileio import folder_fingerprint, save_figure_atomic, write_text_atomic
 
 SCORES_FILE = "scores.jsonl"
 METRICS_FILE = "metrics.json"
@@ -261,7 +262,7 @@ def plot_threshold_curve(
     axes.set_xlim(xs[0], xs[-1])
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize="small")
-    figure.savefig(path, dpi=120)
+    save_figure_atomic(figure, path, dpi=120)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -317,19 +318,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _check_run_identity(out: Path, identity: dict[str, Any]) -> None:
-    """Refuse to mix the scores of two different models or benchmarks in one folder (every process
+RESCORED_ON_CHANGE = ("weights", "adapter_weights", "dtype")
+"""Keys of run.json whose change means the same model path now holds another model: rescore."""
+
+
+def _check_run_identity(out: Path, identity: dict[str, Any]) -> bool:
+    """Whether the scores in `out` belong to this run. A model retrained in place (new weights, same
+    path) or another dtype means they do not: False, and the caller scores again. Scores of another
+    model path, adapter, benchmark, split or step format are refused in one line (every process
     checks, so none is left waiting for a failed one)."""
     path = out / RUN_FILE
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        changed = [key for key, value in identity.items() if previous.get(key) != value]
-        if changed:
-            key = changed[0]
-            raise MPRMError(
-                f"{path}: this folder holds scores for {key}={previous.get(key)!r}, not {identity[key]!r}; "
-                f"use another --out"
-            )
+    if not path.is_file():
+        return True
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise MPRMError(
+            f"{path}: not a run file of mprm-hf evaluate (unreadable JSON); use another --out"
+        ) from None
+    changed = [key for key, value in identity.items() if previous.get(key) != value]
+    refused = [key for key in changed if key not in RESCORED_ON_CHANGE]
+    if refused:
+        key = refused[0]
+        raise MPRMError(
+            f"{path}: this folder holds scores for {key}={previous.get(key)!r}, not {identity[key]!r}; "
+            f"use another --out"
+        )
+    return not changed
 
 
 def _name(path_or_repo: str | Path) -> str:
@@ -377,12 +392,22 @@ def evaluate_benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
         "benchmark": _name(args.benchmark),
         "split": args.split,
         "step_format": args.step_format,
+        "weights": folder_fingerprint(args.model),
+        "adapter_weights": None if args.adapter is None else folder_fingerprint(args.adapter),
+        "dtype": args.dtype,
     }
-    _check_run_identity(out, identity)
+    same_run = _check_run_identity(out, identity)
+    state.wait_for_everyone()  # every process has read the old run.json before it is replaced
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / RUN_FILE).is_file():
-            (out / RUN_FILE).write_text(json.dumps(identity, indent=2) + "\n")
+        if not same_run:
+            print(
+                f"{out}: the model's weights (or dtype) changed since these scores were written; scoring again"
+            )
+            for stale in [out / SCORES_FILE, *out.glob("scores.rank*.jsonl")]:
+                stale.unlink(missing_ok=True)
+        if not same_run or not (out / RUN_FILE).is_file():
+            write_text_atomic(out / RUN_FILE, json.dumps(identity, indent=2) + "\n")
         # Leftovers of an interrupted run (any number of processes) join scores.jsonl first.
         if _drop_torn_tail(out / SCORES_FILE):
             print(
@@ -419,7 +444,7 @@ def evaluate_benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
     records = [r for r in read_scores(out / SCORES_FILE) if r["id"] in selected]
     metrics = metrics_from_records(records, threshold=args.threshold, calibration=args.calibration)
     report = {**metrics, "run": {**identity, "n_traces_benchmark": len(benchmark), "limit": args.limit}}
-    (out / METRICS_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / METRICS_FILE, json.dumps(report, indent=2) + "\n")
     plot_threshold_curve(records, metrics, out / PLOT_FILE)
     print(format_table(metrics))
     print(f"wrote {out / SCORES_FILE}, {out / METRICS_FILE}, {out / PLOT_FILE}")

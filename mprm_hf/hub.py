@@ -15,7 +15,6 @@ import os
 import re
 import shlex
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from huggingface_hub import (
 from huggingface_hub.utils import get_stored_tokens
 
 from mprm_hf.errors import MPRMError
+from mprm_hf.fileio import atomic_output
 
 CARDS_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
 BASE_TAGS = ("process-reward-model", "multimodal", "mprm-hf")
@@ -350,9 +350,7 @@ def stage_folder(
     if destination.exists() and not overwrite:
         raise MPRMError(f"{destination}: already exists (pass overwrite=True to replace it)")
     ensure_no_secrets(str(card), where=f"{destination / 'README.md'}")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.staging-", dir=destination.parent))
-    try:
+    with atomic_output(destination, folder=True) as staging:
         for name, source in (files or {}).items():
             if name == ".":
                 shutil.copytree(source, staging, dirs_exist_ok=True)
@@ -362,16 +360,6 @@ def stage_folder(
             write(staging)
         card.save(staging / "README.md")  # last, so the card wins over a README.md copied in
         ensure_folder_has_no_secrets(staging)
-        if destination.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
-            os.replace(destination, retired / destination.name)
-            os.replace(staging, destination)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return destination
 
 

@@ -25,6 +25,7 @@ from transformers import (
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
 from mprm_hf.errors import MPRMError, first_line
+from mprm_hf.fileio import atomic_output
 
 Arch = Literal["qwen2_vl", "qwen2_5_vl"]
 
@@ -297,9 +298,9 @@ def build_tiny_model(out_dir: str | os.PathLike, *, arch: Arch = "qwen2_vl", see
     """
     out = Path(out_dir)
     model, processor = create_tiny_model(arch=arch, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    with atomic_output(out, folder=True) as staging:  # a killed build leaves no half model behind
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
     return out
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mprm_hf.errors import MPRMError
+from mprm_hf.fileio import write_text_atomic
 from mprm_hf.scoring import add_model_arguments, load_for_scoring, score_traces
 
 AGGREGATES = ("mean", "min", "last", "product")
@@ -158,10 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
     )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as handle:
-        for record, result in zip(records, ranked, strict=True):
-            handle.write(json.dumps({**record, **result}, ensure_ascii=False) + "\n")
+    write_text_atomic(
+        out,
+        "".join(
+            json.dumps({**record, **result}, ensure_ascii=False) + "\n"
+            for record, result in zip(records, ranked, strict=True)
+        ),
+    )
     candidates = sum(len(record["candidates"]) for record in records)
     print(
         f"reranked {len(records)} questions ({candidates} candidates) by {args.aggregate} step reward -> {out}"

@@ -267,3 +267,24 @@ def test_two_processes_under_accelerate_launch(resumed_run, tiny_model_dir, benc
     saved = json.loads((out / "metrics.json").read_text())
     saved.pop("run")
     assert saved == metrics_from_scores(out / "scores.jsonl")
+
+
+def test_a_model_retrained_in_place_is_scored_again(benchmark, tmp_path, capsys):
+    """run.json keys the resume on a fingerprint of the weights: new weights under the same path (a
+    retrain into the same output_dir) rescore every trace instead of reporting the old model's scores."""
+    from mprm_hf.modeling import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model", seed=1)
+    out = tmp_path / "eval"
+    assert _evaluate(model, benchmark, out, "--limit", "4") == 0
+    old = _lines(out / "scores.jsonl")
+    assert _evaluate(model, benchmark, out, "--limit", "4") == 0
+    assert "4 already scored" in capsys.readouterr().out
+    build_tiny_model(tmp_path / "model", seed=2)  # "retrained" into the same folder
+    assert _evaluate(model, benchmark, out, "--limit", "4") == 0
+    printed = capsys.readouterr().out
+    assert "weights (or dtype) changed" in printed and "0 already scored" in printed and "4 to score" in printed
+    new = _lines(out / "scores.jsonl")
+    assert [r["id"] for r in new] == [r["id"] for r in old] and new != old
+    assert json.loads((out / "run.json").read_text())["weights"] is not None
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left beside the outputs

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mprm_hf.fileio import write_text_atomic
+
 Action = Literal["skipped", "kept", "dropped"]
 
 logger = logging.getLogger(__name__)
@@ -148,10 +150,7 @@ class LoadReport:
 
     def save(self, path: str | Path) -> None:
         """Write atomically, so a reader never sees half a report (parallel loaders write side by side)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> LoadReport:

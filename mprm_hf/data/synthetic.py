@@ -13,6 +13,7 @@ and trainer runs on them unchanged. See docs/synthetic.md.
 from __future__ import annotations
 
 import argparse
+import io
 import multiprocessing
 import random
 import time
@@ -115,7 +116,9 @@ def draw_scene(scene: Scene) -> Image.Image:
 
 def save_png(image: Image.Image, path: Path) -> None:
     # Fixed encoder settings: the same scene always gives the same bytes.
-    image.save(path, format="PNG", optimize=False, compress_level=6)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _below(rng: random.Random, n: int) -> int:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from mprm_hf.fileio import save_figure_atomic
+
 
 def label_balance(steps: int, positive: int) -> dict[str, Any]:
     """{steps, positive, negative, positive_fraction} of hard step labels (positive iff MC score > 0)."""
@@ -145,7 +147,7 @@ class SelectionReport:
             f"selector {self.selector}: {self.n_kept} of {self.n_total} rollouts kept", fontsize=11
         )
         figure.tight_layout()
-        figure.savefig(path, dpi=110)
+        save_figure_atomic(figure, path, dpi=110)
         plt.close(figure)
         return path
 

@@ -16,8 +16,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ import orjson
 import pyarrow as pa
 
 from mprm_hf.errors import MPRMError
+from mprm_hf.fileio import atomic_output
 from mprm_hf.selection.scan import (
     _DECODE_ERRORS,
     ScoreTable,
@@ -344,30 +343,6 @@ class WriteResult:
         return self.reasons == ""
 
 
-def _temporary_beside(target: Path, *, folder: bool = False) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}."
-    if folder:
-        return Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix, suffix=".tmp"))
-    descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".tmp")
-    os.close(descriptor)
-    return Path(name)
-
-
-def replace_atomically(temporary: Path, target: Path) -> None:
-    """Move a finished file or folder onto `target` with renames only: a reader sees the old or the new
-    one, never half of either. A folder replaces a folder (the old one is removed after the swap)."""
-    if temporary.is_dir() and target.exists():
-        if not target.is_dir():
-            raise MPRMError(f"{target}: exists and is not a folder; it would be replaced by an Arrow folder")
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
-        os.rename(target, old / "data")
-        os.rename(temporary, target)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    os.replace(temporary, target)
-
-
 def write_subset(
     table: ScoreTable,
     rows: np.ndarray,
@@ -389,37 +364,31 @@ def write_subset(
     tasks = [(chunk, fmt, threshold) for chunk in chunks_of(table, np.asarray(rows, dtype=np.int64), root)]
     reasons: list[str] = []
     positives: list[int] = []
-    temporary = _temporary_beside(output, folder=fmt == "arrow")
-    try:
-        with _progress_bar(progress, total=len(rows), desc="Writing rollouts", unit="rollout") as bar:
-            if fmt in ("jsonl", "reference"):
-                with temporary.open("wb") as sink:
-                    for part in _converted(tasks, num_proc):
-                        sink.write(part.data)
-                        reasons += part.reasons
-                        positives += part.positives
-                        bar.update(len(part.reasons))
-            else:
-                lines = []
+    with (
+        atomic_output(output, folder=fmt == "arrow") as temporary,
+        _progress_bar(progress, total=len(rows), desc="Writing rollouts", unit="rollout") as bar,
+    ):
+        if fmt in ("jsonl", "reference"):
+            with temporary.open("wb") as sink:
                 for part in _converted(tasks, num_proc):
-                    lines.append(part.data)
+                    sink.write(part.data)
                     reasons += part.reasons
                     positives += part.positives
                     bar.update(len(part.reasons))
-                records = _read_json_lines(b"".join(lines))
-                if fmt == "parquet":
-                    import pyarrow.parquet as pq
-
-                    pq.write_table(records, temporary)
-                else:
-                    _save_arrow_folder(records, temporary)
-        replace_atomically(temporary, output)
-    except BaseException:
-        if temporary.is_dir():
-            shutil.rmtree(temporary, ignore_errors=True)
         else:
-            temporary.unlink(missing_ok=True)
-        raise
+            lines = []
+            for part in _converted(tasks, num_proc):
+                lines.append(part.data)
+                reasons += part.reasons
+                positives += part.positives
+                bar.update(len(part.reasons))
+            records = _read_json_lines(b"".join(lines))
+            if fmt == "parquet":
+                import pyarrow.parquet as pq
+
+                pq.write_table(records, temporary)
+            else:
+                _save_arrow_folder(records, temporary)
     positive = np.asarray(positives, dtype=np.int64)
     if fmt == "reference" or threshold == 0.0:
         positive = table.column("n_pos")[np.asarray(rows, dtype=np.int64)].astype(np.int64)

@@ -1,0 +1,120 @@
+"""Nothing lost, nothing half-written: atomic writes under failure, kills and concurrent writers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mprm_hf.fileio import atomic_output, folder_fingerprint, write_text_atomic
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    write_text_atomic(target, "old")
+    with pytest.raises(RuntimeError), atomic_output(target) as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    folder = tmp_path / "data.arrow"
+    with atomic_output(folder, folder=True) as staging:
+        (staging / "a").write_text("1")
+    with pytest.raises(RuntimeError), atomic_output(folder, folder=True) as staging:
+        (staging / "b").write_text("2")
+        raise RuntimeError
+    assert sorted(p.name for p in folder.iterdir()) == ["a"]
+    with atomic_output(folder, folder=True) as staging:  # a folder replaces a folder
+        (staging / "c").write_text("3")
+    assert sorted(p.name for p in folder.iterdir()) == ["c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.arrow", "out.json"]
+
+
+def test_leftovers_of_a_dead_writer_are_removed_and_a_live_one_is_kept(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    target = tmp_path / "out.jsonl"
+    stale = tmp_path / f".out.jsonl.{dead.pid}.abc.tmp"
+    stale.write_text("killed half")
+    live = tmp_path / f".out.jsonl.{os.getpid()}.xyz.tmp"
+    live.write_text("another writer, still running")
+    write_text_atomic(target, "new")
+    assert not stale.exists() and live.exists() and target.read_text() == "new"
+
+
+def test_the_fingerprint_follows_the_weights(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"1" * 10)
+    first = folder_fingerprint(model)
+    assert folder_fingerprint(model) == first
+    (model / "model.safetensors").write_bytes(b"2" * 11)
+    assert folder_fingerprint(model) != first
+    assert folder_fingerprint("owner/hub-model") is None
+
+
+def _select(annotations: Path, output: Path, ratio: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mprm_hf.cli", "select", "--annotations", str(annotations), "--alpha", "0.2",
+         "--top-ratio", ratio, "--format", "reference", "--output", str(output), "--quiet", "--no-cache"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mprm_hf.data.synthetic import write_synthetic
+
+    out = tmp_path_factory.mktemp("corpus")
+    write_synthetic(out, rollouts=30_000, benchmark_traces=0, images=False)
+    return out / "annotations"
+
+
+def test_concurrent_selects_into_one_output_each_write_a_whole_result(corpus: Path, tmp_path: Path) -> None:
+    """Two runs with different ratios into the same file: the file ends up exactly one of the two
+    results, each run's own temporary is its own, and both exit 0."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    output = tmp_path / "x.jsonl"
+    alone = {}
+    for ratio in ("0.1", "0.3"):
+        process = _select(corpus, tmp_path / f"alone_{ratio}.jsonl", ratio, env)
+        assert process.wait() == 0, process.stderr.read().decode()
+        alone[ratio] = (tmp_path / f"alone_{ratio}.jsonl").read_bytes()
+    runs = [_select(corpus, output, ratio, env) for ratio in ("0.1", "0.3")]
+    assert [run.wait() for run in runs] == [0, 0]
+    assert output.read_bytes() in alone.values()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".x.jsonl")]
+
+
+def test_a_killed_select_leaves_the_old_output_whole(corpus: Path, tmp_path: Path) -> None:
+    """SIGKILL at several moments of a run: the output is always one whole result (the previous one
+    until the rename), and the next run removes what the killed one left."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    output = tmp_path / "x.jsonl"
+    whole = {}
+    for ratio in ("0.1", "1.0"):
+        run = _select(corpus, tmp_path / f"whole_{ratio}.jsonl", ratio, env)
+        assert run.wait() == 0
+        whole[ratio] = (tmp_path / f"whole_{ratio}.jsonl").read_bytes()
+    assert _select(corpus, output, "0.1", env).wait() == 0
+    killed = 0
+    for delay in (0.5, 0.8, 1.1, 1.5, 2.0):
+        run = _select(corpus, output, "1.0", env)
+        time.sleep(delay)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)  # the run and its worker processes
+            run.wait()
+            killed += 1
+        assert output.read_bytes() in (whole["0.1"], whole["1.0"])  # one whole result, never a part
+        if output.read_bytes() == whole["1.0"]:
+            assert _select(corpus, output, "0.1", env).wait() == 0
+    assert killed
+    again = _select(corpus, output, "0.1", env)
+    assert again.wait() == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".x.jsonl")]
