@@ -375,20 +375,16 @@ def write_subset(
                     reasons += part.reasons
                     positives += part.positives
                     bar.update(len(part.reasons))
-        else:
-            lines = []
-            for part in _converted(tasks, num_proc):
-                lines.append(part.data)
-                reasons += part.reasons
-                positives += part.positives
-                bar.update(len(part.reasons))
-            records = _read_json_lines(b"".join(lines))
-            if fmt == "parquet":
-                import pyarrow.parquet as pq
-
-                pq.write_table(records, temporary)
-            else:
-                _save_arrow_folder(records, temporary)
+        else:  # streamed part by part: memory holds one part's records, whatever the subset's size
+            scratch = temporary / "records.arrow" if fmt == "arrow" else temporary
+            with _table_writer(scratch, fmt) as writer:
+                for part in _converted(tasks, num_proc):
+                    writer.write_table(_read_json_lines(part.data))
+                    reasons += part.reasons
+                    positives += part.positives
+                    bar.update(len(part.reasons))
+            if fmt == "arrow":
+                _save_arrow_folder(scratch, temporary)
     positive = np.asarray(positives, dtype=np.int64)
     if fmt == "reference" or threshold == 0.0:
         positive = table.column("n_pos")[np.asarray(rows, dtype=np.int64)].astype(np.int64)
@@ -409,13 +405,27 @@ def _read_json_lines(data: bytes) -> pa.Table:
     return read.select(STEPWISE_SCHEMA.names).cast(STEPWISE_SCHEMA)
 
 
-def _save_arrow_folder(records: pa.Table, folder: Path) -> None:
-    """`Dataset.save_to_disk` of the records, with the stepwise features (what `load_from_disk` reads)."""
+def _table_writer(path: Path, fmt: str):  # noqa: ANN202 - a pyarrow writer
+    """A parquet file writer, or (for an Arrow folder) an Arrow stream that `datasets` memory-maps."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetWriter(path, STEPWISE_SCHEMA)
+    return pa.ipc.new_stream(pa.OSFile(str(path), "wb"), STEPWISE_SCHEMA)
+
+
+def _save_arrow_folder(records: Path, folder: Path) -> None:
+    """`Dataset.save_to_disk` of the streamed records, with the stepwise features (what
+    `load_from_disk` reads); the stream is memory-mapped, not loaded, and removed after."""
     import datasets
 
     from mprm_hf.data.stepwise import STEPWISE_FEATURES
 
-    dataset = datasets.Dataset(
-        records.cast(STEPWISE_FEATURES.arrow_schema), info=datasets.DatasetInfo(features=STEPWISE_FEATURES)
-    )
-    dataset.save_to_disk(str(folder))
+    dataset = datasets.Dataset.from_file(str(records), info=datasets.DatasetInfo(features=STEPWISE_FEATURES))
+    staged = folder / "dataset"
+    dataset.save_to_disk(str(staged))
+    del dataset
+    records.unlink()
+    for item in staged.iterdir():
+        item.rename(folder / item.name)
+    staged.rmdir()
