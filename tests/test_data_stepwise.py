@@ -353,3 +353,43 @@ def test_load_stepwise_of_an_empty_file_is_one_line(tmp_path):
     with pytest.raises(MPRMError, match="empty.parquet: cannot read a stepwise dataset") as err:
         load_stepwise(tmp_path / "empty.parquet")
     assert "\n" not in str(err.value)
+
+
+GOOD_LINE = b'{"prompt": "p", "completions": ["a", "b"], "labels": [true, false]}\n'
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            GOOD_LINE + b'{"prompt": "p", "completions": ["a", "b"], "labels": ["no", "yes"]}\n',
+            ":2: field 'labels[0]' must be true or false (or 0 / 1), got 'no'",
+        ),
+        (
+            GOOD_LINE + b'{"prompt": "p", "completions": ["a", "b"], "labels": [true, "no"]}\n',
+            ":2: field 'labels[1]' must be true or false (or 0 / 1), got 'no'",
+        ),
+        (
+            b'{"prompt": "p", "completions": ["a", "b"], "labels": [1, 2]}\n',
+            ":1: field 'labels[1]' must be true or false (or 0 / 1), got 2",
+        ),
+        (b"", ": holds no records (empty file)"),
+        (b"\n  \n", ": holds no records (empty file)"),
+        (GOOD_LINE + b'{"prompt": "p", "compl', ":2: not a JSON line (truncated?)"),
+        (GOOD_LINE + b'{"prompt": "p\xff", "completions": ["a"], "labels": [true]}\n', ":2: not valid UTF-8"),
+    ],
+    ids=["string-labels", "mixed-labels", "label-2", "empty", "blank", "truncated", "not-utf8"],
+)
+def test_broken_stepwise_jsonl_is_one_line_naming_file_line_and_field(tmp_path, content, message):
+    """Labels never silently change ("no" is not True), and a broken file is one located line."""
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(MPRMError) as err:
+        load_stepwise(path)
+    assert str(err.value).startswith(str(path)) and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_zero_one_labels_are_read_as_booleans(tmp_path):
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(b'{"prompt": "p", "completions": ["a", "b"], "labels": [1, 0]}\n')
+    assert load_stepwise(path)["labels"] == [[True, False]]

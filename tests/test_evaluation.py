@@ -283,7 +283,9 @@ def test_a_model_retrained_in_place_is_scored_again(benchmark, tmp_path, capsys)
     build_tiny_model(tmp_path / "model", seed=2)  # "retrained" into the same folder
     assert _evaluate(model, benchmark, out, "--limit", "4") == 0
     printed = capsys.readouterr().out
-    assert "weights (or dtype) changed" in printed and "0 already scored" in printed and "4 to score" in printed
+    assert (
+        "weights (or dtype) changed" in printed and "0 already scored" in printed and "4 to score" in printed
+    )
     new = _lines(out / "scores.jsonl")
     assert [r["id"] for r in new] == [r["id"] for r in old] and new != old
     assert json.loads((out / "run.json").read_text())["weights"] is not None

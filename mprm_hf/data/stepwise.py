@@ -15,6 +15,7 @@ rollout too. Every dropped rollout, and the number of steps it had, is counted b
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import orjson
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from mprm_hf.data.locate import locate_dataset
 from mprm_hf.data.report import LoadReport
-from mprm_hf.errors import MPRMError
+from mprm_hf.errors import MPRMError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +237,8 @@ def load_stepwise(path_or_repo: str | Path, *, split: str = "train") -> datasets
     """
     name = str(path_or_repo)
     ds = _read_any(path_or_repo, split)
+    if len(ds) == 0:
+        raise MPRMError(f"{name}: holds no records")
     missing = [c for c in TRL_COLUMNS if c not in ds.column_names]
     if missing:
         raise MPRMError(
@@ -246,6 +251,7 @@ def load_stepwise(path_or_repo: str | Path, *, split: str = "train") -> datasets
     ):
         raise MPRMError(f"{name}: field 'prompt' must be text, got {ds.features['prompt']}")
     _check_lengths(ds, name)
+    _check_labels(ds, path_or_repo)
     images = ds.features.get("images")
     if images is not None and not (
         isinstance(images, (datasets.List, datasets.LargeList))
@@ -299,6 +305,79 @@ def _check_lengths(ds: datasets.Dataset, name: str) -> None:
             )
 
 
+LABEL_VALUES = (True, False, 0, 1)
+
+
+def _first_bad_label_line(path: Path) -> tuple[int, int, object] | None:
+    """(line, step, value) of the first label that is neither a boolean nor 0 / 1, in a jsonl file."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            labels = orjson.loads(raw).get("labels") or []
+            for step, value in enumerate(labels):
+                if type(value) not in (bool, int, float) or value not in LABEL_VALUES:
+                    return number, step, value
+    return None
+
+
+def _check_labels(ds: datasets.Dataset, path_or_repo: str | Path) -> None:
+    """Labels are booleans (or 0 / 1): "no" or 2 must not silently become True."""
+    feature = ds.features["labels"]
+    dtype = getattr(getattr(feature, "feature", None), "dtype", "")
+    if dtype == "bool":
+        return
+    values = pc.list_flatten(ds.data.table.column("labels"))
+    if dtype.startswith(("int", "uint", "float")) and pc.all(
+        pc.is_in(values, pa.array([0, 1]).cast(values.type))
+    ).as_py() in (True, None):
+        return
+    path = Path(path_or_repo)
+    where = _first_bad_label_line(path) if path.is_file() and path.suffix in (".jsonl", ".json") else None
+    if where is not None:
+        line, step, value = where
+        raise MPRMError(
+            f"{path}:{line}: field 'labels[{step}]' must be true or false (or 0 / 1), got {value!r}"
+        )
+    raise MPRMError(f"{path_or_repo}: field 'labels' must hold true / false (or 0 / 1), got {feature}")
+
+
+def _first_unreadable_line(path: Path) -> str:
+    """Where a jsonl file stops being readable: the first line that is not UTF-8 or not one JSON object."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return f"{path}:{number}: not valid UTF-8 ({error.reason} at byte {error.start})"
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                return f"{path}:{number}: not a JSON line (truncated?)"
+            if not isinstance(record, dict):
+                return f"{path}:{number}: a record must be a JSON object, got {type(record).__name__}"
+    return ""
+
+
+def _check_text_file(path: Path) -> None:
+    """A jsonl file must be UTF-8 and hold something (pyarrow's reader lets bad bytes through to the
+    first string that is read, as a raw UnicodeDecodeError)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    blank = True
+    with path.open("rb") as handle:
+        try:
+            while chunk := handle.read(1 << 24):
+                blank = blank and not chunk.strip()
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise MPRMError(_first_unreadable_line(path) or f"{path}: not valid UTF-8") from None
+    if blank:
+        raise MPRMError(f"{path}: holds no records (empty file)")
+
+
 def _read_any(path_or_repo: str | Path, split: str) -> datasets.Dataset:
     """A jsonl / json / parquet file, a `save_to_disk` folder, a folder of data files, or a Hub id."""
     path = Path(path_or_repo).expanduser()
@@ -309,7 +388,15 @@ def _read_any(path_or_repo: str | Path, split: str) -> datasets.Dataset:
             )
             if kind is None:
                 raise MPRMError(f"{path}: unknown file type (expected .jsonl, .json, .parquet or .arrow)")
-            return datasets.load_dataset(kind, data_files=str(path), split="train")
+            if kind == "json":
+                _check_text_file(path)
+            try:
+                return datasets.load_dataset(kind, data_files=str(path), split="train")
+            except Exception as error:  # noqa: BLE001 - datasets wraps the reader's errors; locate the line
+                where = _first_unreadable_line(path) if kind == "json" else ""
+                if where:
+                    raise MPRMError(where) from None
+                raise MPRMError(f"{path}: cannot read a stepwise dataset ({first_line(error)})") from None
         if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, datasets.DatasetDict):
