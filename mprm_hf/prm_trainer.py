@@ -12,6 +12,7 @@ sees at inference exactly the token layout it was trained on.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from PIL import Image
 from transformers import EvalPrediction, PreTrainedModel, ProcessorMixin, Trainer
 
 from mprm_hf.errors import MPRMError
+from mprm_hf.fileio import write_text_atomic
 from mprm_hf.prm_config import DEFAULT_LORA_TARGETS, PRMConfig
 from mprm_hf.step_format import (
     StepFormat,
@@ -48,6 +50,7 @@ VISION_TOWER_NAMES = ("visual.", "vision_tower.", "vision_model.", "vision_encod
 PROJECTOR_NAMES = ("visual.merger.", "visual.deepstack_merger_list.", "multi_modal_projector.", "connector.")
 # Order of the truncation counters the collator returns with each batch.
 COUNTERS = ("rollouts", "truncated_rollouts", "dropped_rollouts", "steps", "dropped_steps")
+COUNTS_FILE = "prm_counts.json"  # the running totals, in every checkpoint
 
 
 def step_targets_of(
@@ -424,6 +427,23 @@ class PRMTrainer(Trainer):
         dtype = next(target.parameters()).dtype
         reloaded = type(target).from_pretrained(folder, dtype=dtype)
         target.load_state_dict(reloaded.state_dict(), strict=True)
+
+    def _save_checkpoint(self, model, trial) -> None:  # noqa: ANN001 - Trainer's signature
+        """Keep the running totals with the checkpoint, so a resumed run counts on from them."""
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            if folder.is_dir():
+                totals = dict(zip(COUNTERS, self._prm_counts.tolist(), strict=True))
+                write_text_atomic(folder / COUNTS_FILE, json.dumps(totals) + "\n")
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        """Called on every resume (also under DeepSpeed): restore the running totals beside the RNG state."""
+        super()._load_rng_state(checkpoint)
+        path = Path(checkpoint) / COUNTS_FILE if checkpoint else None
+        if path is not None and path.is_file():
+            totals = json.loads(path.read_text(encoding="utf-8"))
+            self._prm_counts = torch.tensor([int(totals.get(name, 0)) for name in COUNTERS], dtype=torch.long)
 
     # ---- reporting --------------------------------------------------------------------------------------
 

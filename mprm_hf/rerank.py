@@ -92,11 +92,15 @@ def read_candidates(path: str | Path) -> list[dict[str, Any]]:
         raise MPRMError(f"{path}: candidates file not found")
     root = path.resolve().parent
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise MPRMError(f"{where}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:

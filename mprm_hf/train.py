@@ -137,7 +137,89 @@ def parse_args(argv: list[str]) -> tuple[ScriptArguments, PRMConfig]:
         mark = getattr(error, "problem_mark", None)
         where = f"{mark.name}:{mark.line + 1}" if mark else "recipe"
         raise MPRMError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
+    for parsed in (script_args, training_args):
+        check_field_types(parsed)
     return script_args, training_args
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """`checkpoint-N` folders a save finished writing (the trainer state is written last), oldest first:
+    a checkpoint half-written by a kill is passed over."""
+    folder = Path(output_dir)
+    found = []
+    for candidate in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        step = candidate.name.removeprefix("checkpoint-")
+        if step.isdigit() and (candidate / "trainer_state.json").is_file():
+            found.append((int(step), candidate))
+    return [path for _, path in sorted(found)]
+
+
+def resume_checkpoint(resume: str | bool | None, output_dir: str | Path) -> str | None:
+    """The checkpoint to resume from: a folder as given, or (`true` / `latest`) the last complete one."""
+    if resume in (None, False, "") or (isinstance(resume, str) and resume.lower() in {"false", "none"}):
+        return None
+    if resume is True or (isinstance(resume, str) and resume.lower() in {"true", "latest"}):
+        complete = complete_checkpoints(output_dir)
+        if not complete:
+            raise MPRMError(
+                f"{output_dir}: no complete checkpoint to resume from (resume_from_checkpoint: true)"
+            )
+        return str(complete[-1])
+    if not Path(resume).is_dir():
+        raise MPRMError(f"{resume}: checkpoint folder not found (resume_from_checkpoint)")
+    if not (Path(resume) / "trainer_state.json").is_file():
+        raise MPRMError(
+            f"{resume}: not a complete checkpoint (no trainer_state.json: a save was interrupted?)"
+        )
+    return str(resume)
+
+
+def finished(checkpoint: str, training_args: PRMConfig) -> bool:
+    """Whether the checkpoint already reached this run's last optimizer step (`max_steps`, or, for a
+    run set by epochs, the checkpoint's own last step when the epochs are unchanged)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    step = state.get("global_step", 0)
+    if training_args.max_steps > 0:
+        return step >= training_args.max_steps
+    same_plan = state.get("num_train_epochs") == math.ceil(training_args.num_train_epochs)
+    return same_plan and bool(state.get("max_steps")) and step >= state["max_steps"]
+
+
+_SCALARS = (bool, int, float, str)
+
+
+def check_field_types(parsed: Any) -> None:
+    """A recipe's values reach the dataclasses without argparse's conversion: refuse, in one line, a
+    value of the wrong type for a scalar field (e.g. `num_train_epochs: [1, 2]`) before it breaks
+    training deep inside transformers."""
+    import dataclasses
+    import types
+    import typing
+
+    try:
+        hints = typing.get_type_hints(type(parsed))
+    except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is not checked
+        hints = {}
+    for item in dataclasses.fields(parsed):
+        hint = hints.get(item.name)
+        args = (
+            typing.get_args(hint)
+            if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+            else (hint,)
+        )
+        allowed = tuple(arg for arg in args if arg in _SCALARS)
+        if not allowed or len(allowed) != len([arg for arg in args if arg is not type(None)]):
+            continue  # not a plain scalar field (lists, enums, dicts ... are converted or checked elsewhere)
+        value = getattr(parsed, item.name)
+        if value is None and type(None) in args:
+            continue
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        ok = ok or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            names = " or ".join(arg.__name__ for arg in allowed)
+            raise MPRMError(
+                f"recipe field '{item.name}' must be {names}, got {type(value).__name__} {value!r}"
+            )
 
 
 def read_selection_info(dataset: str) -> tuple[str, dict[str, Any]]:
@@ -309,12 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         eval_dataset=eval_dataset,
         processing_class=processor,
     )
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in {"true", "latest"}:
-        resume = True
-    elif isinstance(resume, str) and not Path(resume).is_dir():
-        raise MPRMError(f"{resume}: checkpoint folder not found (resume_from_checkpoint)")
-    train_result = trainer.train(resume_from_checkpoint=resume or None)
+    resume = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    if resume is not None and finished(resume, training_args):
+        print(f"{resume}: this run already reached its last step; nothing to train (pass a new output_dir)")
+        return 0
+    train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     metrics = dict(train_result.metrics)
     trainer.log_metrics("train", metrics)

@@ -285,3 +285,42 @@ def test_killed_run_resumes_to_the_same_weights(
     assert expected.keys() == resumed.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_resume_latest_passes_over_a_half_written_checkpoint_and_keeps_the_totals(
+    tiny_model_dir: Path, subset_dir: Path, tmp_path: Path
+) -> None:
+    """`--resume_from_checkpoint true` takes the last complete checkpoint (a save killed midway has no
+    trainer_state.json), the running totals count on from the checkpoint instead of restarting at 0, and
+    resuming a finished run trains nothing."""
+    train = [sys.executable, "-m", "mprm_hf.cli", "train"]
+    out = tmp_path / "run"
+    settings = {
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "per_device_train_batch_size": 2,
+        "logging_steps": 1,
+    }
+    run(
+        [
+            *train,
+            str(write_recipe(tmp_path / "a.yaml", tiny_model_dir, subset_dir, out, max_steps=2, **settings)),
+        ]
+    )
+    half = out / "checkpoint-3"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"")  # what a kill during a save leaves
+    longer = write_recipe(tmp_path / "b.yaml", tiny_model_dir, subset_dir, out, max_steps=4, **settings)
+    run([*train, str(longer), "--resume_from_checkpoint", "true"])
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    totals = [entry["prm_rollouts"] for entry in state["log_history"] if "prm_rollouts" in entry]
+    assert state["global_step"] == 4 and totals[-1] == 4 * 2, totals
+    again = run([*train, str(longer), "--resume_from_checkpoint", "true"])
+    assert "already reached its last step" in again.stdout
+    assert not (out / "checkpoint-5").exists()
+    fresh = subprocess.run(
+        [*train, str(longer), "--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", "true"],
+        cwd=REPO_ROOT, env=launch_env(), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert fresh.returncode == 1
+    assert "no complete checkpoint to resume from" in fresh.stderr and "Traceback" not in fresh.stderr

@@ -212,6 +212,8 @@ def build_subset(
 ) -> SubsetResult:
     """Scan (or read the cached scan of) `annotations`, select with `method` at the budget, and write
     the kept rollouts to `output` in `fmt` (jsonl, parquet, arrow or reference)."""
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        raise MPRMError(f"--num-proc must be a positive number of processes, got {num_proc!r}")
     folder = resolve_annotations(annotations, revision)
     output = Path(output)
     if fmt == "reference":
