@@ -50,9 +50,19 @@ _SIZE_BOUNDS += [(10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_0
 # ---------------------------------------------------------------------------------------------
 # Secrets
 # ---------------------------------------------------------------------------------------------
+_REGISTERED_TOKENS: set[str] = set()
+
+
+def register_token(token: str) -> None:
+    """A token given explicitly (e.g. `--hub_token`), whatever its shape: the scans look for it too."""
+    _REGISTERED_TOKENS.add(token)
+
+
 def known_tokens() -> list[str]:
-    """Every Hub token this process could use: the environment's and the ones `hf auth login` stored."""
+    """Every Hub token this process could use: the environment's, the ones `hf auth login` stored and
+    the ones given explicitly."""
     candidates = {
+        *_REGISTERED_TOKENS,
         os.environ.get("HF_TOKEN"),
         os.environ.get("HUGGING_FACE_HUB_TOKEN"),
         huggingface_hub.get_token(),

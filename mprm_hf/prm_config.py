@@ -9,6 +9,7 @@ a cosine schedule, 5% warmup, weight decay 0.05.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -124,7 +125,18 @@ class PRMConfig(TrainingArguments):
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (`training_args.bin` in every checkpoint and output folder) without the Hub token: no
+        file of a run may hold one. The object in memory keeps it."""
+        state = dict(self.__dict__)
+        state["hub_token"] = None
+        return state
+
     def __post_init__(self) -> None:
+        if self.hub_token:
+            from mprm_hf.hub import register_token
+
+            register_token(self.hub_token)  # so the secret scans of cards and staged folders look for it too
         for name, allowed in (
             ("step_format", STEP_FORMATS),
             ("label_mode", LABEL_MODES),
