@@ -14,11 +14,12 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mprm_hf.errors import MPRMError
+from mprm_hf.errors import MPRMError, first_line
 from mprm_hf.fileio import folder_fingerprint, save_figure_atomic, write_text_atomic
 
 SCORES_FILE = "scores.jsonl"
@@ -301,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtype", default=None, help="model dtype, e.g. bfloat16 (default: the checkpoint's)"
     )
+    parser.add_argument(
+        "--allow-outside-images",
+        action="store_true",
+        help="read image paths that leave the benchmark folder (../, absolute); default: skip those records",
+    )
     return parser
 
 
@@ -416,7 +422,9 @@ def evaluate_benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
         _merge_shards(out)
     state.wait_for_everyone()
 
-    benchmark, _ = load_visualprocessbench(args.benchmark, split=args.split)
+    benchmark, _ = load_visualprocessbench(
+        args.benchmark, split=args.split, allow_outside_images=args.allow_outside_images
+    )
     if args.limit is not None:
         benchmark = benchmark.select(range(min(args.limit, len(benchmark))))
     done = _scored_ids(out / SCORES_FILE)
@@ -443,7 +451,18 @@ def evaluate_benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
     selected = set(benchmark["id"])
     records = [r for r in read_scores(out / SCORES_FILE) if r["id"] in selected]
     metrics = metrics_from_records(records, threshold=args.threshold, calibration=args.calibration)
-    report = {**metrics, "run": {**identity, "n_traces_benchmark": len(benchmark), "limit": args.limit}}
+    skipped = len(selected) - len(records)
+    if skipped:
+        print(f"{skipped} trace(s) could not be scored and are left out of the metrics (listed above)")
+    report = {
+        **metrics,
+        "run": {
+            **identity,
+            "n_traces_benchmark": len(benchmark),
+            "n_traces_skipped": skipped,
+            "limit": args.limit,
+        },
+    }
     write_text_atomic(out / METRICS_FILE, json.dumps(report, indent=2) + "\n")
     plot_threshold_curve(records, metrics, out / PLOT_FILE)
     print(format_table(metrics))
@@ -466,7 +485,6 @@ def _score_into(traces, args: argparse.Namespace, target: Path, *, device: Any, 
     from tqdm.auto import tqdm
 
     from mprm_hf.modeling import load_model_and_processor
-    from mprm_hf.scoring import score_traces
 
     model, processor = load_model_and_processor(args.model, adapter=args.adapter, dtype=args.dtype)
     model.to(device)
@@ -477,24 +495,42 @@ def _score_into(traces, args: argparse.Namespace, target: Path, *, device: Any, 
     ):
         for start in range(0, len(rows), args.batch_size):
             batch = rows[start : start + args.batch_size]
-            scores = score_traces(
-                model,
-                processor,
-                [
-                    {"question": row["question"], "steps": row["steps"], "images": row["images"]}
-                    for row in batch
-                ],
-                batch_size=args.batch_size,
-                step_format=args.step_format,
-                progress=False,
-            )
+            scored = _score_batch(model, processor, batch, args)
             lines = [
                 json.dumps(score_record(row["id"], row["data_source"], trace_scores, row["labels"]))
-                for row, trace_scores in zip(batch, scores, strict=True)
+                for row, trace_scores in scored
             ]
             sink.write("".join(line + "\n" for line in lines))
             sink.flush()
-            progress.update(len(lines))
+            progress.update(len(batch))
+
+
+def _score_batch(
+    model: Any, processor: Any, batch: list, args: argparse.Namespace
+) -> list[tuple[dict, list]]:
+    """(row, step scores) of a batch; when the batch fails, trace by trace, so that one trace the model
+    cannot take (a step holding the marker or a chat-template token, say) is a located, counted skip
+    (`test.jsonl:LINE`, on stderr) and every other trace is scored."""
+    from mprm_hf.scoring import score_traces
+
+    def score(rows: list) -> list:
+        traces = [{"question": r["question"], "steps": r["steps"], "images": r["images"]} for r in rows]
+        return score_traces(
+            model, processor, traces, batch_size=args.batch_size, step_format=args.step_format, progress=False
+        )
+
+    try:
+        return list(zip(batch, score(batch), strict=True))
+    except MPRMError:
+        pass
+    scored = []
+    for row in batch:
+        try:
+            scored.append((row, score([row])[0]))
+        except MPRMError as error:
+            message = first_line(error).removeprefix("trace 0: ").removeprefix("trace 0 ")
+            print(f"skipped {args.split}.jsonl:{row['line']} (id {row['id']}): {message}", file=sys.stderr)
+    return scored
 
 
 def position_baseline(benchmark: str | Path, split: str = "test") -> dict[str, Any]:

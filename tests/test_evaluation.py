@@ -290,3 +290,33 @@ def test_a_model_retrained_in_place_is_scored_again(benchmark, tmp_path, capsys)
     assert [r["id"] for r in new] == [r["id"] for r in old] and new != old
     assert json.loads((out / "run.json").read_text())["weights"] is not None
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left beside the outputs
+
+
+def test_one_bad_trace_is_a_located_skip_and_the_others_are_scored(
+    tiny_model_dir, benchmark, tmp_path, capsys
+):
+    """A step holding the marker token is skipped at scoring with `test.jsonl:LINE`, an empty step and an
+    image path that leaves the folder are skipped at loading (reported), and every other trace is scored."""
+    copy = tmp_path / "bench"
+    copy.mkdir()
+    (copy / "images").symlink_to((benchmark / "images").resolve())
+    records = [json.loads(line) for line in (benchmark / "test.jsonl").read_text().splitlines()[:8]]
+    records[1]["response"]["steps"][0] = "a step that writes the marker <prm> itself"
+    records[3]["response"]["steps"][-1] = "   "
+    records[5]["image"] = ["../../../etc/hostname"]
+    (copy / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "eval"
+    assert _evaluate(tiny_model_dir, copy, out, "--batch-size", "4") == 0
+    captured = capsys.readouterr()
+    assert "skipped test.jsonl:2 " in captured.err and "1 trace(s) could not be scored" in captured.out
+    scored = {record["id"] for record in _lines(out / "scores.jsonl")}
+    ids = [record.get("id") for record in records]
+    assert len(scored) == 5 and ids[1] not in scored
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["n_traces_skipped"] == 1 and metrics["run"]["n_traces_benchmark"] == 6
+    from mprm_hf.data.visualprocessbench import EMPTY_STEP, IMAGE_OUTSIDE, load_visualprocessbench
+
+    _, report = load_visualprocessbench(copy)
+    assert report.count(EMPTY_STEP) == 1 and report.count(IMAGE_OUTSIDE) == 1
+    allowed, _ = load_visualprocessbench(copy, allow_outside_images=True)
+    assert len(allowed) == 7

@@ -11,6 +11,7 @@ file and line: scoring it would misalign every later step.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ VISUALPROCESSBENCH_FEATURES = datasets.Features(
         "policy_model": datasets.Value("string"),
         "data_source": datasets.Value("string"),
         "missing_images": datasets.Value("int64"),
+        "line": datasets.Value("int64"),  # in the split's jsonl, for located messages
     }
 )
 
@@ -54,6 +56,8 @@ BAD_LABEL = "label not in {1, 0, -1}"
 MISSING_OPTIONAL = "missing field (default used)"
 FEWER_IMAGES_THAN_TAGS = "fewer images than <imageN> tags"
 IMAGE_MISSING = "image file missing"
+EMPTY_STEP = "empty step text"
+IMAGE_OUTSIDE = "image path outside the benchmark folder"
 
 
 def load_visualprocessbench(
@@ -62,8 +66,12 @@ def load_visualprocessbench(
     split: str = "test",
     revision: str | None = None,
     cache_dir: str | Path | None = None,
+    allow_outside_images: bool = False,
 ) -> tuple[datasets.Dataset, LoadReport]:
-    """The benchmark as a typed Dataset (columns: VISUALPROCESSBENCH_FEATURES) and its load report."""
+    """The benchmark as a typed Dataset (columns: VISUALPROCESSBENCH_FEATURES) and its load report.
+
+    A record whose image path leaves the benchmark folder (`../../x.png`, `/etc/...`) is a reported,
+    located skip unless `allow_outside_images`."""
     root = locate_dataset(path_or_repo, allow_patterns=None, revision=revision, what="VisualProcessBench")
     annotation = root / f"{split}.jsonl"
     if not annotation.is_file():
@@ -72,7 +80,7 @@ def load_visualprocessbench(
     if (root / "images.zip").is_file():
         image_roots.append(unpack_archive(root / "images.zip", cache_dir))
     report = LoadReport(name=f"VisualProcessBench {annotation}")
-    parser = _BenchParser(annotation.name, image_roots, report)
+    parser = _BenchParser(annotation.name, image_roots, report, allow_outside_images)
     rows = []
     with annotation.open("rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
@@ -87,8 +95,17 @@ def load_visualprocessbench(
     return ds, report
 
 
+def _inside(root: Path, path: Path) -> bool:
+    """Whether `path` lies inside `root` as written: no absolute path, no `..` that climbs out (a
+    symlinked images folder, as a copy of a benchmark may have, stays allowed)."""
+    return Path(os.path.normpath(path)).is_relative_to(os.path.normpath(root))
+
+
 class _BenchParser:
-    def __init__(self, file_label: str, image_roots: list[Path], report: LoadReport):
+    def __init__(
+        self, file_label: str, image_roots: list[Path], report: LoadReport, allow_outside: bool = False
+    ):
+        self.allow_outside = allow_outside
         self.file_label = file_label
         self.image_roots = image_roots
         self.report = report
@@ -135,11 +152,16 @@ class _BenchParser:
             if not isinstance(step, str):
                 self._flag(line, f"response.steps[{index}]", WRONG_TYPE, type(step).__name__)
                 return None
+            if not step.strip():
+                self._flag(line, f"response.steps[{index}]", EMPTY_STEP, repr(step))
+                return None
         texts = {
             name: self._text(record, name, line)
             for name in ("question", "answer", "policy_model", "data_source")
         }
         images = self._images(record, line)
+        if images is None:
+            return None
         tags = {int(n) for n in IMAGE_TAG.findall(texts["question"])}
         missing = sum(1 for number in tags if number > len(images))
         if missing:
@@ -157,6 +179,7 @@ class _BenchParser:
             "policy_model": texts["policy_model"],
             "data_source": texts["data_source"],
             "missing_images": missing,
+            "line": line,
         }
 
     def _text(self, record: dict[str, Any], name: str, line: int) -> str:
@@ -166,7 +189,7 @@ class _BenchParser:
         self._flag(line, name, MISSING_OPTIONAL, "absent" if value is None else repr(value), "kept")
         return "" if value is None else str(value)
 
-    def _images(self, record: dict[str, Any], line: int) -> list[str]:
+    def _images(self, record: dict[str, Any], line: int) -> list[str] | None:
         value = record.get("image", record.get("images"))
         if value is None:
             self._flag(line, "image", MISSING_OPTIONAL, "absent", "kept")
@@ -174,6 +197,9 @@ class _BenchParser:
         paths = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else []
         resolved = []
         for index, image in enumerate(p for p in paths if p):
+            if not self.allow_outside and not any(_inside(root, root / image) for root in self.image_roots):
+                self._flag(line, f"image[{index}]", IMAGE_OUTSIDE, image)  # skipped: never read /etc/...
+                return None
             found = next((root / image for root in self.image_roots if (root / image).is_file()), None)
             if found is None:
                 self._flag(line, f"image[{index}]", IMAGE_MISSING, image, "kept")
