@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -118,3 +119,35 @@ def test_a_killed_select_leaves_the_old_output_whole(corpus: Path, tmp_path: Pat
     again = _select(corpus, output, "0.1", env)
     assert again.wait() == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".x.jsonl")]
+
+
+def test_image_paths_that_leave_the_corpus_are_dropped_and_reported(tmp_path: Path) -> None:
+    """`/etc/hostname` or `../../../etc/passwd` as a rollout's image: stepwise formats drop the rollout with a
+    located reason unless --allow-outside-images; the reference format keeps its bytes."""
+    from mprm_hf.selection.subset import build_subset
+
+    annotations = tmp_path / "corpus" / "annotations"
+    annotations.mkdir(parents=True)
+    lines = [
+        {
+            "image": image,
+            "question": "q",
+            "steps_with_score": [{"step": "s", "score": 0.5}, {"step": "t", "score": 0.0}],
+        }
+        for image in ("a/1.png", "/etc/hostname", "../../../etc/passwd", "b/../c/2.png")
+    ]
+    (annotations / "src.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = build_subset(
+        tmp_path / "corpus", tmp_path / "s.jsonl", method="full", use_cache=False, progress=False
+    )
+    kept = [json.loads(line)["id"] for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert kept == ["src:1", "src:4"]
+    assert any(
+        "outside the corpus folder: 2 (src.jsonl:2, src.jsonl:3)" in note for note in result.report.notes
+    )
+    allowed = build_subset(tmp_path / "corpus", tmp_path / "a.jsonl", method="full", use_cache=False,
+                           progress=False, allow_outside_images=True)  # fmt: skip
+    assert allowed.n_written == 4
+    reference = build_subset(tmp_path / "corpus", tmp_path / "r.jsonl", fmt="reference", alpha=0.2, top_ratio=1.0,
+                             use_cache=False, progress=False)  # fmt: skip
+    assert reference.n_written == 4

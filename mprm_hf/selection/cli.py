@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="scan the corpus again instead of using the cached score table",
     )
+    output.add_argument(
+        "--allow-outside-images",
+        action="store_true",
+        help="stepwise: keep rollouts whose image path is absolute or leaves the corpus folder (default: "
+        "drop and report them)",
+    )
     output.add_argument("--revision", help="revision of the source corpus when it is a Hub id")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     hub = parser.add_argument_group("Hub")
@@ -178,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         top_ratio=args.top_ratio,
         budget=args.budget,
         threshold=args.threshold,
+        allow_outside_images=args.allow_outside_images,
         num_proc=args.num_proc,
         use_cache=not args.no_cache,
         revision=args.revision,

@@ -202,6 +202,7 @@ def build_subset(
     top_ratio: float | None = None,
     budget: int | None = None,
     threshold: float = 0.0,
+    allow_outside_images: bool = False,
     num_proc: int | None = None,
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
@@ -241,8 +242,10 @@ def build_subset(
     selection = select_rows(
         table_columns(table), method, top_ratio=top_ratio, budget=budget, entropy=entropy, **params
     )
-    write = write_subset(table, selection.rows, output, fmt=fmt, threshold=threshold, image_root=str(folder.parent),
-                         num_proc=num_proc, progress=progress)  # fmt: skip
+    write = write_subset(
+        table, selection.rows, output, fmt=fmt, threshold=threshold, image_root=str(folder.parent),
+        allow_outside_images=allow_outside_images, num_proc=num_proc, progress=progress,
+    )  # fmt: skip
     if fmt != "reference":
         selection.params["threshold"] = threshold
     else:

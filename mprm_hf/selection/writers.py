@@ -48,7 +48,17 @@ NO_STEPS = "no steps"
 EMPTY_STEP_TEXT = "empty step text"
 BAD_SCORE = "missing or non-numeric score"
 NON_FINITE_SCORE = "non-finite score (stepwise formats)"
-DROP_REASONS = (NO_IMAGE, NO_STEPS, EMPTY_STEP_TEXT, BAD_SCORE, NON_FINITE_SCORE)
+IMAGE_OUTSIDE = "image path outside the corpus folder (stepwise formats)"
+DROP_REASONS = (NO_IMAGE, NO_STEPS, EMPTY_STEP_TEXT, BAD_SCORE, NON_FINITE_SCORE, IMAGE_OUTSIDE)
+
+
+def _image_names(image: object) -> list[str]:
+    return [image] if isinstance(image, str) else [str(item) for item in image]  # type: ignore[union-attr]
+
+
+def _outside(names: list[str]) -> bool:
+    """An image path that is absolute or climbs out with `..`: a corpus must not point at /etc/passwd."""
+    return any(os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == ".." for name in names)
 
 
 class _PRMStep(msgspec.Struct, gc=False):
@@ -200,8 +210,7 @@ def reference_line(rollout: Rollout) -> bytes:
 def stepwise_record(rollout: Rollout, *, id: str, source: str, image_root: str, threshold: float) -> dict:
     """SPEC 2.4: {id, source, images, prompt, completions, labels, mc_scores}; a step is positive iff
     its MC score > threshold. Image paths are joined to the corpus root (the annotations' parent)."""
-    image = rollout.image
-    images = [image] if isinstance(image, str) else [str(item) for item in image]  # type: ignore[union-attr]
+    images = _image_names(rollout.image)
     prefix = image_root.rstrip("/") + "/"
     return {
         "id": id,
@@ -253,9 +262,9 @@ class Converted:
     positives: list[int]
 
 
-def convert_chunk(task: tuple[Chunk, str, float]) -> Converted:
+def convert_chunk(task: tuple[Chunk, str, float, bool]) -> Converted:
     """Convert one chunk into `fmt` (a worker's unit of output work)."""
-    chunk, fmt, threshold = task
+    chunk, fmt, threshold, allow_outside = task
     rollouts = read_rollouts(Path(chunk.path), chunk.offsets, chunk.lengths)
     reasons: list[str] = []
     positives: list[int] = []
@@ -265,6 +274,13 @@ def convert_chunk(task: tuple[Chunk, str, float]) -> Converted:
         finite = isinstance(rollout, str) or rollout.finite or all(map(math.isfinite, rollout.scores))
         if not finite and fmt != "reference":
             rollout = NON_FINITE_SCORE
+        elif (
+            fmt != "reference"
+            and not allow_outside
+            and not isinstance(rollout, str)
+            and _outside(_image_names(rollout.image))
+        ):
+            rollout = IMAGE_OUTSIDE
         if isinstance(rollout, str):
             reasons.append(rollout)
             positives.append(0)
@@ -351,6 +367,7 @@ def write_subset(
     fmt: str = "jsonl",
     threshold: float = 0.0,
     image_root: str | None = None,
+    allow_outside_images: bool = False,
     num_proc: int | None = None,
     progress: bool = True,
 ) -> WriteResult:
@@ -361,7 +378,10 @@ def write_subset(
         raise MPRMError(f"--threshold must be a finite number, got {threshold!r}")
     output = Path(output)
     root = image_root if image_root is not None else str(table.files[0].parent.parent)
-    tasks = [(chunk, fmt, threshold) for chunk in chunks_of(table, np.asarray(rows, dtype=np.int64), root)]
+    tasks = [
+        (chunk, fmt, threshold, allow_outside_images)
+        for chunk in chunks_of(table, np.asarray(rows, dtype=np.int64), root)
+    ]
     reasons: list[str] = []
     positives: list[int] = []
     with (
