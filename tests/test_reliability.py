@@ -143,7 +143,8 @@ def test_image_paths_that_leave_the_corpus_are_dropped_and_reported(tmp_path: Pa
     kept = [json.loads(line)["id"] for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert kept == ["src:1", "src:4"]
     assert any(
-        "outside the corpus folder: 2 (src.jsonl:2, src.jsonl:3)" in note for note in result.report.notes
+        "outside the corpus folder (stepwise formats): 2 (src.jsonl:2, src.jsonl:3)" in note
+        for note in result.report.notes
     )
     allowed = build_subset(tmp_path / "corpus", tmp_path / "a.jsonl", method="full", use_cache=False,
                            progress=False, allow_outside_images=True)  # fmt: skip
