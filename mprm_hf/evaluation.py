@@ -303,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default=None, help="model dtype, e.g. bfloat16 (default: the checkpoint's)"
     )
     parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per trace; a longer trace is scored up to its last whole step that fits "
+        "(default: the model's context)",
+    )
+    parser.add_argument(
         "--allow-outside-images",
         action="store_true",
         help="read image paths that leave the benchmark folder (../, absolute); default: skip those records",
@@ -314,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise MPRMError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    if args.max_length is not None and args.max_length < 16:
+        raise MPRMError(f"--max-length must be >= 16 tokens (got {args.max_length})")
     if args.limit is not None and args.limit < 1:
         raise MPRMError(f"--limit must be >= 1 (got {args.limit})")
     if args.threshold is not None and not math.isfinite(args.threshold):
@@ -516,21 +525,35 @@ def _score_batch(
     def score(rows: list) -> list:
         traces = [{"question": r["question"], "steps": r["steps"], "images": r["images"]} for r in rows]
         return score_traces(
-            model, processor, traces, batch_size=args.batch_size, step_format=args.step_format, progress=False
-        )
+            model, processor, traces, batch_size=args.batch_size, step_format=args.step_format, progress=False,
+            max_length=args.max_length,
+        )  # fmt: skip
 
     try:
-        return list(zip(batch, score(batch), strict=True))
+        scored = list(zip(batch, score(batch), strict=True))
     except MPRMError:
-        pass
-    scored = []
-    for row in batch:
-        try:
-            scored.append((row, score([row])[0]))
-        except MPRMError as error:
-            message = first_line(error).removeprefix("trace 0: ").removeprefix("trace 0 ")
-            print(f"skipped {args.split}.jsonl:{row['line']} (id {row['id']}): {message}", file=sys.stderr)
-    return scored
+        scored = []
+        for row in batch:
+            try:
+                scored.append((row, score([row])[0]))
+            except MPRMError as error:
+                message = first_line(error).removeprefix("trace 0: ").removeprefix("trace 0 ")
+                print(
+                    f"skipped {args.split}.jsonl:{row['line']} (id {row['id']}): {message}", file=sys.stderr
+                )
+    kept = []
+    for row, scores in scored:
+        if len(scores) < len(row["steps"]):  # longer than the context: its last steps stay unscored
+            print(
+                f"{args.split}.jsonl:{row['line']} (id {row['id']}): {len(row['steps']) - len(scores)} of "
+                f"{len(row['steps'])} steps left unscored (longer than --max-length)",
+                file=sys.stderr,
+            )
+            if not scores:
+                continue
+            row = {**row, "labels": row["labels"][: len(scores)]}
+        kept.append((row, scores))
+    return kept
 
 
 def position_baseline(benchmark: str | Path, split: str = "test") -> dict[str, Any]:

@@ -59,11 +59,14 @@ def score_traces(
     batch_size: int = 8,
     step_format: str | None = None,
     progress: bool = True,
+    max_length: int | None = None,
 ) -> list[list[float]]:
     """Step rewards of many traces `{"question" (or "prompt"), "steps", "images"}`, in input order.
 
     Traces are sorted by length and batched (`batch_size` per forward pass) so that padding stays small;
-    `images` are PIL images or paths.
+    `images` are PIL images or paths. A trace longer than `max_length` tokens (default: the model's
+    context, `max_position_embeddings`) is cut after its last whole step that fits, as in training: its
+    list of rewards is then shorter than its steps (the steps left unscored), never an out-of-memory.
     """
     if batch_size < 1:
         raise MPRMError(f"batch_size must be at least 1 (got {batch_size})")
@@ -72,6 +75,7 @@ def score_traces(
     prepared = [_as_encoder_trace(trace, index) for index, trace in enumerate(traces)]
     order = sorted(range(len(prepared)), key=lambda index: _trace_size(prepared[index]), reverse=True)
     results: list[list[float] | None] = [None] * len(prepared)
+    limit = max_length or context_length(model)
     was_training = getattr(model, "training", False)
     model.eval()
     try:
@@ -79,7 +83,7 @@ def score_traces(
             starts = range(0, len(order), batch_size)
             for start in tqdm(starts, desc="scoring", unit="batch", disable=not progress):
                 chunk = order[start : start + batch_size]
-                batch = encode_traces(processor, fmt, [prepared[index] for index in chunk])
+                batch = encode_traces(processor, fmt, [prepared[index] for index in chunk], max_length=limit)
                 pairs = forward_step_reward_logits(model, batch, reward_ids)
                 rewards = torch.softmax(pairs.float(), dim=-1)[..., 0].cpu()
                 for row, index in enumerate(chunk):
@@ -87,6 +91,14 @@ def score_traces(
     finally:
         model.train(was_training)
     return [scores if scores is not None else [] for scores in results]
+
+
+def context_length(model: Any) -> int | None:
+    """The model's context in tokens (its text config's `max_position_embeddings`), when it says."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    value = getattr(text, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def score_steps(

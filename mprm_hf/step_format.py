@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mprm_hf.errors import MPRMError
+from mprm_hf.errors import MPRMError, first_line
 
 IMAGE_TAG = re.compile(r"<image\d*>\n?")
 
@@ -177,16 +177,38 @@ def prepare_model_and_processor(model: Any, processor: Any, fmt: StepFormat | st
     return model, processor
 
 
+MAX_IMAGE_PIXELS = 36_000_000
+"""Images larger than this (6000 x 6000) are refused before they are decoded: a 450 KB PNG can hold
+12000 x 12000 pixels and take gigabytes to decode. Every processor downsizes far below it anyway."""
+MAX_IMAGE_SIDE = 2048
+"""Images are downscaled (aspect kept) so that no side exceeds this before they reach the processor."""
+
+
 def _load_image(image: Any, where: str) -> Image.Image:
     if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
+        return _bounded(image.convert("RGB") if image.mode != "RGB" else image)
     if isinstance(image, (str, Path)):
         try:
             with Image.open(image) as opened:
-                return opened.convert("RGB")
-        except (OSError, ValueError) as error:
-            raise MPRMError(f"{where}: cannot read image {str(image)!r}: {error}") from error
+                width, height = opened.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise MPRMError(
+                        f"{where}: image {str(image)!r} is {width} x {height} pixels, over the limit of "
+                        f"{MAX_IMAGE_PIXELS:,} (mprm_hf.step_format.MAX_IMAGE_PIXELS); downscale it first"
+                    )
+                opened.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))  # JPEG decodes at a reduced size
+                return _bounded(opened.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise MPRMError(f"{where}: cannot read image {str(image)!r}: {first_line(error)}") from None
     raise MPRMError(f"{where}: field 'images' holds a {type(image).__name__}, not an image or a path")
+
+
+def _bounded(image: Image.Image) -> Image.Image:
+    if max(image.size) <= MAX_IMAGE_SIDE:
+        return image
+    image = image.copy()
+    image.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+    return image
 
 
 def check_trace_fields(trace: dict[str, Any], where: str) -> None:

@@ -320,3 +320,26 @@ def test_one_bad_trace_is_a_located_skip_and_the_others_are_scored(
     assert report.count(EMPTY_STEP) == 1 and report.count(IMAGE_OUTSIDE) == 1
     allowed, _ = load_visualprocessbench(copy, allow_outside_images=True)
     assert len(allowed) == 7
+
+
+def test_huge_images_and_over_long_traces_are_bounded(tiny_model_dir, benchmark, tmp_path, capsys):
+    """A 12000 x 12000 PNG (a few KB) is refused before it is decoded, as a located skip; a trace longer
+    than --max-length is scored up to its last whole step that fits, with the rest counted."""
+    from PIL import Image
+
+    copy = tmp_path / "bench"
+    shutil.copytree(benchmark, copy, symlinks=True)
+    Image.new("1", (12000, 12000)).save(copy / "images" / "huge.png")
+    records = [json.loads(line) for line in (benchmark / "test.jsonl").read_text().splitlines()[:4]]
+    records[0]["image"] = ["images/huge.png"]
+    long = records[2]["response"]
+    long["steps"] = [f"Step {n}: the circle is red and the square is blue." for n in range(60)]
+    long["process_correctness"] = [1] * 60
+    (copy / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "eval"
+    assert _evaluate(tiny_model_dir, copy, out, "--max-length", "300") == 0
+    err = capsys.readouterr().err
+    assert "skipped test.jsonl:1" in err and "12000 x 12000 pixels" in err
+    assert "test.jsonl:3" in err and "steps left unscored" in err
+    scores = {r["id"]: r for r in _lines(out / "scores.jsonl")}
+    assert len(scores) == 3 and any(0 < len(r["scores"]) < 60 for r in scores.values())
