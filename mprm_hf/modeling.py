@@ -309,6 +309,21 @@ def _looks_like_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
+
+
+def refuse_pickled_weights(folder: Path) -> None:
+    """Weights are read from safetensors only: a folder that holds only pickled `*.bin` weights (which
+    unpickling could turn into code) is refused in one line instead of loaded or failing deep inside."""
+    has_safe = any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json"))
+    pickled = [name for name in PICKLED_WEIGHTS if (folder / name).is_file()]
+    if pickled and not has_safe:
+        raise MPRMError(
+            f"{folder}: holds only pickled weights ({pickled[0]}); mprm-hf loads safetensors only "
+            "(convert with `model.save_pretrained(folder)`, which writes safetensors)"
+        )
+
+
 def load_model_and_processor(
     name_or_path: str | os.PathLike, *, adapter: str | os.PathLike | None = None, dtype: Any = None
 ) -> tuple[Any, Any]:
@@ -323,6 +338,8 @@ def load_model_and_processor(
     if not local.exists() and _looks_like_local_path(name):
         raise MPRMError(f"{name}: model folder not found")
     source = str(local) if local.exists() else name
+    if local.is_dir():
+        refuse_pickled_weights(local)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype, None) or _bad_dtype(dtype)
     try:
@@ -368,6 +385,7 @@ def _apply_adapter(model: Any, processor: Any, adapter: Path) -> tuple[Any, Any]
 
     if not (adapter / "adapter_config.json").is_file():
         raise MPRMError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    refuse_pickled_weights(adapter)
     if any((adapter / name).is_file() for name in ("processor_config.json", "tokenizer_config.json")):
         processor = AutoProcessor.from_pretrained(adapter)
         tokenizer = getattr(processor, "tokenizer", processor)

@@ -157,3 +157,21 @@ def test_bad_adapter_and_dtype_are_reported(tiny_model_dir: Path, tmp_path: Path
         load_model_and_processor(tiny_model_dir, adapter=tmp_path)
     with pytest.raises(MPRMError, match="unknown dtype"):
         load_model_and_processor(tiny_model_dir, dtype="float77")
+
+
+def test_a_folder_of_pickled_weights_only_is_refused_in_one_line(tmp_path):
+    """safetensors only: a `pytorch_model.bin` folder is refused before anything is unpickled."""
+    import shutil
+
+    from mprm_hf.errors import MPRMError
+    from mprm_hf.modeling import build_tiny_model, load_model_and_processor
+
+    folder = build_tiny_model(tmp_path / "model")
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(
+        MPRMError, match=r"holds only pickled weights \(pytorch_model.bin\); mprm-hf loads safetensors only"
+    ) as err:
+        load_model_and_processor(folder)
+    assert "\n" not in str(err.value)
+    shutil.rmtree(folder)
