@@ -124,7 +124,7 @@ def read_steps_file(path: str | Path) -> list[str]:
     """Steps from a file: a JSON list of strings, or plain text with one step per blank-line-separated block."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not part of step 1
     except FileNotFoundError as error:
         raise MPRMError(f"{path}: steps file not found") from error
     except (OSError, UnicodeDecodeError) as error:

@@ -152,3 +152,71 @@ def test_image_paths_that_leave_the_corpus_are_dropped_and_reported(tmp_path: Pa
     reference = build_subset(tmp_path / "corpus", tmp_path / "r.jsonl", fmt="reference", alpha=0.2, top_ratio=1.0,
                              use_cache=False, progress=False)  # fmt: skip
     assert reference.n_written == 4
+
+
+def _rollout(image: str = "a.png") -> dict:
+    return {
+        "image": image,
+        "question": "q",
+        "steps_with_score": [{"step": "s", "score": 0.5}, {"step": "t", "score": 0.0}],
+    }
+
+
+def test_every_line_of_a_reference_selection_is_counted(tmp_path: Path, capsys) -> None:
+    """An 11-line file with a truncated line, a BOM line and a blank line: the bytes are the reference's
+    (those lines are not ranked) and the report counts each skipped line by reason, with its place."""
+    from mprm_hf.cli import main
+
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    lines = [json.dumps(_rollout(f"{n}.png")) for n in range(8)]
+    lines[2] = lines[2][:20]  # truncated
+    lines[4] = "\ufeff" + lines[4]  # a byte-order mark
+    lines.insert(6, "   ")
+    (annotations / "src.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    output = tmp_path / "r.jsonl"
+    argv = ["select", "--annotations", str(annotations), "--alpha", "0.2", "--top-ratio", "1.0", "--format",
+            "reference", "--output", str(output), "--quiet", "--no-cache"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert output.read_text().count("\n") == 6
+    assert "6 / 6" in out
+    assert "skipped when scanning, blank line: 1 (src.jsonl:7)" in out
+    assert "skipped when scanning, not JSON: 2 (src.jsonl:3, src.jsonl:5)" in out
+
+
+def test_report_reasons_name_what_happened(tmp_path: Path) -> None:
+    """A BOM line is not 'non-standard JSON', a number as question is not a 'missing field', and a steps
+    file saved with a BOM does not put it into step 1."""
+    from mprm_hf.data import visualprm400k as vp
+    from mprm_hf.data import visualprocessbench as vpb
+    from mprm_hf.scoring import read_steps_file
+
+    corpus = tmp_path / "corpus" / "annotations"
+    corpus.mkdir(parents=True)
+    (corpus / "src.jsonl").write_bytes(
+        b"\xef\xbb\xbf"
+        + json.dumps(_rollout()).encode()
+        + b"\n"
+        + json.dumps(_rollout("b.png")).encode()
+        + b"\n"
+    )
+    ds, report = vp.load_visualprm400k(tmp_path / "corpus", cache_dir=tmp_path / "cache")
+    assert len(ds) == 1 and report.count(vp.BOM) == 1 and report.count(vp.NON_STANDARD_JSON) == 0
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    record = {
+        "question": 123,
+        "image": [],
+        "response": {"steps": ["a"], "process_correctness": [1]},
+        "data_source": "S",
+    }
+    (bench / "test.jsonl").write_text(json.dumps(record) + "\n")
+    _, bench_report = vpb.load_visualprocessbench(bench)
+    assert bench_report.count(vpb.WRONG_TYPE) == 1
+    assert not [
+        e for e in bench_report.examples if e.field == "question" and e.reason == vpb.MISSING_OPTIONAL
+    ]
+    steps = tmp_path / "steps.txt"
+    steps.write_bytes(b"\xef\xbb\xbfFirst step.\n\nSecond step.\n")
+    assert read_steps_file(steps) == ["First step.", "Second step."]

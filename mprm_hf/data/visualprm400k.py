@@ -70,6 +70,7 @@ MISSING_STEPS = "missing field 'steps_with_score'"
 STEPS_NOT_LIST = "'steps_with_score' is not a list"
 EMPTY_STEPS = "empty 'steps_with_score'"
 NON_STANDARD_JSON = "non-standard JSON (NaN/Infinity) accepted"
+BOM = "UTF-8 byte-order mark before the record (the reference cannot parse it)"
 MISSING_FIELD = "missing field (default used)"
 WRONG_TYPE = "wrong type (converted)"
 STEP_NOT_OBJECT = "step is not an object"
@@ -322,6 +323,9 @@ class RolloutParser:
         return row
 
     def _decode(self, raw: bytes, line: int) -> Any:
+        if raw.lstrip().startswith(b"\xef\xbb\xbf"):
+            self._flag(line, "", BOM, action="skipped")
+            return None
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as err:

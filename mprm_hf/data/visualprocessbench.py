@@ -186,8 +186,11 @@ class _BenchParser:
         value = record.get(name)
         if isinstance(value, str):
             return value
-        self._flag(line, name, MISSING_OPTIONAL, "absent" if value is None else repr(value), "kept")
-        return "" if value is None else str(value)
+        if value is None:
+            self._flag(line, name, MISSING_OPTIONAL, "absent", "kept")
+            return ""
+        self._flag(line, name, WRONG_TYPE, f"{type(value).__name__} {value!r} (converted)", "kept")
+        return str(value)
 
     def _images(self, record: dict[str, Any], line: int) -> list[str] | None:
         value = record.get("image", record.get("images"))
