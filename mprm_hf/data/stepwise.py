@@ -19,7 +19,7 @@ import codecs
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +250,7 @@ def load_stepwise(path_or_repo: str | Path, *, split: str = "train") -> datasets
         "large_string",
     ):
         raise MPRMError(f"{name}: field 'prompt' must be text, got {ds.features['prompt']}")
+    _check_lists(ds, path_or_repo)
     _check_lengths(ds, name)
     _check_labels(ds, path_or_repo)
     images = ds.features.get("images")
@@ -306,18 +307,58 @@ def _check_lengths(ds: datasets.Dataset, name: str) -> None:
 
 
 LABEL_VALUES = (True, False, 0, 1)
+LIST_FIELDS = ("completions", "labels", "mc_scores")
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of the object lines of a jsonl file (a leading byte-order mark removed),
+    for locating a problem the reader found; lines that are not JSON objects are passed over."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                record = orjson.loads(raw.strip().removeprefix(b"\xef\xbb\xbf")) if raw.strip() else None
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                yield number, record
+
+
+def _first_line_where(path: Path, bad) -> tuple[int, str] | None:  # noqa: ANN001 - a predicate on a record
+    """(line, field) of the first jsonl record for which `bad(record)` names a field."""
+    for number, record in _jsonl_records(path):
+        field = bad(record)
+        if field:
+            return number, field
+    return None
+
+
+def _check_lists(ds: datasets.Dataset, path_or_repo: str | Path) -> None:
+    """completions, labels and mc_scores must be lists in every record (a null or a number is not)."""
+    for column in LIST_FIELDS:
+        feature = ds.features.get(column)
+        if feature is None or (
+            isinstance(feature, (datasets.List, datasets.LargeList))
+            and ds.data.table.column(column).null_count == 0
+        ):
+            continue
+        path = Path(path_or_repo)
+        where = None
+        if path.is_file() and path.suffix in (".jsonl", ".json"):
+            where = _first_line_where(
+                path, lambda r, c=column: c if c in r and not isinstance(r[c], list) else ""
+            )
+        if where is not None:
+            raise MPRMError(f"{path}:{where[0]}: field '{where[1]}' must be a list")
+        raise MPRMError(f"{path_or_repo}: field '{column}' must be a list in every record, got {feature}")
 
 
 def _first_bad_label_line(path: Path) -> tuple[int, int, object] | None:
     """(line, step, value) of the first label that is neither a boolean nor 0 / 1, in a jsonl file."""
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            labels = orjson.loads(raw).get("labels") or []
-            for step, value in enumerate(labels):
-                if type(value) not in (bool, int, float) or value not in LABEL_VALUES:
-                    return number, step, value
+    for number, record in _jsonl_records(path):
+        labels = record.get("labels")
+        for step, value in enumerate(labels if isinstance(labels, list) else []):
+            if type(value) not in (bool, int, float) or value not in LABEL_VALUES:
+                return number, step, value
     return None
 
 
