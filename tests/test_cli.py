@@ -64,3 +64,57 @@ def test_os_error_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mprm-hf score: error:")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "{recipe}"], "recipe field 'num_train_epochs' must be float, got list [1, 2]"),
+        (
+            [
+                "select",
+                "--annotations",
+                "{synthetic}",
+                "--top-ratio",
+                "0.1",
+                "--output",
+                "{out}",
+                "--num-proc",
+                "-2",
+            ],
+            "--num-proc must be a positive number of processes, got -2",
+        ),
+        (
+            ["rerank", "--model", "{model}", "--candidates", "{candidates}", "--out", "{out}"],
+            "candidates.jsonl:1: not valid UTF-8",
+        ),
+        (
+            [
+                "train",
+                "recipes/tiny-cpu/config.yaml",
+                "--dataset_name",
+                "{stepwise}",
+                "--output_dir",
+                "{out}",
+            ],
+            "records.jsonl:2: not a JSON line (truncated?)",
+        ),
+    ],
+    ids=["recipe-type", "num-proc", "rerank-not-utf8", "train-truncated-jsonl"],
+)
+def test_bad_input_is_one_line_not_a_traceback(
+    argv, message, tmp_path, synthetic_dir, tiny_model_dir, capsys
+) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("num_train_epochs: [1, 2]\n", encoding="utf-8")
+    candidates = tmp_path / "candidates.jsonl"
+    candidates.write_bytes(b"\xff\xfe{}\n")
+    stepwise = tmp_path / "records.jsonl"
+    stepwise.write_text(
+        '{"prompt": "p", "completions": ["a"], "labels": [true]}\n{"prompt": "p", "compl', encoding="utf-8"
+    )
+    values = {"recipe": recipe, "synthetic": synthetic_dir, "out": tmp_path / "out", "model": tiny_model_dir,
+              "candidates": candidates, "stepwise": stepwise}  # fmt: skip
+    code = main([arg.format(**values) for arg in argv])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert code == 1 and len(err) == 1 and message in err[0], err

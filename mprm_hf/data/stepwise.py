@@ -15,7 +15,6 @@ rollout too. Every dropped rollout, and the number of steps it had, is counted b
 
 from __future__ import annotations
 
-import codecs
 import json
 import logging
 import math
@@ -394,7 +393,7 @@ def _first_unreadable_line(path: Path) -> str:
             except UnicodeDecodeError as error:
                 return f"{path}:{number}: not valid UTF-8 ({error.reason} at byte {error.start})"
             try:
-                record = orjson.loads(raw)
+                record = orjson.loads(raw.strip().removeprefix(b"\xef\xbb\xbf"))
             except orjson.JSONDecodeError:
                 return f"{path}:{number}: not a JSON line (truncated?)"
             if not isinstance(record, dict):
@@ -403,19 +402,13 @@ def _first_unreadable_line(path: Path) -> str:
 
 
 def _check_text_file(path: Path) -> None:
-    """A jsonl file must be UTF-8 and hold something (pyarrow's reader lets bad bytes through to the
-    first string that is read, as a raw UnicodeDecodeError)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    blank = True
-    with path.open("rb") as handle:
-        try:
-            while chunk := handle.read(1 << 24):
-                blank = blank and not chunk.strip()
-                decoder.decode(chunk)
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise MPRMError(_first_unreadable_line(path) or f"{path}: not valid UTF-8") from None
-    if blank:
+    """Every line of a jsonl file must be UTF-8 and one JSON object, and there must be one: checked here
+    (one orjson pass) so that a broken line is one located error, not pyarrow's logged error and a
+    `DatasetGenerationError`, or bad bytes that surface later as a raw UnicodeDecodeError."""
+    problem = _first_unreadable_line(path)
+    if problem:
+        raise MPRMError(problem)
+    if not any(True for _ in _jsonl_records(path)):
         raise MPRMError(f"{path}: holds no records (empty file)")
 
 
