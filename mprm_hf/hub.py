@@ -34,7 +34,7 @@ from huggingface_hub.utils import get_stored_tokens
 from mprm_hf.errors import MPRMError
 from mprm_hf.fileio import atomic_output
 
-CARDS_DIR = Path(__file__).resolve().parent.parent / "hub_cards"
+CARDS_DIR = Path(__file__).resolve().parent / "hub_cards"  # package data: it ships in the wheel
 BASE_TAGS = ("process-reward-model", "multimodal", "mprm-hf")
 REPO_TYPES = ("model", "dataset", "space")
 DEFAULT_BENCHMARK = "OpenGVLab/VisualProcessBench"
@@ -131,7 +131,7 @@ def _size_category(n_rows: int) -> str:
 def _template(name: str) -> str:
     path = CARDS_DIR / name
     if not path.is_file():
-        raise MPRMError(f"{path}: card template not found (the hub_cards/ folder ships with mprm-hf)")
+        raise MPRMError(f"{path}: card template not found (mprm_hf/hub_cards/ ships with mprm-hf)")
     return str(path)
 
 

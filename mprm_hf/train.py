@@ -246,7 +246,7 @@ def read_selection_info(dataset: str) -> tuple[str, dict[str, Any]]:
 
 
 def selection_from_card(text: str) -> tuple[str, dict[str, Any]] | None:
-    """Selector and parameters from the table of a dataset card rendered from hub_cards/dataset_card.md."""
+    """Selector and parameters from the table of a dataset card rendered from mprm_hf/hub_cards/dataset_card.md."""
     selector = re.search(r"^\| Selector \| `([^`]*)` \|$", text, flags=re.MULTILINE)
     if selector is None:
         return None

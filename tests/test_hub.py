@@ -330,3 +330,33 @@ def test_a_staged_space_is_pushed_as_a_gradio_space(fake_hub: FakeHub, tmp_path:
     create = next(r for r in fake_hub.requests if r["path"] == "/api/repos/create")
     assert json.loads(create["body"])["sdk"] == "gradio"
     assert fake_hub.repos == {"space:tester/demo"} and set(fake_hub.files) == {"README.md", "app.py"}
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_card_templates(tmp_path):
+    """A real wheel of the project holds the card templates, and a card renders from the unpacked wheel
+    alone (not from this checkout)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    wheel = next(tmp_path.glob("mprm_hf-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        assert {"mprm_hf/hub_cards/model_card.md", "mprm_hf/hub_cards/dataset_card.md"} <= set(names)
+        archive.extractall(tmp_path / "site")
+    script = (
+        "import mprm_hf.hub as hub, sys; assert hub.__file__.startswith(sys.argv[1]), hub.__file__;"
+        "print(hub.CARDS_DIR); assert (hub.CARDS_DIR / 'model_card.md').is_file()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, sys.argv[1]); {script}", str(tmp_path / "site")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert str(tmp_path / "site") in result.stdout

@@ -139,7 +139,7 @@ def test_shipped_recipes_parse(recipe: Path) -> None:
 
 
 def test_selector_is_read_from_the_dataset_card(tmp_path: Path) -> None:
-    """The subset's card written by `mprm-hf select` (hub_cards/dataset_card.md) names selector and params."""
+    """The subset's card written by `mprm-hf select` (mprm_hf/hub_cards/dataset_card.md) names selector and params."""
     from mprm_hf.hub import render_dataset_card
     from mprm_hf.train import read_selection_info
 
