@@ -305,8 +305,12 @@ def build_tiny_model(out_dir: str | os.PathLike, *, arch: Arch = "qwen2_vl", see
 
 
 def _looks_like_local_path(name: str) -> bool:
-    """Hub ids are `name` or `owner/name`; anything else that does not exist is a missing folder."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
+    """Hub ids are `name` or `owner/name`; anything else that does not exist is a missing folder, and so
+    is `outputs/tiny-cpuu` when `outputs/` is a folder here: a typo is told at once, not after a minute
+    of Hub retries on a machine without network."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return True
+    return name.count("/") == 1 and Path(name.split("/", 1)[0]).is_dir()
 
 
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")

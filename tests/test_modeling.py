@@ -175,3 +175,14 @@ def test_a_folder_of_pickled_weights_only_is_refused_in_one_line(tmp_path):
         load_model_and_processor(folder)
     assert "\n" not in str(err.value)
     shutil.rmtree(folder)
+
+
+def test_a_mistyped_local_model_path_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    """`outputs/tiny-cpuu` with an `outputs/` folder here is a missing local folder, said at once."""
+    from mprm_hf.errors import MPRMError
+    from mprm_hf.modeling import load_model_and_processor
+
+    (tmp_path / "outputs" / "tiny-cpu").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MPRMError, match=r"^outputs/tiny-cpuu: model folder not found$"):
+        load_model_and_processor("outputs/tiny-cpuu")
