@@ -447,5 +447,4 @@ def _read_any(path_or_repo: str | Path, split: str) -> datasets.Dataset:
     except MPRMError:
         raise
     except (ValueError, FileNotFoundError, OSError, datasets.exceptions.DatasetNotFoundError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MPRMError(f"{path_or_repo}: cannot read a stepwise dataset ({first})") from None
+        raise MPRMError(f"{path_or_repo}: cannot read a stepwise dataset ({first_line(err)})") from None

@@ -111,7 +111,7 @@ def rollout_entropy(
     conversion rule drops): one scoring pass over the rollouts, through the training input builder."""
     from mprm_hf.modeling import load_model_and_processor
     from mprm_hf.scoring import score_traces
-    from mprm_hf.selection.writers import Rollout, chunks_of
+    from mprm_hf.selection.writers import Rollout, chunks_of, image_paths
 
     root = str(table.files[0].parent.parent)
     traces, positions = [], []
@@ -120,10 +120,13 @@ def rollout_entropy(
             chunk.rows.tolist(), read_rollouts(Path(chunk.path), chunk.offsets, chunk.lengths), strict=True
         ):
             if isinstance(rollout, Rollout):
-                image = rollout.image
-                images = [image] if isinstance(image, str) else [str(item) for item in image]  # type: ignore[union-attr]
-                traces.append({"question": rollout.question, "steps": rollout.texts,
-                               "images": [os.path.join(root, item) for item in images]})  # fmt: skip
+                traces.append(
+                    {
+                        "question": rollout.question,
+                        "steps": rollout.texts,
+                        "images": image_paths(rollout, root),
+                    }
+                )
                 positions.append(row)
     entropy = np.full(len(table), np.nan)
     if traces:
@@ -135,9 +138,7 @@ def rollout_entropy(
     return entropy
 
 
-def build_report(
-    result_parts: tuple[ScoreTable, Selection, WriteResult], *, threshold_note: str = ""
-) -> SelectionReport:
+def build_report(result_parts: tuple[ScoreTable, Selection, WriteResult]) -> SelectionReport:
     """Per-source rows, label balance and the skip / drop notes of one run: one definition for every
     format and selector."""
     table, selection, write = result_parts
@@ -179,6 +180,8 @@ def build_report(
             more = ", ..." if len(dropped) > EXAMPLES_PER_REASON else ""
             notes.append(f"dropped at conversion, {reason}: {len(dropped)} ({where}{more})")
     alpha = float(selection.params.get("alpha", scoring.DEFAULT_ALPHA))
+    kept_mask = np.zeros(len(table), dtype=bool)
+    kept_mask[written] = True
     return SelectionReport(
         selector=selection.method,
         params={key: value for key, value in selection.params.items() if value is not None},
@@ -187,7 +190,7 @@ def build_report(
         reliability=scoring.reliability(table.column("sum_pos"), n_pos),
         bis=scoring.bis(n_scored, n_pos, table.column("sum_pos"), alpha),
         bis_alpha=alpha,
-        kept_mask=np.isin(np.arange(len(table)), written),
+        kept_mask=kept_mask,
         order_note=selection.order_note,
         notes=notes,
     )

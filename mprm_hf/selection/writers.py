@@ -12,11 +12,12 @@ every line has the common shape; any other line is read rule by rule with `json`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from json.encoder import encode_basestring  # the exact string encoder json.dumps(ensure_ascii=False) uses
@@ -207,15 +208,20 @@ def reference_line(rollout: Rollout) -> bytes:
     return line.encode("utf-8")
 
 
+def image_paths(rollout: Rollout, image_root: str) -> list[str]:
+    """The rollout's image paths joined to the corpus root (the annotations' parent), by `os.path.join`'s
+    rule (an absolute path stays as it is), without a call per image."""
+    prefix = image_root.rstrip("/") + "/"
+    return [item if item.startswith("/") else prefix + item for item in _image_names(rollout.image)]
+
+
 def stepwise_record(rollout: Rollout, *, id: str, source: str, image_root: str, threshold: float) -> dict:
     """SPEC 2.4: {id, source, images, prompt, completions, labels, mc_scores}; a step is positive iff
-    its MC score > threshold. Image paths are joined to the corpus root (the annotations' parent)."""
-    images = _image_names(rollout.image)
-    prefix = image_root.rstrip("/") + "/"
+    its MC score > threshold."""
     return {
         "id": id,
         "source": source,
-        "images": [item if item.startswith("/") else prefix + item for item in images],  # os.path.join's rule
+        "images": image_paths(rollout, image_root),
         "prompt": rollout.question,
         "completions": rollout.texts,
         "labels": [score > threshold for score in rollout.scores],
@@ -388,23 +394,16 @@ def write_subset(
         atomic_output(output, folder=fmt == "arrow") as temporary,
         _progress_bar(progress, total=len(rows), desc="Writing rollouts", unit="rollout") as bar,
     ):
-        if fmt in ("jsonl", "reference"):
-            with temporary.open("wb") as sink:
-                for part in _converted(tasks, num_proc):
-                    sink.write(part.data)
-                    reasons += part.reasons
-                    positives += part.positives
-                    bar.update(len(part.reasons))
-        else:  # streamed part by part: memory holds one part's records, whatever the subset's size
-            scratch = temporary / "records.arrow" if fmt == "arrow" else temporary
-            with _table_writer(scratch, fmt) as writer:
-                for part in _converted(tasks, num_proc):
-                    writer.write_table(_read_json_lines(part.data))
-                    reasons += part.reasons
-                    positives += part.positives
-                    bar.update(len(part.reasons))
-            if fmt == "arrow":
-                _save_arrow_folder(scratch, temporary)
+        # streamed part by part: memory holds one part's output, whatever the subset's size
+        scratch = temporary / "records.arrow" if fmt == "arrow" else temporary
+        with _sink(scratch, fmt) as write:
+            for part in _converted(tasks, num_proc):
+                write(part.data)
+                reasons += part.reasons
+                positives += part.positives
+                bar.update(len(part.reasons))
+        if fmt == "arrow":
+            _save_arrow_folder(scratch, temporary)
     positive = np.asarray(positives, dtype=np.int64)
     if fmt == "reference" or threshold == 0.0:
         positive = table.column("n_pos")[np.asarray(rows, dtype=np.int64)].astype(np.int64)
@@ -425,13 +424,22 @@ def _read_json_lines(data: bytes) -> pa.Table:
     return read.select(STEPWISE_SCHEMA.names).cast(STEPWISE_SCHEMA)
 
 
-def _table_writer(path: Path, fmt: str):  # noqa: ANN202 - a pyarrow writer
-    """A parquet file writer, or (for an Arrow folder) an Arrow stream that `datasets` memory-maps."""
+@contextlib.contextmanager
+def _sink(path: Path, fmt: str) -> Iterator[Callable[[bytes], object]]:
+    """Where a part's output lines go: the file itself (reference, jsonl), a parquet writer, or (for an
+    Arrow folder) an Arrow stream that `datasets` memory-maps; stepwise lines become Arrow rows first."""
+    if fmt in ("jsonl", "reference"):
+        with path.open("wb") as handle:
+            yield handle.write
+        return
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        return pq.ParquetWriter(path, STEPWISE_SCHEMA)
-    return pa.ipc.new_stream(pa.OSFile(str(path), "wb"), STEPWISE_SCHEMA)
+        writer = pq.ParquetWriter(path, STEPWISE_SCHEMA)
+    else:
+        writer = pa.ipc.new_stream(pa.OSFile(str(path), "wb"), STEPWISE_SCHEMA)
+    with writer:
+        yield lambda data: writer.write_table(_read_json_lines(data))
 
 
 def _save_arrow_folder(records: Path, folder: Path) -> None:
