@@ -213,8 +213,10 @@ def check_field_types(parsed: Any) -> None:
         value = getattr(parsed, item.name)
         if value is None and type(None) in args:
             continue
-        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-        ok = ok or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
+        if isinstance(value, bool):  # a bool is an int to isinstance, never a number here
+            ok = bool in allowed
+        else:
+            ok = isinstance(value, allowed) or (float in allowed and isinstance(value, int))
         if not ok:
             names = " or ".join(arg.__name__ for arg in allowed)
             raise MPRMError(
@@ -373,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
         script_args.model_name_or_path = script_args.model_name_or_path or str(paths["model"])
         script_args.dataset_name = script_args.dataset_name or str(paths["train"])
 
+    # Before any data or model is loaded: a missing checkpoint fails at once, a finished run does nothing.
+    resume = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    if resume is not None and finished(resume, training_args):
+        print(f"{resume}: this run already reached its last step; nothing to train (pass a new output_dir)")
+        return 0
+
     from mprm_hf.modeling import load_model_and_processor
     from mprm_hf.prm_trainer import PRMTrainer
 
@@ -391,10 +399,6 @@ def main(argv: list[str] | None = None) -> int:
         eval_dataset=eval_dataset,
         processing_class=processor,
     )
-    resume = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    if resume is not None and finished(resume, training_args):
-        print(f"{resume}: this run already reached its last step; nothing to train (pass a new output_dir)")
-        return 0
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     metrics = dict(train_result.metrics)
