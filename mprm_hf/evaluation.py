@@ -546,7 +546,7 @@ def _score_batch(
         if len(scores) < len(row["steps"]):  # longer than the context: its last steps stay unscored
             print(
                 f"{args.split}.jsonl:{row['line']} (id {row['id']}): {len(row['steps']) - len(scores)} of "
-                f"{len(row['steps'])} steps left unscored (longer than --max-length)",
+                f"{len(row['steps'])} steps left unscored (longer than the model's context or --max-length)",
                 file=sys.stderr,
             )
             if not scores:

@@ -8,6 +8,7 @@ of writers that no longer run (a kill leaves one behind)."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import shutil
@@ -31,17 +32,10 @@ def remove_stale_temporaries(target: Path) -> None:
     """Remove `.TARGET.PID.*.tmp` / `.old` beside `target` left by a process that is gone."""
     prefix = f".{target.name}."
     with contextlib.suppress(OSError):
-        for leftover in target.parent.glob(f"{glob_escape(prefix)}*"):
+        for leftover in target.parent.glob(f"{glob.escape(prefix)}*"):
             pid = leftover.name[len(prefix) :].split(".", 1)[0]
             if leftover.suffix in (".tmp", ".old") and pid.isdigit() and not _alive(int(pid)):
-                if leftover.is_dir():
-                    shutil.rmtree(leftover, ignore_errors=True)
-                else:
-                    leftover.unlink(missing_ok=True)
-
-
-def glob_escape(text: str) -> str:
-    return "".join(f"[{char}]" if char in "*?[" else char for char in text)
+                _remove(leftover)
 
 
 def _temporary(target: Path, *, folder: bool, suffix: str = ".tmp") -> Path:
