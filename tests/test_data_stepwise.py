@@ -393,3 +393,10 @@ def test_zero_one_labels_are_read_as_booleans(tmp_path):
     path = tmp_path / "records.jsonl"
     path.write_bytes(b'{"prompt": "p", "completions": ["a", "b"], "labels": [1, 0]}\n')
     assert load_stepwise(path)["labels"] == [[True, False]]
+
+
+def test_a_json_array_file_is_not_checked_as_lines(tmp_path):
+    """`.json` may hold one JSON array of records; only `.jsonl` is checked line by line."""
+    path = tmp_path / "records.json"
+    path.write_text('[{"prompt": "p", "completions": ["a"], "labels": [true]}]', encoding="utf-8")
+    assert load_stepwise(path)["labels"] == [[True]]

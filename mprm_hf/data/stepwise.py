@@ -382,8 +382,11 @@ def _check_labels(ds: datasets.Dataset, path_or_repo: str | Path) -> None:
     raise MPRMError(f"{path_or_repo}: field 'labels' must hold true / false (or 0 / 1), got {feature}")
 
 
-def _first_unreadable_line(path: Path) -> str:
-    """Where a jsonl file stops being readable: the first line that is not UTF-8 or not one JSON object."""
+def _check_text_file(path: Path) -> None:
+    """Every line of a jsonl file must be UTF-8 and one JSON object, and there must be one: checked here,
+    in one orjson pass, so that a broken line is one located error, not pyarrow's logged error and a
+    `DatasetGenerationError`, or bad bytes that surface later as a raw UnicodeDecodeError."""
+    seen = False
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -391,24 +394,19 @@ def _first_unreadable_line(path: Path) -> str:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                return f"{path}:{number}: not valid UTF-8 ({error.reason} at byte {error.start})"
+                raise MPRMError(
+                    f"{path}:{number}: not valid UTF-8 ({error.reason} at byte {error.start})"
+                ) from None
             try:
                 record = orjson.loads(raw.strip().removeprefix(b"\xef\xbb\xbf"))
             except orjson.JSONDecodeError:
-                return f"{path}:{number}: not a JSON line (truncated?)"
+                raise MPRMError(f"{path}:{number}: not a JSON line (truncated?)") from None
             if not isinstance(record, dict):
-                return f"{path}:{number}: a record must be a JSON object, got {type(record).__name__}"
-    return ""
-
-
-def _check_text_file(path: Path) -> None:
-    """Every line of a jsonl file must be UTF-8 and one JSON object, and there must be one: checked here
-    (one orjson pass) so that a broken line is one located error, not pyarrow's logged error and a
-    `DatasetGenerationError`, or bad bytes that surface later as a raw UnicodeDecodeError."""
-    problem = _first_unreadable_line(path)
-    if problem:
-        raise MPRMError(problem)
-    if not any(True for _ in _jsonl_records(path)):
+                raise MPRMError(
+                    f"{path}:{number}: a record must be a JSON object, got {type(record).__name__}"
+                )
+            seen = True
+    if not seen:
         raise MPRMError(f"{path}: holds no records (empty file)")
 
 
@@ -422,14 +420,11 @@ def _read_any(path_or_repo: str | Path, split: str) -> datasets.Dataset:
             )
             if kind is None:
                 raise MPRMError(f"{path}: unknown file type (expected .jsonl, .json, .parquet or .arrow)")
-            if kind == "json":
+            if path.suffix == ".jsonl":  # a .json file may be one JSON array, not lines
                 _check_text_file(path)
             try:
                 return datasets.load_dataset(kind, data_files=str(path), split="train")
-            except Exception as error:  # noqa: BLE001 - datasets wraps the reader's errors; locate the line
-                where = _first_unreadable_line(path) if kind == "json" else ""
-                if where:
-                    raise MPRMError(where) from None
+            except Exception as error:  # noqa: BLE001 - datasets wraps the reader's errors
                 raise MPRMError(f"{path}: cannot read a stepwise dataset ({first_line(error)})") from None
         if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
             loaded = datasets.load_from_disk(str(path))
