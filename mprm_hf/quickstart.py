@@ -60,7 +60,9 @@ def claim_sentence(summary: list[dict[str, Any]]) -> str:
     )
 
 
-def format_table(summary: list[dict[str, Any]]) -> str:
+def format_table(summary: list[dict[str, Any]], reference: dict[str, float]) -> str:
+    """The runs, then the lines to judge them by: a scorer that uses only the step's position in the
+    trace (1 - j / n, no model) and chance."""
     header = f"{'selector':<10}{'fraction':>9}{'rollouts':>10}{'steps':>8}{'train s':>9}{'F1@0.5':>8}{'F1 cal.':>9}{'AUC':>7}"
     rows = [header, "-" * len(header)]
     for entry in summary:
@@ -69,6 +71,12 @@ def format_table(summary: list[dict[str, Any]]) -> str:
             f"{entry['train_s'][0]:>9.0f}{100 * entry['overall'][0]:>8.1f}{100 * entry['overall_calibrated'][0]:>9.1f}"
             f"{100 * entry['auc'][0]:>7.1f}"
         )
+    rows.append("-" * len(header))
+    position = "position-only scorer (1 - j/n, no model)"
+    rows.append(
+        f"{position:<46}{100 * reference['position_overall']:>8.1f}{'':>9}{100 * reference['position_auc']:>7.1f}"
+    )
+    rows.append(f"{'chance':<46}{'':>8}{'':>9}{50.0:>7.1f}")
     return "\n".join(rows)
 
 
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     references = json.loads((Path(args.output_dir) / "references.json").read_text(encoding="utf-8"))
     plot_results(results, references["default"], "default", "single_pass", plot)
     subset_hub, model_hub = stage_best(config, summary)
-    print("\n" + format_table(summary) + "\n")
+    print("\n" + format_table(summary, references["default"]) + "\n")
     print(claim_sentence(summary))
     print(
         f"\nplot: {plot}\nstaged for the Hub: {subset_hub} (subset + card), {model_hub} (checkpoint + card);"

@@ -94,6 +94,7 @@ def test_quickstart_prints_the_table_the_sentence_and_stages(tmp_path: Path, cap
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "selector" in printed and "F1 cal." in printed
+    assert "position-only scorer (1 - j/n, no model)" in printed and "chance" in printed
     assert "BIS-10% reached" in printed and "random-10% reached" in printed
     assert (out / "quickstart.png").is_file()
     hub = [p for p in out.iterdir() if p.name.endswith(".hub")]
