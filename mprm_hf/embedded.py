@@ -7,12 +7,9 @@ that `mprm-hf train recipes/tiny-cpu/config.yaml` runs on a fresh checkout with 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-
-from mprm_hf.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +51,7 @@ def ensure_embedded(root: str | os.PathLike = "embedded") -> dict[str, Path]:
 
 
 def write_bis_subset(corpus: Path, out: Path) -> None:
-    """BIS-10% (alpha 0.2) of the corpus as stepwise records, saved with a `selection.json` sidecar."""
+    """BIS-10% (alpha 0.2) of the corpus as stepwise records (with the `selection.json` build_subset writes)."""
     from mprm_hf.selection.subset import build_subset
 
     result = build_subset(
@@ -66,11 +63,3 @@ def write_bis_subset(corpus: Path, out: Path) -> None:
         len(result.scores),
         out,
     )
-    sidecar = {
-        "selector": "bis",
-        "selector_params": {"top_ratio": BIS_TOP_RATIO, "alpha": BIS_ALPHA},
-        "corpus": str(corpus),
-        "rollouts_total": len(result.scores),
-        "rollouts_selected": result.n_written,
-    }
-    write_text_atomic(out / "selection.json", json.dumps(sidecar, indent=2) + "\n")

@@ -32,7 +32,7 @@ from huggingface_hub import (
 from huggingface_hub.utils import get_stored_tokens
 
 from mprm_hf.errors import MPRMError
-from mprm_hf.fileio import atomic_output
+from mprm_hf.fileio import atomic_output, write_text_atomic
 
 CARDS_DIR = Path(__file__).resolve().parent / "hub_cards"  # package data: it ships in the wheel
 BASE_TAGS = ("process-reward-model", "multimodal", "mprm-hf")
@@ -116,8 +116,32 @@ def hub_repo_id(value: str | os.PathLike[str] | None) -> str | None:
     return text
 
 
+def portable_path(value: str | os.PathLike[str]) -> str:
+    """A path as it may be published: a Hub id as it is, a path under the working folder relative to
+    it, any other path of this disk by its last part only."""
+    text = str(value)
+    if hub_repo_id(text) or not os.path.isabs(text):
+        return text
+    resolved = Path(text).resolve()
+    if resolved.is_relative_to(Path.cwd().resolve()):
+        return resolved.relative_to(Path.cwd().resolve()).as_posix() or "."
+    return resolved.name
+
+
+def portable_command(argv: Sequence[str]) -> str:
+    """A command line for a card: every absolute path in it made portable (`portable_path`)."""
+    tokens = []
+    for token in argv:
+        flag, equals, value = token.partition("=")
+        if equals and flag.startswith("--"):
+            tokens.append(f"{flag}={portable_path(value)}")
+        else:
+            tokens.append(portable_path(token))
+    return shlex.join(tokens)
+
+
 def _command_text(command: str | Sequence[str]) -> str:
-    return command if isinstance(command, str) else shlex.join(command)
+    return command if isinstance(command, str) else portable_command(command)
 
 
 def _tags(tags: Iterable[str]) -> list[str]:
@@ -159,6 +183,8 @@ def render_dataset_card(
     license: str | None = None,
     tags: Iterable[str] = (),
     repo_id: str | None = None,
+    data_format: str = "parquet",
+    hub_images: str | None = "embed",
 ) -> DatasetCard:
     """The card of a selected subset: how it was chosen, from what, and what it keeps, per source."""
     _require_keys(per_source, ("source", "kept", "total"), where="per_source")
@@ -189,6 +215,8 @@ def render_dataset_card(
         n_rollouts_total=n_rollouts_total,
         histogram_path=histogram_path,
         repo_id=repo_id,
+        data_format=data_format,
+        hub_images=hub_images,
     )
     ensure_no_secrets(str(card), where="dataset card")
     return card
@@ -304,12 +332,99 @@ def render_model_card(
         hyperparameters=dict(hyperparameters),
         step_format=step_format,
         command=_command_text(command),
-        evaluation=dict(evaluation) if evaluation else None,
-        evaluation_dataset=evaluation_dataset,
-        evaluation_threshold=evaluation_threshold,
+        evaluation_section=render_evaluation_section(
+            evaluation, dataset=portable_path(evaluation_dataset), threshold=evaluation_threshold
+        ),
         repo_id=repo_id,
     )
     ensure_no_secrets(str(card), where="model card")
+    return card
+
+
+EVALUATION_BEGIN, EVALUATION_END = "<!-- mprm-hf:evaluation -->", "<!-- /mprm-hf:evaluation -->"
+
+
+def render_evaluation_section(
+    evaluation: Mapping[str, Any] | None, *, dataset: str = DEFAULT_BENCHMARK, threshold: float = 0.5
+) -> str:
+    """The card's evaluation section (the part between the evaluation markers), from the metric's output."""
+    import jinja2
+
+    template = jinja2.Template(Path(_template("model_card_evaluation.md")).read_text(encoding="utf-8"))
+    return template.render(
+        evaluation=dict(evaluation) if evaluation else None,
+        evaluation_dataset=dataset,
+        evaluation_threshold=threshold,
+    ).strip("\n")
+
+
+def _with_evaluation_section(text: str, section: str) -> str:
+    block = f"{EVALUATION_BEGIN}\n{section}\n{EVALUATION_END}"
+    if EVALUATION_BEGIN in text and EVALUATION_END in text:
+        head, _, rest = text.partition(EVALUATION_BEGIN)
+        return head + block + rest.partition(EVALUATION_END)[2]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def _merge_results(card: ModelCard, results: Sequence[EvalResult]) -> None:
+    """Replace the card's results on the same dataset and split by `results`; keep all others."""
+    replaced = {(result.dataset_type, result.dataset_split) for result in results}
+    kept = [r for r in card.data.eval_results or [] if (r.dataset_type, r.dataset_split) not in replaced]
+    card.data.eval_results = [*kept, *results] or None
+
+
+def update_model_card(
+    folder: str | os.PathLike[str],
+    metrics: Mapping[str, Any],
+    *,
+    dataset: str = DEFAULT_BENCHMARK,
+    split: str = "test",
+    threshold: float = 0.5,
+) -> Path:
+    """Add benchmark results to the model card in `folder` (README.md, written if missing): `model-index`
+    entries (replacing earlier ones of the same dataset and split), the evaluation section, and, when
+    the threshold was chosen (calibrated or fixed, not the default), `prm_threshold`, which the demo reads."""
+    folder = Path(folder)
+    readme = folder / "README.md"
+    if not folder.is_dir():
+        raise MPRMError(f"{folder}: model folder not found (the card is updated in a local folder)")
+    name = folder.resolve().name
+    card = _load_card(folder, "model") if readme.is_file() else ModelCard(f"---\n---\n\n# {name}\n")
+    card.data.model_name = card.data.model_name or name
+    _merge_results(
+        card, eval_results_from_metrics(metrics, dataset=dataset, split=split, threshold=threshold)
+    )
+    if metrics.get("threshold_source", "fixed") != "default":
+        card.data.prm_threshold = float(threshold)
+    card.text = _with_evaluation_section(
+        card.text, render_evaluation_section(metrics, dataset=portable_path(dataset), threshold=threshold)
+    )
+    text = str(card)
+    ensure_no_secrets(text, where=str(readme))
+    write_text_atomic(readme, text)
+    return readme
+
+
+def carry_evaluations(card: ModelCard, previous: Path) -> ModelCard:
+    """A card written again on save keeps the benchmark results an earlier `evaluate --update-card` added
+    (other datasets' `model-index` entries, `prm_threshold`, and their section when the new card has none)."""
+    if not previous.is_file():
+        return card
+    try:
+        old = ModelCard.load(previous)
+    except Exception:  # noqa: BLE001 - a hand-broken old card is replaced, not carried
+        return card
+    new_keys = {(r.dataset_type, r.dataset_split) for r in card.data.eval_results or []}
+    carried = [r for r in old.data.eval_results or [] if (r.dataset_type, r.dataset_split) not in new_keys]
+    if carried:
+        _merge_results(card, carried)
+        old_section = old.text.partition(EVALUATION_BEGIN)[2].partition(EVALUATION_END)[0].strip("\n")
+        new_section = card.text.partition(EVALUATION_BEGIN)[2].partition(EVALUATION_END)[0].strip("\n")
+        if old_section and not new_section:
+            card.text = _with_evaluation_section(card.text, old_section)
+    threshold = old.data.to_dict().get("prm_threshold")
+    if threshold is not None:
+        card.data.prm_threshold = threshold
     return card
 
 
@@ -392,6 +507,23 @@ def _load_card(folder: Path, repo_type: str) -> RepoCard:
         raise MPRMError(f"{readme}: card metadata does not parse: {_one_line(error)}") from None
 
 
+def ensure_hub_access(target: str) -> HfApi:
+    """Every check that can fail before anything is sent: not offline, logged in, the Hub reachable and
+    accepting the token (`whoami`). One `MPRMError` line naming `target` otherwise."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise MPRMError(f"cannot push {target}: the Hub is offline (HF_HUB_OFFLINE=1)")
+    if huggingface_hub.get_token() is None:
+        raise MPRMError(f"cannot push {target}: not logged in (set HF_TOKEN or run `hf auth login`)")
+    api = HfApi()
+    try:
+        api.whoami()
+    except Exception as error:
+        raise MPRMError(
+            f"cannot push {target}: the Hub at {api.endpoint} is unreachable or refused the token: {_one_line(error)}"
+        ) from None
+    return api
+
+
 def push_folder(
     folder: str | os.PathLike[str],
     repo_id: str,
@@ -416,21 +548,7 @@ def push_folder(
         raise MPRMError(f"repo id {repo_id!r} is not of the form 'owner/name'")
     _load_card(folder, repo_type)
     ensure_folder_has_no_secrets(folder)
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        raise MPRMError(
-            f"cannot push {folder} to {repo_id}: the Hub is offline (HF_HUB_OFFLINE=1); the folder is kept"
-        )
-    if huggingface_hub.get_token() is None:
-        raise MPRMError(
-            f"cannot push {folder} to {repo_id}: not logged in (set HF_TOKEN or run `hf auth login`)"
-        )
-    api = HfApi()
-    try:
-        api.whoami()
-    except Exception as error:
-        raise MPRMError(
-            f"cannot push {folder}: the Hub at {api.endpoint} is unreachable or refused the token: {_one_line(error)}"
-        ) from None
+    api = ensure_hub_access(f"{folder} to {repo_id}")
     try:
         space_sdk = "gradio" if repo_type == "space" else None  # the only Space this project ships
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)

@@ -253,19 +253,115 @@ def load_stepwise(path_or_repo: str | Path, *, split: str = "train") -> datasets
     _check_lengths(ds, name)
     _check_labels(ds, path_or_repo)
     images = ds.features.get("images")
-    if images is not None and not (
-        isinstance(images, (datasets.List, datasets.LargeList))
-        and getattr(images.feature, "dtype", "") in ("string", "large_string", "null")
+    embedded = isinstance(images, (datasets.List, datasets.LargeList)) and isinstance(
+        images.feature, datasets.Image
+    )
+    if (
+        images is not None
+        and not embedded
+        and not (
+            isinstance(images, (datasets.List, datasets.LargeList))
+            and getattr(images.feature, "dtype", "") in ("string", "large_string", "null")
+        )
     ):
-        raise MPRMError(f"{name}: field 'images' must be a list of image paths, got {images}")
+        raise MPRMError(f"{name}: field 'images' must be a list of images or image paths, got {images}")
+    features = STEPWISE_FEATURES.copy()
+    if embedded:  # a subset published with its images: they stay images, decoded when read
+        features["images"] = datasets.List(datasets.Image())
     return ds.map(
         _normalise_batch,
         batched=True,
         with_indices=True,
         fn_kwargs={"name": Path(name).name or name},
         remove_columns=ds.column_names,
-        features=STEPWISE_FEATURES,
+        features=features,
         desc="Reading stepwise records",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Publishing: images travel with the records, or as paths inside the source corpus
+# ---------------------------------------------------------------------------------------------------
+IMAGE_MODES = ("embed", "relative")
+"""How a published subset holds its images: `embed` (default) puts every image's bytes in the parquet
+shards as a `datasets.Image` feature, so `load_dataset(repo)` gives decoded images; `relative` keeps
+paths relative to the source corpus's root, which `resolve_images` joins to a copy of the corpus."""
+
+
+def publishable(ds: datasets.Dataset, *, images: str, image_root: str | Path) -> datasets.Dataset:
+    """The stepwise records as they may leave this machine: no path of this disk remains in them."""
+    if images not in IMAGE_MODES:
+        raise MPRMError(f"unknown image mode {images!r} (one of: {', '.join(IMAGE_MODES)})")
+    root = Path(image_root).resolve()
+
+    def relative(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out = []
+        for record_id, paths in zip(batch["id"], batch["images"], strict=True):
+            names = []
+            for position, path in enumerate(paths):
+                resolved = Path(path).resolve()
+                if not resolved.is_relative_to(root):
+                    raise MPRMError(
+                        f"record {record_id!r}: field 'images[{position}]' is outside the corpus folder "
+                        "and cannot be published as a relative path; publish the images embedded"
+                    )
+                names.append(resolved.relative_to(root).as_posix())
+            out.append(names)
+        return {"images": out}
+
+    ds = ds.map(relative, batched=True, desc="Checking image paths")
+    if images == "relative":
+        return ds
+    from datasets.table import embed_table_storage
+
+    ds = ds.map(
+        lambda batch: {"images": [[str(root / name) for name in names] for names in batch["images"]]},
+        batched=True,
+    ).cast_column("images", datasets.List(datasets.Image()))
+    embedded = ds.with_format("arrow").map(embed_table_storage, batched=True, desc="Embedding images")
+    return embedded.with_format()
+
+
+def write_parquet_shards(ds: datasets.Dataset, folder: str | Path, *, split: str = "train") -> list[Path]:
+    """`<split>-XXXXX-of-YYYYY.parquet` shards of at most `datasets.config.MAX_SHARD_SIZE`, the layout
+    `push_to_hub` writes and `load_dataset` reads (with the features in the parquet metadata)."""
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_shards = max(1, int(ds.data.nbytes / convert_file_size_to_int(datasets.config.MAX_SHARD_SIZE)) + 1)
+    paths = []
+    for index in range(n_shards):
+        path = folder / f"{split}-{index:05d}-of-{n_shards:05d}.parquet"
+        ds.shard(num_shards=n_shards, index=index, contiguous=True).to_parquet(str(path))
+        paths.append(path)
+    return paths
+
+
+def resolve_images(
+    ds: datasets.Dataset, root: str | Path, *, revision: str | None = None
+) -> datasets.Dataset:
+    """A subset published with `relative` images, its paths joined to the corpus: a local copy of it
+    (`root` a folder) or the Hub repo it came from (each image fetched once into the Hub cache).
+
+        subset = resolve_images(load_dataset("me/bis10", split="train"), "OpenGVLab/VisualPRM400K-v1.1-Raw")
+    """
+    folder = Path(root).expanduser()
+    if folder.is_dir():
+
+        def join(name: str) -> str:
+            return str(folder / name)
+
+    else:
+        from huggingface_hub import hf_hub_download
+
+        def join(name: str) -> str:
+            return hf_hub_download(str(root), name, repo_type="dataset", revision=revision)
+
+    return ds.map(
+        lambda batch: {"images": [[join(name) for name in names] for names in batch["images"]]},
+        batched=True,
+        desc="Resolving images",
     )
 
 

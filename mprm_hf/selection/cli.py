@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mprm_hf.errors import MPRMError
-from mprm_hf.selection.report import SelectionReport
 from mprm_hf.selection.scores import DEFAULT_ALPHA
 from mprm_hf.selection.writers import FORMATS
+
+if TYPE_CHECKING:
+    from mprm_hf.selection.subset import SubsetResult
 
 # CLI flag (argparse dest) -> selector parameter
 SELECTOR_FLAGS = {
@@ -106,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument(
         "--dry-run", action="store_true", help="write the folder that would be pushed, push nothing"
     )
+    hub.add_argument(
+        "--hub-images",
+        default="embed",
+        choices=["embed", "relative"],
+        help="how the Hub folder holds the images: embedded in the parquet shards (default), or as paths "
+        "relative to the source corpus (see mprm_hf.data.stepwise.resolve_images)",
+    )
     hub.add_argument("--stage-dir", type=Path, help="where the Hub folder is written (default: OUTPUT.hub)")
     hub.add_argument("--private", action="store_true", help="create the Hub repo private")
     hub.add_argument("--pretty-name", help="dataset card title")
@@ -129,41 +138,48 @@ def selector_params(args: argparse.Namespace) -> dict[str, Any]:
     return {SELECTOR_FLAGS[flag]: value for flag, value in given.items()}
 
 
-def stage_and_push(args: argparse.Namespace, argv: list[str], report: SelectionReport) -> None:
-    """Write the Hub folder (data + README.md card + histogram); push it unless --dry-run."""
-    import shlex
+def stage_and_push(args: argparse.Namespace, argv: list[str], result: SubsetResult) -> None:
+    """Write the Hub folder (data, selection.json, histogram, README.md card); push it unless --dry-run.
+
+    Stepwise records are staged as parquet shards with their images embedded (or, with
+    `--hub-images relative`, as paths inside the source corpus): nothing staged names this disk."""
     import tempfile
 
     from mprm_hf import hub
+    from mprm_hf.data.stepwise import load_stepwise, publishable, write_parquet_shards
+    from mprm_hf.selection.provenance import SELECTION_FILE, selection_record, write_selection
 
     folder = args.stage_dir or args.output.with_name(args.output.name + ".hub")
+    image_root = result.files[0].parent.parent  # image paths are relative to the corpus root
     with tempfile.TemporaryDirectory(prefix="mprm-select-card-") as scratch:
-        histogram = report.histogram(Path(scratch) / "selection_histogram.png")
-        if args.format in ("jsonl", "reference"):
-            files: dict[str, Any] = {"data/train.jsonl": args.output}
+        histogram = result.report.histogram(Path(scratch) / "selection_histogram.png")
+        files: dict[str, Any] = {"selection_histogram.png": histogram}
+        if args.format == "reference":  # the reference's own records: image names relative to the corpus
+            files["data/train.jsonl"] = args.output
             write = None
-        elif args.format == "parquet":
-            files, write = {"data/train.parquet": args.output}, None
         else:
-            files = {}
 
             def write(staging: Path) -> None:
-                import datasets
+                records = publishable(
+                    load_stepwise(args.output), images=args.hub_images, image_root=image_root
+                )
+                write_parquet_shards(records, staging / "data")
 
-                (staging / "data").mkdir(parents=True, exist_ok=True)
-                datasets.load_from_disk(str(args.output)).to_parquet(str(staging / "data" / "train.parquet"))
-
-        files["selection_histogram.png"] = histogram
-        info = report.card_info(
-            command="mprm-hf select " + shlex.join(argv),
-            source_corpus=str(args.annotations),
+        record = selection_record(result, corpus=args.annotations, revision=args.revision)
+        record["hub_images"] = None if args.format == "reference" else args.hub_images
+        files[SELECTION_FILE] = write_selection(Path(scratch) / SELECTION_FILE, record)
+        info = result.report.card_info(
+            command=hub.portable_command(["mprm-hf", "select", *argv]),
+            source_corpus=record["corpus"],
             source_revision=args.revision,
             histogram_path="selection_histogram.png",
             pretty_name=args.pretty_name,
             license=args.license,
             tags=["reference-format"] if args.format == "reference" else [],
         )
-        card = hub.render_dataset_card(**info, repo_id=args.push_to_hub)
+        card = hub.render_dataset_card(
+            **info, repo_id=args.push_to_hub, data_format=args.format, hub_images=record["hub_images"]
+        )
         hub.stage_folder(folder, card, files=files, write=write)
     print(f"Hub folder written: {folder}")
     if args.push_to_hub and not args.dry_run:
@@ -195,5 +211,5 @@ def main(argv: list[str] | None = None) -> int:
     origin = "score table from cache" if result.cached else "score table scanned and cached"
     print(f"wrote {result.n_written} rollouts to {args.output} ({args.format}; {origin})")
     if args.push_to_hub or args.dry_run:
-        stage_and_push(args, argv, result.report)
+        stage_and_push(args, argv, result)
     return 0

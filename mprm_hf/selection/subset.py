@@ -20,6 +20,7 @@ import numpy as np
 
 from mprm_hf.errors import MPRMError
 from mprm_hf.selection import scores as scoring
+from mprm_hf.selection.provenance import selection_path, selection_record, write_selection
 from mprm_hf.selection.report import SelectionReport, SourceRow
 from mprm_hf.selection.scan import EXAMPLES_PER_REASON, SHARD_BYTES, ScoreTable, scan_corpus
 from mprm_hf.selection.selectors import Selection, columns_of, select_rows
@@ -253,7 +254,9 @@ def build_subset(
         selection.params["threshold"] = threshold
     else:
         selection.params["format"] = "reference"
-    return SubsetResult(table, selection, write, output, fmt, build_report((table, selection, write)))
+    result = SubsetResult(table, selection, write, output, fmt, build_report((table, selection, write)))
+    write_selection(selection_path(output), selection_record(result, corpus=annotations, revision=revision))
+    return result
 
 
 def build_reference_subset(
