@@ -389,7 +389,7 @@ def update_model_card(
     if not folder.is_dir():
         raise MPRMError(f"{folder}: model folder not found (the card is updated in a local folder)")
     name = folder.resolve().name
-    card = _load_card(folder, "model") if readme.is_file() else ModelCard(f"---\n---\n\n# {name}\n")
+    card = _load_card(folder, "model") if readme.is_file() else ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {name}\n")
     card.data.model_name = card.data.model_name or name
     _merge_results(
         card, eval_results_from_metrics(metrics, dataset=dataset, split=split, threshold=threshold)
