@@ -138,33 +138,6 @@ def test_shipped_recipes_parse(recipe: Path) -> None:
         assert script_args.model_name_or_path and script_args.dataset_name
 
 
-def test_selector_is_read_from_the_dataset_card(tmp_path: Path) -> None:
-    """The subset's card written by `mprm-hf select` (mprm_hf/hub_cards/dataset_card.md) names selector and params."""
-    from mprm_hf.hub import render_dataset_card
-    from mprm_hf.train import read_selection_info
-
-    balance = {"steps": 10, "positive": 9, "negative": 1, "positive_fraction": 0.9}
-    card = render_dataset_card(
-        pretty_name="BIS-10%",
-        command="mprm-hf select --method bis --alpha 0.2 --top-ratio 0.1",
-        selector="bis",
-        selector_params={"alpha": 0.2, "top_ratio": 0.1},
-        source_corpus="corpus",
-        source_revision=None,
-        per_source=[{"source": "a", "kept": 1, "total": 10}],
-        label_balance_before=balance,
-        label_balance_after=balance,
-        n_rollouts_kept=1,
-        n_rollouts_total=10,
-    )
-    subset = tmp_path / "bis10"
-    subset.mkdir()
-    (tmp_path / "bis10.hub").mkdir()
-    card.save(tmp_path / "bis10.hub" / "README.md")
-    assert read_selection_info(str(subset)) == ("bis", {"alpha": 0.2, "top_ratio": 0.1})
-    assert read_selection_info(str(tmp_path / "elsewhere"))[0].startswith("unknown")
-
-
 @pytest.mark.slow
 def test_tiny_cpu_recipe_builds_the_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`mprm-hf train recipes/tiny-cpu/config.yaml` on a fresh checkout: corpus, BIS subset and model are built."""
@@ -178,8 +151,9 @@ def test_tiny_cpu_recipe_builds_the_embedded_default(tmp_path: Path, monkeypatch
     argv = [str(recipe), "--embedded_root", str(root), "--output_dir", str(output_dir), "--max_steps", "2"]
     assert main(argv) == 0
     selection = json.loads((root / "bis-10" / "selection.json").read_text())
-    assert selection["selector"] == "bis" and selection["selector_params"] == {"top_ratio": 0.1, "alpha": 0.2}
-    assert 0 < selection["rollouts_selected"] < selection["rollouts_total"]
+    assert selection["selector"] == "bis"
+    assert selection["selector_params"] == {"top_ratio": 0.1, "alpha": 0.2, "threshold": 0.0}
+    assert 0 < selection["counts"]["rollouts_selected"] < selection["counts"]["rollouts_total"]
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "eval_results.json").is_file()
     built = sorted(path.name for path in root.iterdir())
     assert main(argv) == 0  # a second run reuses what is there
