@@ -206,8 +206,16 @@ def card_hyperparameters(trainer: Trainer) -> dict[str, Any]:
     from transformers.modelcard import extract_hyperparameters_from_trainer
 
     values = extract_hyperparameters_from_trainer(trainer)
+    args = trainer.args
+    optimizer = args.optim.value if isinstance(args.optim, Enum) else str(args.optim)
+    if "optimizer" in values and "adam" in optimizer.lower():
+        values["optimizer"] = (
+            f"{optimizer} (betas ({args.adam_beta1}, {args.adam_beta2}), epsilon {args.adam_epsilon})"
+        )
+    elif "optimizer" in values:
+        values["optimizer"] = optimizer
     for name in PRMConfig.__annotations__:
-        value = getattr(trainer.args, name)
+        value = getattr(args, name)
         values[name] = value.value if isinstance(value, Enum) else value
     return values
 
