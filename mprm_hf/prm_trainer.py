@@ -651,11 +651,16 @@ class RolloutLength:
             lengths.append(count + 4 * len(steps) + self._image_tokens(images or []))
         return {"length": lengths}
 
-    def _image_tokens(self, paths: list[str]) -> int:
-        if not paths or not hasattr(self.processor, "_get_num_multimodal_tokens"):
+    def _image_tokens(self, images: list[Any]) -> int:
+        """Image placeholder tokens of a rollout's images: paths (read from the header) or decoded images
+        (a subset published with its images embedded)."""
+        if not images or not hasattr(self.processor, "_get_num_multimodal_tokens"):
             return 0
         sizes = []
-        for path in paths:
+        for path in images:
+            if isinstance(path, Image.Image):
+                sizes.append((path.height, path.width))
+                continue
             try:
                 with Image.open(path) as image:
                     sizes.append((image.height, image.width))
