@@ -1,4 +1,4 @@
-"""`PRMTrainer`: train a vision-language model as a process reward model (SPEC 4).
+"""`PRMTrainer`: train a vision-language model as a process reward model (docs/definitions.md#model-and-training).
 
 The model reads a whole reasoning trace once; after each step stands a marker position whose logits over two
 reward tokens (positive, negative) score the step. The loss is the cross-entropy over those two logits at the
@@ -150,7 +150,7 @@ class PRMDataCollator:
 
 
 def binary_f1(tp: int, fp: int, fn: int) -> float:
-    """F1 = 2TP / (2TP + FP + FN), 0 when nothing was predicted or present (SPEC 5)."""
+    """F1 = 2TP / (2TP + FP + FN), 0 when nothing was predicted or present (docs/definitions.md#metric)."""
     denominator = 2 * tp + fp + fn
     return 2 * tp / denominator if denominator else 0.0
 
@@ -244,7 +244,7 @@ class PRMTrainer(Trainer):
         model: an `AutoModelForImageTextToText` model, or its name / path (loaded with
             `mprm_hf.modeling.load_model_and_processor`).
         args: a `PRMConfig`.
-        train_dataset / eval_dataset: stepwise datasets (SPEC 2.4: prompt, completions, labels, and optionally
+        train_dataset / eval_dataset: stepwise datasets (docs/definitions.md#stepwise-records: prompt, completions, labels, and optionally
             images, mc_scores, id), e.g. from `mprm_hf.data.stepwise.load_stepwise`.
         processing_class: the model's processor (required when `model` is a model object).
     """

@@ -46,7 +46,7 @@ class ScriptArguments:
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Stepwise training subset (SPEC 2.4): a folder written by `mprm-hf select`, a jsonl/parquet "
+            "help": "Stepwise training subset (docs/definitions.md#stepwise-records): a folder written by `mprm-hf select`, a jsonl/parquet "
             "file, or a Hub dataset id. None: the embedded BIS-10% subset of the synthetic corpus."
         },
     )

@@ -140,7 +140,9 @@ def test_shipped_recipes_parse(recipe: Path) -> None:
     argv = [str(recipe), "--output_dir", "unused", "--use_cpu", "true"]
     script_args, training_args = parse_args(argv)
     assert training_args.num_train_epochs >= 1
-    if "tiny-cpu" not in str(recipe):  # the real set-ups keep SPEC 4's schedule and a frozen vision tower
+    if (
+        "tiny-cpu" not in str(recipe)
+    ):  # the real set-ups keep the schedule of docs/definitions.md#model-and-training and a frozen vision tower
         assert training_args.lr_scheduler_type == "cosine" and training_args.warmup_steps == 0.05
         assert training_args.weight_decay == 0.05 and training_args.freeze_vision_tower
         assert script_args.model_name_or_path and script_args.dataset_name
