@@ -324,8 +324,16 @@ def test_load_stepwise_keeps_the_columns_a_dataset_has(tmp_path):
         ),
     )
     pictures.save_to_disk(tmp_path / "pictures")
-    with pytest.raises(MPRMError, match="field 'images' must be a list of image paths"):
-        load_stepwise(tmp_path / "pictures")
+    loaded = load_stepwise(tmp_path / "pictures")  # a subset published with its images embedded
+    assert isinstance(loaded.features["images"].feature, datasets.Image)
+    assert isinstance(loaded[0]["images"][0], Image.Image) and loaded[0]["images"][0].size == (4, 4)
+
+    numbers = datasets.Dataset.from_dict(
+        {"prompt": ["p"], "completions": [["a"]], "labels": [[True]], "images": [[3]]}
+    )
+    numbers.save_to_disk(tmp_path / "numbers")
+    with pytest.raises(MPRMError, match="field 'images' must be a list of images or image paths"):
+        load_stepwise(tmp_path / "numbers")
 
 
 def test_to_stepwise_with_nothing_left_keeps_the_schema():
