@@ -126,7 +126,9 @@ class Qwen2VLImageTextProcessor(Qwen2VLProcessor):
         tokenizer_config = Path(save_directory) / "tokenizer_config.json"
         config = json.loads(tokenizer_config.read_text(encoding="utf-8"))
         config["processor_class"] = STOCK_PROCESSOR_CLASS
-        write_text_atomic(tokenizer_config, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        write_text_atomic(
+            tokenizer_config, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        )
         return files
 
 
@@ -382,6 +384,7 @@ def load_model_and_processor(
         refuse_pickled_weights(local)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype, None) or _bad_dtype(dtype)
+
     def load(hub: dict[str, Any]) -> tuple[Any, Any]:
         # The model first: its config is the file every checkpoint has, and it fails with a clear OSError.
         # Its adapter lookup takes the Hub arguments apart (transformers does not pass them on to it).

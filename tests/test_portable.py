@@ -133,6 +133,8 @@ def test_a_folder_saved_before_the_stock_layout_still_loads(tmp_path: Path) -> N
     _, processor = load_model_and_processor(folder)
     assert isinstance(processor, Qwen2VLImageTextProcessor)
     assert isinstance(AutoProcessor.from_pretrained(folder), Qwen2VLImageTextProcessor)
+    processor.save_pretrained(folder)  # saving again moves it to the stock layout
+    assert json.loads((folder / "processor_config.json").read_text())["processor_class"] == "Qwen2VLProcessor"
 
 
 def _closed_endpoint() -> str:
@@ -155,15 +157,16 @@ def _populate_hub_cache(cache: Path, repo: str, folder: Path, kind: str = "model
     (root / "refs" / "main").write_text(commit)
 
 
-# Run with the Hub out of reach: a cached model loads, an uncached model and dataset are one line each.
+# Run with the Hub out of reach: a cached model and dataset load, an uncached model and dataset are one
+# line each; then the process becomes `python -m mprm_hf.cli score --model someone/some-model ...`
+# (one interpreter for both, as each start costs seconds).
 UNREACHABLE_HUB = r"""
-import json
+import json, runpy, sys
 from mprm_hf.data.locate import locate_dataset
 from mprm_hf.errors import MPRMError
 from mprm_hf.modeling import load_model_and_processor
 
-model, processor = load_model_and_processor("cached/tiny-prm")
-results = {"cached": type(processor).__name__}
+results = {"cached": type(load_model_and_processor("cached/tiny-prm")[1]).__name__}
 for name, call in [
     ("model", lambda: load_model_and_processor("someone/some-model")),
     ("dataset", lambda: locate_dataset("someone/some-data", allow_patterns=None)),
@@ -173,7 +176,9 @@ for name, call in [
         results[name] = call()
     except MPRMError as error:
         results[name] = str(error)
-print(json.dumps(results))
+print(json.dumps(results), flush=True)
+sys.argv = ["mprm-hf", *sys.argv[1:]]
+runpy.run_module("mprm_hf.cli", run_name="__main__")
 """
 
 
@@ -187,14 +192,21 @@ def test_an_unreachable_hub_fails_fast_in_one_line_and_the_cache_still_answers(
     data.mkdir()
     (data / "test.jsonl").write_text("{}\n")
     _populate_hub_cache(cache, "cached/data", data, kind="datasets")
+    steps = tmp_path / "steps.txt"
+    steps.write_text("The square is red.\n\nSo red.\n")
     env = {**_fresh_env(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(cache), NO_PROXY="127.0.0.1")}
     env["PYTHONPATH"] = str(REPO_ROOT)
     env.pop("HF_HUB_OFFLINE")
     env.pop("TRANSFORMERS_OFFLINE", None)
+    score = ["score", "--model", "someone/some-model", "--question", "Which colour?", "--steps", str(steps)]
     done = subprocess.run(
-        [sys.executable, "-c", UNREACHABLE_HUB], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", UNREACHABLE_HUB, *score],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(done.stdout.splitlines()[-1])
     assert results["cached"] == "Qwen2VLImageTextProcessor"
     assert results["model"] == (
@@ -203,19 +215,7 @@ def test_an_unreachable_hub_fails_fast_in_one_line_and_the_cache_still_answers(
     )
     assert results["dataset"].startswith(f"someone/some-data: the Hub ({endpoint}) cannot be reached and the")
     assert Path(results["cached dataset"], "test.jsonl").read_text() == "{}\n"
-
-    steps = tmp_path / "steps.txt"
-    steps.write_text("The square is red.\n\nSo red.\n")
-    cli = [sys.executable, "-m", "mprm_hf.cli", "score", "--model", "someone/some-model"]
-    done = subprocess.run(
-        [*cli, "--question", "Which colour?", "--steps", str(steps)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == f"mprm-hf score: error: {results['model']}"
 
 
