@@ -24,20 +24,24 @@ from mprm_hf.prm_trainer import PRMTrainer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Run in a fresh interpreter that never imports mprm_hf: what a user of plain transformers gets from each
-# folder given on the command line, one JSON line each.
-PLAIN_TRANSFORMERS = r"""
-import json, sys
+# One fresh interpreter (each start costs seconds) with the Hub out of reach, in two parts, each printing a
+# JSON line. First plain transformers, before anything imports mprm_hf: what a user without mprm-hf gets
+# from each saved folder. Then mprm_hf from this checkout: a model and a dataset in the local Hub cache
+# load, uncached ones are one line each; last the process becomes `python -m mprm_hf.cli score ...`.
+FRESH_INTERPRETER = r"""
+import json, runpy, sys
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-for folder in sys.argv[1:]:
+setup = json.loads(sys.argv[1])
+plain = []
+for folder in setup["folders"]:
     model = AutoModelForImageTextToText.from_pretrained(folder).eval()
     try:
         processor = AutoProcessor.from_pretrained(folder)
     except Exception as error:
-        print(json.dumps({"folder": folder, "raised": type(error).__name__, "message": str(error)}))
+        plain.append({"folder": folder, "raised": type(error).__name__, "message": str(error)})
         continue
     result = {"folder": folder, "type": type(processor).__name__,
               "image_capable": hasattr(processor, "image_processor")}
@@ -48,8 +52,27 @@ for folder in sys.argv[1:]:
         result["pixel_values"] = "pixel_values" in batch
         with torch.no_grad():
             result["logits"] = list(model(**batch).logits.shape)
-    print(json.dumps(result))
-assert "mprm_hf" not in sys.modules, "the fresh interpreter imported mprm_hf"
+    plain.append(result)
+print(json.dumps({"plain": plain, "mprm_hf_imported": "mprm_hf" in sys.modules}), flush=True)
+
+sys.path.insert(0, setup["repo"])
+from mprm_hf.data.locate import locate_dataset
+from mprm_hf.errors import MPRMError
+from mprm_hf.modeling import load_model_and_processor
+
+hub = {"cached": type(load_model_and_processor("cached/tiny-prm")[1]).__name__}
+for name, call in [
+    ("model", lambda: load_model_and_processor("someone/some-model")),
+    ("dataset", lambda: locate_dataset("someone/some-data", allow_patterns=None)),
+    ("cached dataset", lambda: str(locate_dataset("cached/data", allow_patterns=None))),
+]:
+    try:
+        hub[name] = call()
+    except MPRMError as error:
+        hub[name] = str(error)
+print(json.dumps({"hub": hub, "module": sys.modules["mprm_hf"].__file__}), flush=True)
+sys.argv = ["mprm-hf", *setup["cli"]]
+runpy.run_module("mprm_hf.cli", run_name="__main__")
 """
 
 
@@ -83,33 +106,94 @@ def _trainer_saved_model(tiny_model_dir: Path, tmp_path: Path) -> Path:
     return Path(args.output_dir)
 
 
-def _fresh_env(**extra: str) -> dict[str, str]:
-    """The environment minus anything that would put this checkout on a subprocess's path."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    return {**env, "HF_HUB_OFFLINE": "1", **extra}
+def _closed_endpoint() -> str:
+    """An endpoint on a local port nobody listens on: a connect there is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
-def test_saved_folders_load_with_plain_transformers(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """In an interpreter without mprm_hf, a built and a trained folder give an image-capable processor
-    whose pixel values the model runs on, or an error naming what is missing; never a tokenizer."""
+def _populate_hub_cache(cache: Path, repo: str, folder: Path, kind: str = "models") -> None:
+    """Lay `folder` out as a snapshot of `repo` in the Hub cache, as a download would have."""
+    commit = "0" * 40
+    root = cache / f"{kind}--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        (snapshot / file.name).symlink_to(file)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+
+
+@pytest.fixture(scope="module")
+def fresh_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """FRESH_INTERPRETER run on a built and a trainer-saved folder, with the Hub endpoint a closed port,
+    offline mode unset, a Hub cache holding `cached/tiny-prm` and `cached/data`, and no path to this
+    checkout until the mprm_hf part adds it (isolated mode)."""
+    tmp_path = tmp_path_factory.mktemp("fresh")
     folders = [tiny_model_dir, _trainer_saved_model(tiny_model_dir, tmp_path)]
+    endpoint = _closed_endpoint()
+    cache = tmp_path / "hub"
+    _populate_hub_cache(cache, "cached/tiny-prm", tiny_model_dir)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "test.jsonl").write_text("{}\n")
+    _populate_hub_cache(cache, "cached/data", data, kind="datasets")
+    steps = tmp_path / "steps.txt"
+    steps.write_text("The square is red.\n\nSo red.\n")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    }
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(cache), NO_PROXY="127.0.0.1")
+    setup = {
+        "folders": list(map(str, folders)),
+        "repo": str(REPO_ROOT),
+        "cli": ["score", "--model", "someone/some-model", "--question", "Which?", "--steps", str(steps)],
+    }
     done = subprocess.run(
-        [sys.executable, "-I", "-c", PLAIN_TRANSFORMERS, *map(str, folders)],
+        [sys.executable, "-I", "-c", FRESH_INTERPRETER, json.dumps(setup)],
         cwd=tmp_path,
-        env=_fresh_env(),
+        env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert [result["folder"] for result in results] == list(map(str, folders))
-    for result in results:
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 2, done.stderr[-3000:]
+    return {**lines[0], **lines[1], "endpoint": endpoint, "setup": setup, "done": done}
+
+
+def test_saved_folders_load_with_plain_transformers(fresh_run: dict) -> None:
+    """Without mprm_hf, a built and a trained folder give an image-capable processor whose pixel values
+    the model runs on, or an error naming what is missing (torchvision here); never a tokenizer."""
+    assert not fresh_run["mprm_hf_imported"]
+    assert [result["folder"] for result in fresh_run["plain"]] == fresh_run["setup"]["folders"]
+    for result in fresh_run["plain"]:
         if "raised" in result:
             assert result["raised"] == "ImportError" and "torchvision" in result["message"].lower()
         else:
             assert result["type"] == "Qwen2VLProcessor" and result["image_capable"], result
             assert result["pixel_values"] and result["logits"][0] == 1, result
+
+
+def test_an_unreachable_hub_fails_fast_in_one_line_and_the_cache_still_answers(fresh_run: dict) -> None:
+    """With the endpoint refusing connections and offline mode unset, this checkout's mprm_hf reads the
+    Hub cache, and an uncached model or dataset is one line (the CLI exits 1 with it), with no retries."""
+    hub, endpoint = fresh_run["hub"], fresh_run["endpoint"]
+    assert Path(fresh_run["module"]).resolve().is_relative_to(REPO_ROOT)
+    assert hub["cached"] == "Qwen2VLImageTextProcessor"
+    assert hub["model"] == (
+        f"someone/some-model: the Hub ({endpoint}) cannot be reached and the model is not in the local cache "
+        "(set HF_HUB_OFFLINE=1 to skip the network)"
+    )
+    assert hub["dataset"].startswith(f"someone/some-data: the Hub ({endpoint}) cannot be reached and the")
+    assert Path(hub["cached dataset"], "test.jsonl").read_text() == "{}\n"
+    done = fresh_run["done"]
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == f"mprm-hf score: error: {hub['model']}"
 
 
 def test_this_environment_builds_the_stock_processor_or_names_torchvision(tiny_model_dir: Path) -> None:
@@ -135,88 +219,6 @@ def test_a_folder_saved_before_the_stock_layout_still_loads(tmp_path: Path) -> N
     assert isinstance(AutoProcessor.from_pretrained(folder), Qwen2VLImageTextProcessor)
     processor.save_pretrained(folder)  # saving again moves it to the stock layout
     assert json.loads((folder / "processor_config.json").read_text())["processor_class"] == "Qwen2VLProcessor"
-
-
-def _closed_endpoint() -> str:
-    """An endpoint on a local port nobody listens on: a connect there is refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-def _populate_hub_cache(cache: Path, repo: str, folder: Path, kind: str = "models") -> None:
-    """Lay `folder` out as a snapshot of `repo` in the Hub cache, as a download would have."""
-    commit = "0" * 40
-    root = cache / f"{kind}--{repo.replace('/', '--')}"
-    snapshot = root / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for file in folder.iterdir():
-        (snapshot / file.name).symlink_to(file)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(commit)
-
-
-# Run with the Hub out of reach: a cached model and dataset load, an uncached model and dataset are one
-# line each; then the process becomes `python -m mprm_hf.cli score --model someone/some-model ...`
-# (one interpreter for both, as each start costs seconds).
-UNREACHABLE_HUB = r"""
-import json, runpy, sys
-from mprm_hf.data.locate import locate_dataset
-from mprm_hf.errors import MPRMError
-from mprm_hf.modeling import load_model_and_processor
-
-results = {"cached": type(load_model_and_processor("cached/tiny-prm")[1]).__name__}
-for name, call in [
-    ("model", lambda: load_model_and_processor("someone/some-model")),
-    ("dataset", lambda: locate_dataset("someone/some-data", allow_patterns=None)),
-    ("cached dataset", lambda: str(locate_dataset("cached/data", allow_patterns=None))),
-]:
-    try:
-        results[name] = call()
-    except MPRMError as error:
-        results[name] = str(error)
-print(json.dumps(results), flush=True)
-sys.argv = ["mprm-hf", *sys.argv[1:]]
-runpy.run_module("mprm_hf.cli", run_name="__main__")
-"""
-
-
-def test_an_unreachable_hub_fails_fast_in_one_line_and_the_cache_still_answers(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    endpoint = _closed_endpoint()
-    cache = tmp_path / "hub"
-    _populate_hub_cache(cache, "cached/tiny-prm", tiny_model_dir)
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "test.jsonl").write_text("{}\n")
-    _populate_hub_cache(cache, "cached/data", data, kind="datasets")
-    steps = tmp_path / "steps.txt"
-    steps.write_text("The square is red.\n\nSo red.\n")
-    env = {**_fresh_env(HF_ENDPOINT=endpoint, HF_HUB_CACHE=str(cache), NO_PROXY="127.0.0.1")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    env.pop("HF_HUB_OFFLINE")
-    env.pop("TRANSFORMERS_OFFLINE", None)
-    score = ["score", "--model", "someone/some-model", "--question", "Which colour?", "--steps", str(steps)]
-    done = subprocess.run(
-        [sys.executable, "-c", UNREACHABLE_HUB, *score],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    results = json.loads(done.stdout.splitlines()[-1])
-    assert results["cached"] == "Qwen2VLImageTextProcessor"
-    assert results["model"] == (
-        f"someone/some-model: the Hub ({endpoint}) cannot be reached and the model is not in the local cache "
-        "(set HF_HUB_OFFLINE=1 to skip the network)"
-    )
-    assert results["dataset"].startswith(f"someone/some-data: the Hub ({endpoint}) cannot be reached and the")
-    assert Path(results["cached dataset"], "test.jsonl").read_text() == "{}\n"
-    assert done.returncode == 1, done.stderr[-2000:]
-    assert done.stderr.strip().splitlines()[-1] == f"mprm-hf score: error: {results['model']}"
 
 
 def test_the_probe_is_asked_once_and_names_what_could_not_reach_the_hub(monkeypatch) -> None:
