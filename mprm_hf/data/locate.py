@@ -66,7 +66,7 @@ def locate_dataset(
         )
 
     try:
-        folder = from_hub(text, what, download)
+        folder = from_hub(text, "dataset", download)
     except LocalEntryNotFoundError as err:
         raise MPRMError(
             f"{text}: no such local folder, and the Hub cannot be reached with no copy cached "
