@@ -9,6 +9,7 @@ whole pipeline (collation, training, scoring, saving, loading) runs the same cod
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,8 @@ from transformers import (
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
 from mprm_hf.errors import MPRMError, first_line
-from mprm_hf.fileio import atomic_output
+from mprm_hf.fileio import atomic_output, write_text_atomic
+from mprm_hf.hub_access import from_hub
 
 Arch = Literal["qwen2_vl", "qwen2_5_vl"]
 
@@ -95,9 +97,11 @@ class Qwen2VLImageTextProcessor(Qwen2VLProcessor):
     """Qwen2-VL's processor for images and text only.
 
     `Qwen2VLProcessor` also owns a video processor, which needs torchvision; PRMs score images, so this
-    subclass drops it and works with the PIL image processor alone. It is registered with
-    `AutoProcessor` below, so `AutoProcessor.from_pretrained` rebuilds it from a saved folder without
-    `trust_remote_code` once `mprm_hf.modeling` is imported.
+    subclass drops it and works with the PIL image processor alone. It saves a folder in the stock
+    layout (`processor_class: Qwen2VLProcessor` and a video processor config), so plain transformers
+    without mprm_hf rebuilds the stock processor where torchvision exists and raises an ImportError
+    naming torchvision where it does not, instead of falling back to a bare tokenizer; mprm_hf's own
+    loader (`load_model_and_processor`) rebuilds this class in that case.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
@@ -105,12 +109,46 @@ class Qwen2VLImageTextProcessor(Qwen2VLProcessor):
             image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """The stock processor's `processor_config.json`: its class name and a video processor config."""
+        output = super().to_dict()
+        output["processor_class"] = STOCK_PROCESSOR_CLASS
+        output["video_processor"] = stock_video_processor_config(output["image_processor"])
+        return output
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any):
+        """Save in the stock layout; the tokenizer config names the stock class too, since `AutoProcessor`
+        reads it when `processor_config.json` is missing, and an unknown name there yields a tokenizer.
+        Publish with `mprm_hf.hub`, which uploads the folder as saved."""
+        if push_to_hub:
+            raise MPRMError("save the processor to a folder and publish it with mprm_hf.hub")
+        files = super().save_pretrained(save_directory, **kwargs)
+        tokenizer_config = Path(save_directory) / "tokenizer_config.json"
+        config = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+        config["processor_class"] = STOCK_PROCESSOR_CLASS
+        write_text_atomic(
+            tokenizer_config, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        )
+        return files
+
+
+# The class a saved folder names: the one plain transformers builds for Qwen2-VL without mprm_hf.
+STOCK_PROCESSOR_CLASS = "Qwen2VLProcessor"
+
+
+def stock_video_processor_config(image_processor: dict[str, Any]) -> dict[str, Any]:
+    """The stock `Qwen2VLVideoProcessor` config for this image processor: the same resizing, patching and
+    normalisation, so a video's frames cost what an image costs."""
+    config = {key: value for key, value in image_processor.items() if key != "image_processor_type"}
+    return {**config, "video_processor_type": "Qwen2VLVideoProcessor"}
+
 
 # Checkpoints whose processor can be rebuilt image-only when the stock one needs torchvision.
 IMAGE_ONLY_FALLBACK_TYPES = {"qwen2_vl", "qwen2_5_vl"}
 
-# Keyed by a name of our own (not by Qwen2VLConfig) so that real Qwen2-VL checkpoints keep their own
-# processor; `AutoProcessor` finds ours by the `processor_class` saved in `processor_config.json`.
+# Folders saved before the stock layout name `Qwen2VLImageTextProcessor`; registering it (under a name of
+# our own, not Qwen2VLConfig, so that real checkpoints keep their processor) lets `AutoProcessor` rebuild
+# them once `mprm_hf.modeling` is imported.
 PROCESSOR_MAPPING.register("mprm_hf_qwen2_vl_image_text", Qwen2VLImageTextProcessor, exist_ok=True)
 
 
@@ -346,12 +384,17 @@ def load_model_and_processor(
         refuse_pickled_weights(local)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype, None) or _bad_dtype(dtype)
-    try:
+
+    def load(hub: dict[str, Any]) -> tuple[Any, Any]:
         # The model first: its config is the file every checkpoint has, and it fails with a clear OSError.
+        # Its adapter lookup takes the Hub arguments apart (transformers does not pass them on to it).
         model = AutoModelForImageTextToText.from_pretrained(
-            source, **({} if dtype is None else {"dtype": dtype})
+            source, **hub, adapter_kwargs=dict(hub), **({} if dtype is None else {"dtype": dtype})
         )
-        processor = _load_processor(source, model.config.model_type)
+        return model, _load_processor(source, model.config.model_type, **hub)
+
+    try:
+        model, processor = load({}) if local.exists() else from_hub(name, "model", load)
     except OSError as error:
         where = (
             "cannot load a model from this folder"
@@ -365,11 +408,12 @@ def load_model_and_processor(
     return model, processor
 
 
-def _load_processor(source: str, model_type: str) -> Any:
+def _load_processor(source: str, model_type: str, **hub: Any) -> Any:
     """`AutoProcessor`, falling back to the image-only processor for Qwen2-VL-family checkpoints whose
-    stock processor cannot be built here (its video processor needs torchvision)."""
+    stock processor cannot be built here (its video processor needs torchvision): real checkpoints and
+    the folders mprm_hf saves, which name the stock class. `hub` holds the Hub keyword arguments."""
     try:
-        return AutoProcessor.from_pretrained(source)
+        return AutoProcessor.from_pretrained(source, **hub)
     except (OSError, ImportError) as error:
         if model_type not in IMAGE_ONLY_FALLBACK_TYPES:
             if isinstance(error, ImportError):
@@ -377,7 +421,7 @@ def _load_processor(source: str, model_type: str) -> Any:
                     f"{source}: its processor needs a missing package: {first_line(error)}"
                 ) from error
             raise
-        return Qwen2VLImageTextProcessor.from_pretrained(source)
+        return Qwen2VLImageTextProcessor.from_pretrained(source, **hub)
 
 
 def _bad_dtype(dtype: str) -> None:
@@ -391,7 +435,7 @@ def _apply_adapter(model: Any, processor: Any, adapter: Path) -> tuple[Any, Any]
         raise MPRMError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
     refuse_pickled_weights(adapter)
     if any((adapter / name).is_file() for name in ("processor_config.json", "tokenizer_config.json")):
-        processor = AutoProcessor.from_pretrained(adapter)
+        processor = _load_processor(str(adapter), model.config.model_type)
         tokenizer = getattr(processor, "tokenizer", processor)
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))

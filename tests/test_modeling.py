@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from mprm_hf.errors import MPRMError
 from mprm_hf.modeling import (
@@ -62,15 +62,20 @@ def test_build_is_deterministic_under_the_seed(tmp_path: Path) -> None:
     assert (first / "model.safetensors").read_bytes() != (other / "model.safetensors").read_bytes()
 
 
-def test_processor_round_trip_through_auto_processor(tiny_model_dir: Path, tmp_path: Path) -> None:
-    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+def test_processor_round_trip_in_the_stock_layout(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The folder names the stock class (so plain transformers never mistakes it for a tokenizer) and
+    mprm_hf's loader rebuilds the image-only processor from it, identical after a second save."""
+    _, processor = load_model_and_processor(tiny_model_dir)
     assert isinstance(processor, Qwen2VLImageTextProcessor)
-    assert json.loads((tiny_model_dir / "processor_config.json").read_text())["processor_class"] == (
-        "Qwen2VLImageTextProcessor"
-    )
+    saved = json.loads((tiny_model_dir / "processor_config.json").read_text())
+    assert saved["processor_class"] == "Qwen2VLProcessor"
+    assert saved["video_processor"]["video_processor_type"] == "Qwen2VLVideoProcessor"
+    assert saved["video_processor"]["size"] == saved["image_processor"]["size"]
+    tokenizer_config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
+    assert tokenizer_config["processor_class"] == "Qwen2VLProcessor"
     processor.save_pretrained(tmp_path / "again")
-    again = AutoProcessor.from_pretrained(tmp_path / "again")
-    assert isinstance(again, Qwen2VLImageTextProcessor)
+    assert json.loads((tmp_path / "again" / "processor_config.json").read_text()) == saved
+    again = Qwen2VLImageTextProcessor.from_pretrained(tmp_path / "again")
     assert again.chat_template == processor.chat_template
     assert again.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
     assert again.image_processor.to_dict() == processor.image_processor.to_dict()
@@ -80,10 +85,12 @@ def test_processor_round_trip_through_auto_processor(tiny_model_dir: Path, tmp_p
         assert torch.equal(first[key], second[key]), key
     # a 64x48 image is resized into the small range: a handful of merged image tokens, not hundreds
     assert int((first["input_ids"] == processor.image_token_id).sum()) <= 8
+    with pytest.raises(MPRMError, match="publish it with mprm_hf.hub"):
+        processor.save_pretrained(tmp_path / "pushed", push_to_hub=True)
 
 
 def test_tokenizer_has_the_step_format_tokens_and_encodes_any_text(tiny_model_dir: Path) -> None:
-    tokenizer = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     for word in ("Yes", "No", "+", "-", PRM_MARKER_TOKEN, "<|im_start|>", "<|image_pad|>"):
         assert len(tokenizer.encode(word, add_special_tokens=False)) == 1, word
     assert PRM_MARKER_TOKEN in tokenizer.all_special_tokens
@@ -100,21 +107,22 @@ def test_load_model_and_processor_loads_the_folder(tiny_model_dir: Path) -> None
     assert isinstance(processor, Qwen2VLImageTextProcessor)
 
 
-@pytest.mark.parametrize("with_video_config", [False, True])
-def test_stock_qwen2_vl_processor_folder_loads_image_only(tmp_path: Path, with_video_config: bool) -> None:
-    """A real Qwen2-VL checkpoint names `Qwen2VLProcessor`, whose video half needs torchvision (absent here)
-    or a video config; the loader falls back to the image-only processor with the same tokenizer and images."""
+@pytest.mark.parametrize("video_config", ["nested", "none", "own file"])
+def test_stock_qwen2_vl_processor_folder_loads_image_only(tmp_path: Path, video_config: str) -> None:
+    """A Qwen2-VL folder names `Qwen2VLProcessor`, whose video half needs torchvision (absent here) or a
+    video config (nested in processor_config.json as mprm_hf saves it, in its own file as older real
+    checkpoints have it, or none); the loader falls back to the image-only processor with the same
+    tokenizer and images."""
     folder = build_tiny_model(tmp_path / "stock")
     config = json.loads((folder / "processor_config.json").read_text())
-    (folder / "processor_config.json").write_text(
-        json.dumps({**config, "processor_class": "Qwen2VLProcessor"})
-    )
-    if with_video_config:
-        video = {"video_processor_type": "Qwen2VLVideoProcessor", "processor_class": "Qwen2VLProcessor"}
+    video = config.pop("video_processor")
+    if video_config != "nested":
+        (folder / "processor_config.json").write_text(json.dumps(config))
+    if video_config == "own file":
         (folder / "video_preprocessor_config.json").write_text(json.dumps(video))
     _, processor = load_model_and_processor(folder)
     assert isinstance(processor, Qwen2VLImageTextProcessor)
-    reference = AutoProcessor.from_pretrained(build_tiny_model(tmp_path / "ours"))
+    _, reference = create_tiny_model()
     assert torch.equal(_batch(processor)["input_ids"], _batch(reference)["input_ids"])
 
 

@@ -12,8 +12,10 @@ import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mprm_hf.errors import MPRMError, first_line
+from mprm_hf.hub_access import from_hub
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -34,8 +36,8 @@ def locate_dataset(
 ) -> Path:
     """A local folder for `path_or_repo`: the path itself, or a Hub snapshot of the dataset repo.
 
-    Offline (HF_HUB_OFFLINE=1) a snapshot already in the Hub cache is still found; anything else
-    becomes one MPRMError line that says how to proceed.
+    Offline (HF_HUB_OFFLINE=1) or with the Hub out of reach, a snapshot already in the Hub cache is still
+    found; anything else becomes one MPRMError line that says how to proceed.
     """
     path = Path(path_or_repo).expanduser()
     if path.exists():
@@ -54,13 +56,17 @@ def locate_dataset(
         RevisionNotFoundError,
     )
 
-    try:
-        folder = snapshot_download(
+    def download(hub: dict[str, Any]) -> str:
+        return snapshot_download(
             repo_id=text,
             repo_type="dataset",
             revision=revision,
             allow_patterns=list(allow_patterns) if allow_patterns else None,
+            **hub,
         )
+
+    try:
+        folder = from_hub(text, "dataset", download)
     except LocalEntryNotFoundError as err:
         raise MPRMError(
             f"{text}: no such local folder, and the Hub cannot be reached with no copy cached "
