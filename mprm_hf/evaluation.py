@@ -385,11 +385,12 @@ def _trained_step_format(model: str) -> str:
     """The step format recorded in the checkpoint's config, so that run.json names the one scored with."""
     from transformers import AutoConfig
 
+    from mprm_hf.hub_access import from_hub
     from mprm_hf.step_format import CONFIG_KEY, DEFAULT_STEP_FORMAT
 
     try:
-        config = AutoConfig.from_pretrained(model)
-    except (OSError, ValueError):  # loading the model reports the real error, in one line
+        config = from_hub(str(model), "model", lambda hub: AutoConfig.from_pretrained(model, **hub))
+    except (OSError, ValueError):  # loading the model reports the real error, in one line (MPRMError too)
         return DEFAULT_STEP_FORMAT
     return getattr(config, CONFIG_KEY, None) or DEFAULT_STEP_FORMAT
 

@@ -541,6 +541,9 @@ def ensure_hub_access(target: str, token: str | None = None) -> HfApi:
         register_token(token)
     elif huggingface_hub.get_token() is None:
         raise MPRMError(f"cannot push {target}: not logged in (set HF_TOKEN or run `hf auth login`)")
+    from mprm_hf.hub_access import ensure_hub_reachable
+
+    ensure_hub_reachable(f"cannot push {target}")  # seconds, not a minute of retries, without a network
     api = HfApi(token=token or None)
     try:
         api.whoami()

@@ -89,7 +89,12 @@ def _hub_selection(repo_id: str, revision: str | None) -> Path | None:
         return None
     from huggingface_hub import hf_hub_download
 
+    from mprm_hf.hub_access import from_hub
+
+    def download(hub: dict[str, Any]) -> str:
+        return hf_hub_download(repo_id, SELECTION_FILE, repo_type="dataset", revision=revision, **hub)
+
     try:
-        return Path(hf_hub_download(repo_id, SELECTION_FILE, repo_type="dataset", revision=revision))
-    except Exception:  # noqa: BLE001 - offline, missing file or repo: the card says "unknown"
+        return Path(from_hub(repo_id, "dataset", download))
+    except Exception:  # noqa: BLE001 - offline, no such file or repo, no network: the card says "unknown"
         return None
