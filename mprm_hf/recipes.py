@@ -118,7 +118,7 @@ class RecipeParser(TrlParser):
         self.usage = (
             f"%(prog)s [{RECIPE_METAVAR} | --config {RECIPE_METAVAR}] {required} [--option value ...]"
         )
-        self.usage = " ".join(self.usage.split())
+        self.usage = self.usage.replace("  ", " ")  # no required option
         self.recipe: Path | None = None
 
     @staticmethod
@@ -129,10 +129,14 @@ class RecipeParser(TrlParser):
             TrlParser._parse_dataclass_field(parser, field)
             return
         options = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
-        default = (
-            field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-        )
-        parser.add_argument(*options, **{"type": _yaml_mapping, "default": default, **field.metadata})
+        kwargs: dict[str, Any] = {"type": _yaml_mapping, **field.metadata}
+        if field.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = field.default_factory()
+        elif field.default is not dataclasses.MISSING:
+            kwargs["default"] = field.default
+        else:
+            kwargs["required"] = True
+        parser.add_argument(*options, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise MPRMError(message)
@@ -146,7 +150,6 @@ class RecipeParser(TrlParser):
             self.recipe = Path(argv[argv.index("--config") + 1])
             values, lines = read_recipe(self.recipe)
             locations = {key: f"{self.recipe}:{line}" for key, line in lines.items()}
-            locations.update({str(key): locations.get(str(key), str(self.recipe)) for key in values})
             self._check_recipe(values, locations)
         try:
             *parsed, remaining = self.parse_args_and_config(argv, return_remaining_strings=True)
@@ -164,19 +167,19 @@ class RecipeParser(TrlParser):
         """Every key is an option of the command, and a string value reads as its option's type."""
         actions = {action.dest: action for action in self._actions if action.dest not in {"help", "config"}}
         for key, value in values.items():
-            key = str(key)
+            key, where = str(key), locations.get(str(key), str(self.recipe))
             if key in _RECIPE_ONLY_KEYS:
                 continue
             if key not in actions:
-                close = difflib.get_close_matches(str(key), list(actions), n=1)
+                close = difflib.get_close_matches(key, list(actions), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise MPRMError(f"{locations[key]}: unknown key '{key}': not an option of {self.prog}{hint}")
+                raise MPRMError(f"{where}: unknown key '{key}': not an option of {self.prog}{hint}")
             convert = actions[key].type
             if isinstance(value, str) and callable(convert) and convert is not str:
                 try:  # argparse converts a string default with the option's type; fail here, located
                     convert(value)
                 except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
-                    raise MPRMError(f"{locations[key]}: recipe field '{key}': {first_line(error)}") from None
+                    raise MPRMError(f"{where}: recipe field '{key}': {first_line(error)}") from None
 
 
 def parse_recipe(
