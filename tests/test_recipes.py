@@ -40,7 +40,8 @@ def test_select_runs_its_recipe_with_a_flag_over_it(synthetic_dir: Path, tmp_pat
 
 
 def test_select_flags_keep_their_spelling(tmp_path: Path) -> None:
-    from mprm_hf.selection.cli import parse_args
+    from mprm_hf.errors import MPRMError
+    from mprm_hf.selection.cli import parse_args, selector_params
 
     assert parse_args([str(SELECT_RECIPE)]).dry_run is True
     args = parse_args([str(SELECT_RECIPE), "--dry-run", "false", "--push-to-hub", "me/bis", "--private",
@@ -51,6 +52,9 @@ def test_select_flags_keep_their_spelling(tmp_path: Path) -> None:
         args.output == Path("outputs/select/bis-10") and args.top_ratio == 0.1
     )  # a path from YAML is a Path
     assert parse_args([f"--config={SELECT_RECIPE}", "--top_ratio", "0.3"]).top_ratio == 0.3
+    assert selector_params(parse_args([str(SELECT_RECIPE), "--alpha", "0"])) == {"alpha": 0.0}  # 0 is a value
+    with pytest.raises(MPRMError, match="--curriculum does not apply to --method bis"):
+        selector_params(parse_args([str(SELECT_RECIPE), "--curriculum"]))
 
 
 def test_evaluate_and_sweep_recipes_parse(tmp_path: Path) -> None:

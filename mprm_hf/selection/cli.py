@@ -148,8 +148,9 @@ def selector_params(args: SelectArguments) -> dict[str, Any]:
     from mprm_hf.selection.selectors import SELECTORS
 
     accepted = SELECTORS[args.method].params
-    # an unset parameter is None (curriculum: False), so that the selector's default applies
-    given = {flag: getattr(args, flag) for flag in SELECTOR_FLAGS if getattr(args, flag) not in (None, False)}
+    # an unset parameter is None (curriculum: False), so that the selector's default applies; 0 is a value
+    values = {flag: getattr(args, flag) for flag in SELECTOR_FLAGS}
+    given = {flag: value for flag, value in values.items() if value is not None and value is not False}
     for flag in given:
         if SELECTOR_FLAGS[flag] not in accepted:
             raise MPRMError(f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
