@@ -14,7 +14,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 EMBEDDED_SEED = 0
-# The paper's 10% setting (SPEC 3): per-source top 10% by BIS with alpha 0.2.
+# The paper's 10% setting (docs/definitions.md#selection): per-source top 10% by BIS with alpha 0.2.
 BIS_TOP_RATIO = 0.1
 BIS_ALPHA = 0.2
 

@@ -85,10 +85,24 @@ def _file_contains(path: Path, needles: Iterable[bytes]) -> bool:
         return any(data.find(needle) != -1 for needle in needles)
 
 
+PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "_*", ".*", "**/.*", "runs/**"]
+"""What a push of a folder leaves out, as `Trainer.push_to_hub` does: checkpoints, hidden and `_` files, and
+TensorBoard logs; the final weights, processor and card in the folder itself go up."""
+
+
+def pushed_files(folder: Path) -> list[Path]:
+    """The files a push of `folder` uploads (`PUSH_IGNORE` applied, as `upload_folder` applies it)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    relative = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return [folder / name for name in filter_repo_objects(relative, ignore_patterns=PUSH_IGNORE)]
+
+
 def ensure_folder_has_no_secrets(folder: Path) -> None:
-    """Check every file (a pickled `training_args.bin` can hold a `hub_token`) and the card's text."""
+    """Check every file that would be pushed (a pickled `training_args.bin` can hold a `hub_token`) and
+    the card's text."""
     needles = [token.encode() for token in known_tokens()]
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in pushed_files(folder):
         if needles and _file_contains(path, needles):
             raise MPRMError(f"{path}: contains a Hugging Face access token; refusing to write or push it")
     readme = folder / "README.md"
@@ -287,7 +301,7 @@ def render_model_card(
     selector_params: Mapping[str, Any],
     hyperparameters: Mapping[str, Any],
     step_format: str,
-    command: str | Sequence[str],
+    command: str | Sequence[str] | None,
     evaluation: Mapping[str, Any] | None = None,
     evaluation_dataset: str = DEFAULT_BENCHMARK,
     evaluation_split: str = "test",
@@ -331,7 +345,7 @@ def render_model_card(
         selector_params=dict(selector_params),
         hyperparameters=dict(hyperparameters),
         step_format=step_format,
-        command=_command_text(command),
+        command=None if command is None else _command_text(command),
         evaluation_section=render_evaluation_section(
             evaluation, dataset=portable_path(evaluation_dataset), threshold=evaluation_threshold
         ),
@@ -389,7 +403,11 @@ def update_model_card(
     if not folder.is_dir():
         raise MPRMError(f"{folder}: model folder not found (the card is updated in a local folder)")
     name = folder.resolve().name
-    card = _load_card(folder, "model") if readme.is_file() else ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {name}\n")
+    card = (
+        _load_card(folder, "model")
+        if readme.is_file()
+        else ModelCard(f"---\nlibrary_name: transformers\n---\n\n# {name}\n")
+    )
     card.data.model_name = card.data.model_name or name
     _merge_results(
         card, eval_results_from_metrics(metrics, dataset=dataset, split=split, threshold=threshold)
@@ -491,35 +509,44 @@ def stage_folder(
 # ---------------------------------------------------------------------------------------------
 # Pushing
 # ---------------------------------------------------------------------------------------------
-def _one_line(error: BaseException) -> str:
+def scrubbed_line(error: BaseException) -> str:
+    """The first line of an error, any token in it masked: what a Hub failure may print."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return _scrub(lines[0] if lines else type(error).__name__)
 
 
 def _load_card(folder: Path, repo_type: str) -> RepoCard:
     readme = folder / "README.md"
+    if not readme.is_file() and (folder / "config.json").is_file():
+        raise MPRMError(
+            f"{readme}: no model card; `mprm-hf train` and `PRMTrainer.save_model` write one, and "
+            f"`mprm-hf evaluate --model {folder} --out DIR --update-card` adds one with the results"
+        )
     if not readme.is_file():
-        raise MPRMError(f"{readme}: no card; stage the folder first (e.g. `mprm-hf select ... --dry-run`)")
+        raise MPRMError(f"{readme}: no card; stage a subset with `mprm-hf select ... --dry-run` first")
     card_class = {"dataset": DatasetCard, "model": ModelCard}.get(repo_type, RepoCard)
     try:
         return card_class.load(readme)
     except Exception as error:  # a YAML error in the header: report it as the user's file's problem
-        raise MPRMError(f"{readme}: card metadata does not parse: {_one_line(error)}") from None
+        raise MPRMError(f"{readme}: card metadata does not parse: {scrubbed_line(error)}") from None
 
 
-def ensure_hub_access(target: str) -> HfApi:
-    """Every check that can fail before anything is sent: not offline, logged in, the Hub reachable and
-    accepting the token (`whoami`). One `MPRMError` line naming `target` otherwise."""
+def ensure_hub_access(target: str, token: str | None = None) -> HfApi:
+    """Every check that can fail before anything is sent: not offline, a token (`token`, else the
+    environment's or `hf auth login`'s), the Hub reachable and accepting it (`whoami`). One `MPRMError`
+    line naming `target` otherwise; the client it checked is returned."""
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         raise MPRMError(f"cannot push {target}: the Hub is offline (HF_HUB_OFFLINE=1)")
-    if huggingface_hub.get_token() is None:
+    if token:
+        register_token(token)
+    elif huggingface_hub.get_token() is None:
         raise MPRMError(f"cannot push {target}: not logged in (set HF_TOKEN or run `hf auth login`)")
-    api = HfApi()
+    api = HfApi(token=token or None)
     try:
         api.whoami()
     except Exception as error:
         raise MPRMError(
-            f"cannot push {target}: the Hub at {api.endpoint} is unreachable or refused the token: {_one_line(error)}"
+            f"cannot push {target}: the Hub at {api.endpoint} is unreachable or refused the token: {scrubbed_line(error)}"
         ) from None
     return api
 
@@ -532,8 +559,11 @@ def push_folder(
     private: bool = False,
     commit_message: str | None = None,
     revision: str | None = None,
+    token: str | None = None,
 ) -> str:
-    """Upload a staged folder (card included) as one commit; returns the commit's URL.
+    """Upload a folder with its card (a staged subset, a trained model's output folder, a Space) as one
+    commit, leaving out `PUSH_IGNORE` (checkpoints, hidden files): no copy of the weights is made. Returns
+    the commit's URL.
 
     Every check that can fail without the network (card, token scan, offline mode, login) runs
     before the first request, and reaching the Hub is checked with `whoami` before the repository is
@@ -548,7 +578,7 @@ def push_folder(
         raise MPRMError(f"repo id {repo_id!r} is not of the form 'owner/name'")
     _load_card(folder, repo_type)
     ensure_folder_has_no_secrets(folder)
-    api = ensure_hub_access(f"{folder} to {repo_id}")
+    api = ensure_hub_access(f"{folder} to {repo_id}", token=token)
     try:
         space_sdk = "gradio" if repo_type == "space" else None  # the only Space this project ships
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, space_sdk=space_sdk)
@@ -559,10 +589,11 @@ def push_folder(
             repo_id=repo_id,
             repo_type=repo_type,
             revision=revision,
-            commit_message=commit_message or f"Upload {repo_type} staged by mprm-hf",
+            commit_message=commit_message or f"Upload {repo_type} with mprm-hf",
+            ignore_patterns=PUSH_IGNORE,
         )
     except Exception as error:
-        raise MPRMError(f"push of {folder} to {repo_id} failed: {_one_line(error)}") from None
+        raise MPRMError(f"push of {folder} to {repo_id} failed: {scrubbed_line(error)}") from None
     return str(commit)
 
 
@@ -580,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "folder",
         type=Path,
-        help="a folder staged by `select --dry-run`, `train` or `demo --stage-space` (README.md inside)",
+        help="a subset staged by `select --dry-run`, a model folder `train` wrote, or a Space staged by "
+        "`demo --stage-space` (README.md inside)",
     )
     parser.add_argument("--repo-id", required=True, help="owner/name of the repository to create or update")
     parser.add_argument(
@@ -588,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--revision", help="branch to push to (created if missing); default: main")
-    parser.add_argument("--commit-message", help="default: 'Upload <type> staged by mprm-hf'")
+    parser.add_argument("--commit-message", help="default: 'Upload <type> with mprm-hf'")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         raise MPRMError(f"{args.folder}: folder to push not found")

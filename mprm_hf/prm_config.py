@@ -2,7 +2,7 @@
 
 A `transformers.TrainingArguments` subclass in the style of TRL's configs: every PRM-specific knob is a
 dataclass field with help text, so the same class drives Python code, YAML recipes and the command line
-(`HfArgumentParser` / `TrlParser`). The defaults are the paper's set-up (SPEC 4): one epoch, lr 1e-5 with
+(`HfArgumentParser` / `TrlParser`). The defaults are the paper's set-up (docs/definitions.md#model-and-training): one epoch, lr 1e-5 with
 a cosine schedule, 5% warmup, weight decay 0.05.
 """
 
@@ -74,7 +74,7 @@ class PRMConfig(TrainingArguments):
     freeze_vision_tower: bool = field(
         default=True,
         metadata={
-            "help": "Freeze the vision encoder (the projector and the language model still train), as in SPEC 4."
+            "help": "Freeze the vision encoder (the projector and the language model still train), as in docs/definitions.md#model-and-training."
         },
     )
     curriculum: bool = field(
@@ -104,7 +104,7 @@ class PRMConfig(TrainingArguments):
         },
     )
 
-    # ---- Defaults changed from TrainingArguments (SPEC 4) -----------------------------------------------
+    # ---- Defaults changed from TrainingArguments (docs/definitions.md#model-and-training) -----------------------------------------------
     learning_rate: float = field(default=1e-5, metadata={"help": "Initial AdamW learning rate."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     warmup_steps: float = field(

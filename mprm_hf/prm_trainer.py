@@ -1,4 +1,4 @@
-"""`PRMTrainer`: train a vision-language model as a process reward model (SPEC 4).
+"""`PRMTrainer`: train a vision-language model as a process reward model (docs/definitions.md#model-and-training).
 
 The model reads a whole reasoning trace once; after each step stands a marker position whose logits over two
 reward tokens (positive, negative) score the step. The loss is the cross-entropy over those two logits at the
@@ -150,7 +150,7 @@ class PRMDataCollator:
 
 
 def binary_f1(tp: int, fp: int, fn: int) -> float:
-    """F1 = 2TP / (2TP + FP + FN), 0 when nothing was predicted or present (SPEC 5)."""
+    """F1 = 2TP / (2TP + FP + FN), 0 when nothing was predicted or present (docs/definitions.md#metric)."""
     denominator = 2 * tp + fp + fn
     return 2 * tp / denominator if denominator else 0.0
 
@@ -198,6 +198,45 @@ def projector_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Par
     ]
 
 
+def card_hyperparameters(trainer: Trainer) -> dict[str, Any]:
+    """transformers' own hyperparameter summary of a run, plus every field `PRMConfig` declares (its PRM
+    knobs and the defaults it changes), as plain values."""
+    from enum import Enum
+
+    from transformers.modelcard import extract_hyperparameters_from_trainer
+
+    values = extract_hyperparameters_from_trainer(trainer)
+    args = trainer.args
+    optimizer = args.optim.value if isinstance(args.optim, Enum) else str(args.optim)
+    if "optimizer" in values and "adam" in optimizer.lower():
+        values["optimizer"] = (
+            f"{optimizer} (betas ({args.adam_beta1}, {args.adam_beta2}), epsilon {args.adam_epsilon})"
+        )
+    elif "optimizer" in values:
+        values["optimizer"] = optimizer
+    for name in PRMConfig.__annotations__:
+        value = getattr(args, name)
+        values[name] = value.value if isinstance(value, Enum) else value
+    return values
+
+
+def held_out_evaluation(log_history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The last held-out step metrics of a run (`compute_step_metrics`), in the card's evaluation shape."""
+    import math
+
+    metrics = next((entry for entry in reversed(log_history) if "eval_macro_f1" in entry), None)
+    if metrics is None:
+        return None
+    auc = metrics.get("eval_auc")
+    return {
+        "overall": metrics["eval_macro_f1"],
+        "macro_f1_pooled": metrics["eval_macro_f1"],
+        "f1_positive": metrics["eval_f1_pos"],
+        "f1_negative": metrics["eval_f1_neg"],
+        "auc": None if auc is None or math.isnan(auc) else auc,
+    }
+
+
 class PRMTrainer(Trainer):
     """A `transformers.Trainer` for multimodal process reward models.
 
@@ -205,13 +244,16 @@ class PRMTrainer(Trainer):
         model: an `AutoModelForImageTextToText` model, or its name / path (loaded with
             `mprm_hf.modeling.load_model_and_processor`).
         args: a `PRMConfig`.
-        train_dataset / eval_dataset: stepwise datasets (SPEC 2.4: prompt, completions, labels, and optionally
+        train_dataset / eval_dataset: stepwise datasets (docs/definitions.md#stepwise-records: prompt, completions, labels, and optionally
             images, mc_scores, id), e.g. from `mprm_hf.data.stepwise.load_stepwise`.
         processing_class: the model's processor (required when `model` is a model object).
     """
 
     # compute_loss divides by the number of markers of the whole accumulated (and gathered) batch itself.
     loss_is_scaled_for_ga = True
+    _tag_names = ["prm", "mprm-hf"]
+    card_command: str | list[str] | None = None
+    """The command line that made the run, for the card (`mprm-hf train` sets it)."""
 
     def __init__(
         self,
@@ -221,10 +263,18 @@ class PRMTrainer(Trainer):
         eval_dataset: Dataset | dict[str, Dataset] | None = None,
         processing_class: ProcessorMixin | None = None,
         callbacks: list | None = None,
+        peft_config: Any | None = None,
+        dataset_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(args, PRMConfig):
             raise MPRMError(f"PRMTrainer: args must be a PRMConfig, got {type(args).__name__}")
+        if args.push_to_hub:  # offline or logged out: one line now, not a traceback after loading the model
+            from mprm_hf.hub import ensure_hub_access
+
+            ensure_hub_access(args.hub_model_id or Path(args.output_dir).name, token=args.hub_token)
+        self.dataset_name = dataset_name
+        self.base_model = model if isinstance(model, str) else getattr(model, "name_or_path", None)
         if isinstance(model, str):
             from mprm_hf.modeling import load_model_and_processor
 
@@ -248,11 +298,11 @@ class PRMTrainer(Trainer):
                 )
             for _, parameter in frozen:
                 parameter.requires_grad_(False)
-        if args.use_peft:
+        if peft_config is not None or args.use_peft:
             added = list(
                 range(vocabulary_before, len(getattr(processing_class, "tokenizer", processing_class)))
             )
-            model = self._wrap_lora(model, args, added)
+            model = self._wrap_lora(model, args, added, peft_config)
 
         with args.main_process_first(desc="measuring rollout lengths"):
             train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
@@ -288,10 +338,18 @@ class PRMTrainer(Trainer):
     # ---- set-up ------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _wrap_lora(model: PreTrainedModel, args: PRMConfig, added_tokens: list[int]) -> torch.nn.Module:
-        """LoRA on the language model; tokens the step format added (e.g. `<prm>`) get trainable embedding
-        rows (peft's `trainable_token_indices`), since their fresh embeddings would otherwise stay untrained."""
+    def _wrap_lora(
+        model: PreTrainedModel, args: PRMConfig, added_tokens: list[int], peft_config: Any | None = None
+    ) -> torch.nn.Module:
+        """LoRA on the language model, from `peft_config` (as TRL's trainers take it) or the config's LoRA
+        fields; tokens the step format added (e.g. `<prm>`) get trainable embedding rows (peft's
+        `trainable_token_indices`), since their fresh embeddings would otherwise stay untrained."""
         from peft import LoraConfig, get_peft_model
+
+        if peft_config is not None:
+            if added_tokens and getattr(peft_config, "trainable_token_indices", "absent") is None:
+                peft_config.trainable_token_indices = added_tokens
+            return get_peft_model(model, peft_config)
 
         targets: str | list[str] = args.lora_target_modules or DEFAULT_LORA_TARGETS
         if isinstance(targets, list) and len(targets) == 1:
@@ -445,6 +503,111 @@ class PRMTrainer(Trainer):
             totals = json.loads(path.read_text(encoding="utf-8"))
             self._prm_counts = torch.tensor([int(totals.get(name, 0)) for name in COUNTERS], dtype=torch.long)
 
+    # ---- model card and Hub ----------------------------------------------------------------------------
+
+    def model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        license: str | None = None,
+        finetuned_from: str | None = None,
+    ) -> Any:
+        """This run's `ModelCard`: base model, training data with its `selection.json`, the step format,
+        the hyperparameters read from `self.args`, and the held-out evaluation when there was one."""
+        from mprm_hf.hub import portable_path, render_model_card
+        from mprm_hf.selection.provenance import read_selection
+
+        dataset = dataset_name or self.dataset_name
+        selection = read_selection(dataset)
+        extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
+        base_model = finetuned_from or self.base_model or "unknown"
+        return render_model_card(
+            model_name=model_name or self._card_model_name(),
+            base_model=portable_path(base_model),
+            datasets=portable_path(dataset) if dataset else "unknown",
+            selector=str(selection["selector"]),
+            selector_params=selection["selector_params"],
+            hyperparameters=card_hyperparameters(self),
+            step_format=self.args.step_format,
+            command=self.card_command,
+            evaluation=held_out_evaluation(self.state.log_history),
+            evaluation_dataset=f"{portable_path(dataset) if dataset else 'the training data'} (held-out split)",
+            evaluation_split="eval",
+            license=license,
+            tags=[*self._tag_names, *extra_tags],
+            repo_id=self.args.hub_model_id,
+        )
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        dataset_name: str | None = None,
+        output_dir: str | None = None,
+    ) -> Path | None:
+        """Write the card as README.md in `output_dir` (default `args.output_dir`), keeping the benchmark
+        results an earlier `mprm-hf evaluate --update-card` added. Called on every save and by `push_to_hub`."""
+        if not self.is_world_process_zero():
+            return None
+        from mprm_hf.hub import carry_evaluations, ensure_no_secrets
+
+        if dataset_name is None and isinstance(dataset, str):
+            dataset_name = dataset
+        folder = Path(output_dir or self.args.output_dir)
+        card = self.model_card(model_name, dataset_name, tags, license, finetuned_from)
+        card = carry_evaluations(card, folder / "README.md")
+        text = str(card)
+        ensure_no_secrets(text, where=str(folder / "README.md"))
+        folder.mkdir(parents=True, exist_ok=True)
+        return write_text_atomic(folder / "README.md", text)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Every save (final, checkpoint, before a push) writes the model card beside the weights."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            self.create_model_card(output_dir=output_dir or self.args.output_dir)
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Create the Hub repository, or fail in one `MPRMError` line (offline, logged out, unreachable)."""
+        from mprm_hf.hub import ensure_hub_access, scrubbed_line
+
+        target = self.args.hub_model_id or Path(self.args.output_dir).name
+        ensure_hub_access(target, token=token or self.args.hub_token)
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except Exception as error:  # noqa: BLE001 - HTTP errors become one line, the token scrubbed
+            raise MPRMError(f"cannot create the Hub repository {target}: {scrubbed_line(error)}") from None
+
+    def push_to_hub(
+        self, commit_message: str | None = "End of training", blocking: bool = True, **kwargs: Any
+    ):
+        """`Trainer.push_to_hub` (weights, processor and card from `output_dir`, checkpoints left out),
+        checked first so that an offline or logged-out push fails in one line before anything is saved."""
+        from mprm_hf.hub import ensure_hub_access, scrubbed_line
+
+        if self.is_world_process_zero():
+            target = self.args.hub_model_id or Path(self.args.output_dir).name
+            ensure_hub_access(target, token=kwargs.get("token") or self.args.hub_token)
+        try:
+            return super().push_to_hub(commit_message=commit_message, blocking=blocking, **kwargs)
+        except MPRMError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            raise MPRMError(f"push of {self.args.output_dir} failed: {scrubbed_line(error)}") from None
+
+    def _card_model_name(self) -> str:
+        if self.args.hub_model_id:
+            return self.args.hub_model_id.split("/")[-1]
+        return Path(self.args.output_dir).resolve().name
+
     # ---- reporting --------------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -488,11 +651,16 @@ class RolloutLength:
             lengths.append(count + 4 * len(steps) + self._image_tokens(images or []))
         return {"length": lengths}
 
-    def _image_tokens(self, paths: list[str]) -> int:
-        if not paths or not hasattr(self.processor, "_get_num_multimodal_tokens"):
+    def _image_tokens(self, images: list[Any]) -> int:
+        """Image placeholder tokens of a rollout's images: paths (read from the header) or decoded images
+        (a subset published with its images embedded)."""
+        if not images or not hasattr(self.processor, "_get_num_multimodal_tokens"):
             return 0
         sizes = []
-        for path in paths:
+        for path in images:
+            if isinstance(path, Image.Image):
+                sizes.append((path.height, path.width))
+                continue
             try:
                 with Image.open(path) as image:
                     sizes.append((image.height, image.width))

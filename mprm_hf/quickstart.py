@@ -81,9 +81,9 @@ def format_table(summary: list[dict[str, Any]], reference: dict[str, float]) -> 
 
 
 def stage_best(config: SweepConfig, summary: list[dict[str, Any]]) -> tuple[Path, Path]:
-    """Stage the better of the two 10% subsets (by calibrated F1) and its checkpoint as Hub folders."""
+    """Stage the better of the two 10% subsets (by calibrated F1) as a Hub folder; its trained model folder
+    already holds its card and is pushed as it is."""
     from mprm_hf.selection.cli import main as select_main
-    from mprm_hf.train import parse_args, stage_model
 
     best = max((e for e in summary if e["selector"] != FULL), key=lambda e: e["overall_calibrated"][0])
     world = Path(config.output_dir) / "default"
@@ -94,11 +94,9 @@ def stage_best(config: SweepConfig, summary: list[dict[str, Any]]) -> tuple[Path
         *params, "--format", "arrow", "--output", str(subset), "--dry-run", "--quiet",
     ]  # fmt: skip
     select_main(select_argv)
-    model = trained_model(config.output_dir, best["selector"], config.seeds[0])
-    train_argv = [config.train_recipe, "--dataset_name", str(subset), "--output_dir", str(model)]
-    script_args, training_args = parse_args(train_argv)
-    staged = stage_model(script_args, training_args, ["train", *train_argv], {})
-    return subset.with_name(subset.name + ".hub"), staged
+    return subset.with_name(subset.name + ".hub"), trained_model(
+        config.output_dir, best["selector"], config.seeds[0]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,10 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     subset_hub, model_hub = stage_best(config, summary)
     print("\n" + format_table(summary, references["default"]) + "\n")
     print(claim_sentence(summary))
-    print(
-        f"\nplot: {plot}\nstaged for the Hub: {subset_hub} (subset + card), {model_hub} (checkpoint + card);"
-    )
-    print(f"push them with: mprm-hf push {subset_hub} --repo-id OWNER/NAME")
+    print(f"\nplot: {plot}\nready for the Hub: {subset_hub} (subset + card), {model_hub} (model + card);")
+    print(f"push them with: mprm-hf push {subset_hub} --repo-id OWNER/NAME (and the same for the model)")
     print(
         f"open the Space on a trained PRM: mprm-hf demo --model {trained_model(args.output_dir, seed=args.seed)}"
     )

@@ -1,6 +1,6 @@
 """Score reasoning steps with a process reward model: one forward pass per trace reads every step's reward.
 
-A step's reward is the softmax over the two reward-token logits at its position (SPEC 4), taken for the
+A step's reward is the softmax over the two reward-token logits at its position (docs/definitions.md#model-and-training), taken for the
 positive token, so it lies in (0, 1). Inputs are built by `mprm_hf.step_format.encode_traces`, the
 function training uses, so a checkpoint is scored on exactly the layout it was trained on.
 

@@ -1,7 +1,7 @@
 """The one input builder of training and scoring: how a reasoning trace becomes model inputs, and where
 each step's reward is read.
 
-Two formats (SPEC 4):
+Two formats (docs/definitions.md#model-and-training):
 
 * ``prm-token`` (the reference's): one user turn
   ``Question: {q}\\nProcess: {s1}<prm>\\n\\n{s2}<prm>...{sn}<prm>``, closed by the chat template (no

@@ -176,8 +176,8 @@ def write_world(folder: Path, config: SweepConfig, noise: dict[str, Any]) -> Non
 def save_subset(
     corpus: Path, method: str, fraction: float | None, params: dict[str, Any], seed: int, out: Path
 ) -> tuple[int, int]:
-    """Select from the corpus into stepwise records (an Arrow folder) with the selection sidecar the model
-    card reads; return the numbers of rollouts and labelled steps kept."""
+    """Select from the corpus into stepwise records (an Arrow folder, with the selection.json the model card
+    reads); return the numbers of rollouts and labelled steps kept."""
     from mprm_hf.selection.subset import build_subset
 
     budget = {} if method == FULL else {"top_ratio": fraction}
@@ -185,8 +185,6 @@ def save_subset(
     result = build_subset(
         corpus, out, method=method, fmt="arrow", progress=False, **budget, **seeded, **params
     )
-    sidecar = {"selector": method, "selector_params": {**params, **budget, **seeded}}
-    write_text_atomic(out / "selection.json", json.dumps(sidecar, indent=2) + "\n")
     steps = result.scores.column("n_steps")[result.selection.rows[result.written_rows.written]]
     return result.n_written, int(steps.sum())
 

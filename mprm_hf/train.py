@@ -9,9 +9,10 @@ A recipe is a YAML mapping of `ScriptArguments` and `PRMConfig` fields; command-
 (TRL's `TrlParser`). Without a model or dataset, the embedded default (synthetic corpus, BIS-10% subset, tiny
 Qwen2-VL) is built under `embedded_root` and used, so a recipe runs offline on a CPU.
 
-Publishing: with `push_to_hub`, the final model is staged in `<output_dir>/hub` with a model card
-(`mprm_hf.hub.render_model_card`) and pushed there from. When the Hub is offline (HF_HUB_OFFLINE=1) the
-folder is staged, the command says so and exits 0: push it later with `mprm-hf push <output_dir>/hub`.
+Publishing: every save writes the model card (README.md) beside the weights (`PRMTrainer.create_model_card`).
+With `push_to_hub`, the Trainer pushes `output_dir` (checkpoints left out) the Trainer way; when the Hub is
+offline or you are logged out, that is one line before anything is loaded. Push a finished folder later with
+`mprm-hf push <output_dir> --repo-id OWNER/NAME`.
 """
 
 from __future__ import annotations
@@ -20,47 +21,17 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from mprm_hf.errors import MPRMError
 from mprm_hf.prm_config import PRMConfig
 
 logger = logging.getLogger(__name__)
-
-HUB_STAGE_DIR = "hub"
-SELECTION_SIDECAR = "selection.json"
-UNKNOWN_SELECTOR = "unknown (not recorded with the dataset)"
-# Hyperparameters that go into the model card (the rest of PRMConfig is in training_args.bin).
-CARD_HYPERPARAMETERS = (
-    "learning_rate",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "weight_decay",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "max_length",
-    "label_mode",
-    "label_threshold",
-    "truncation",
-    "freeze_vision_tower",
-    "train_sampling_strategy",
-    "bf16",
-    "activation_checkpointing",
-    "use_peft",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "seed",
-)
 
 
 @dataclass
@@ -74,7 +45,7 @@ class ScriptArguments:
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Stepwise training subset (SPEC 2.4): a folder written by `mprm-hf select`, a jsonl/parquet "
+            "help": "Stepwise training subset (docs/definitions.md#stepwise-records): a folder written by `mprm-hf select`, a jsonl/parquet "
             "file, or a Hub dataset id. None: the embedded BIS-10% subset of the synthetic corpus."
         },
     )
@@ -160,43 +131,6 @@ def finished(checkpoint: str, training_args: PRMConfig) -> bool:
     return same_plan and bool(state.get("max_steps")) and step >= state["max_steps"]
 
 
-def read_selection_info(dataset: str) -> tuple[str, dict[str, Any]]:
-    """The selector and its parameters that made the training subset, for the model card.
-
-    Read from a `selection.json` sidecar ({"selector", "selector_params"}) beside the data, else from the
-    dataset card `mprm-hf select` writes (README.md in the folder, or in its `<folder>.hub` staging folder).
-    """
-    path = Path(dataset)
-    folder = path if path.is_dir() else path.parent
-    sidecar = folder / SELECTION_SIDECAR
-    if sidecar.is_file():
-        try:
-            info = json.loads(sidecar.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise MPRMError(f"{sidecar}:{error.lineno}: not valid JSON ({error.msg})") from None
-        return str(info.get("selector", UNKNOWN_SELECTOR)), dict(info.get("selector_params") or {})
-    for card in (folder / "README.md", path.with_name(path.name + ".hub") / "README.md"):
-        if card.is_file():
-            found = selection_from_card(card.read_text(encoding="utf-8"))
-            if found is not None:
-                return found
-    return UNKNOWN_SELECTOR, {}
-
-
-def selection_from_card(text: str) -> tuple[str, dict[str, Any]] | None:
-    """Selector and parameters from the table of a dataset card rendered from mprm_hf/hub_cards/dataset_card.md."""
-    selector = re.search(r"^\| Selector \| `([^`]*)` \|$", text, flags=re.MULTILINE)
-    if selector is None:
-        return None
-    params = {}
-    for line in text[selector.end() :].lstrip("\n").splitlines():
-        row = re.fullmatch(r"\| `([^`]*)` \| `([^`]*)` \|", line)
-        if row is None:
-            break
-        params[row.group(1)] = yaml.safe_load(row.group(2))
-    return selector.group(1), params
-
-
 def load_datasets(script_args: ScriptArguments, training_args: PRMConfig) -> tuple[Any, Any]:
     from mprm_hf.data.stepwise import load_stepwise
 
@@ -216,88 +150,6 @@ def load_datasets(script_args: ScriptArguments, training_args: PRMConfig) -> tup
     return train, evaluation
 
 
-def card_evaluation(metrics: dict[str, float]) -> dict[str, Any] | None:
-    """The trainer's held-out step metrics in the card's evaluation shape (one pooled source)."""
-    if "eval_macro_f1" not in metrics:
-        return None
-    auc = metrics.get("eval_auc")
-    return {
-        "overall": metrics["eval_macro_f1"],
-        "macro_f1_pooled": metrics["eval_macro_f1"],
-        "f1_positive": metrics["eval_f1_pos"],
-        "f1_negative": metrics["eval_f1_neg"],
-        "auc": None if auc is None or math.isnan(auc) else auc,
-    }
-
-
-def stage_model(
-    script_args: ScriptArguments,
-    training_args: PRMConfig,
-    argv: list[str],
-    metrics: dict[str, float],
-) -> Path:
-    """Stage the final model with its card in <output_dir>/hub (what `push_to_hub` uploads)."""
-    from mprm_hf.hub import render_model_card, stage_folder
-
-    output_dir = Path(training_args.output_dir)
-    selector, selector_params = read_selection_info(script_args.dataset_name)
-    hyperparameters = {name: getattr(training_args, name) for name in CARD_HYPERPARAMETERS}
-    hyperparameters["global_batch_size"] = (
-        training_args.per_device_train_batch_size
-        * training_args.gradient_accumulation_steps
-        * training_args.world_size
-    )
-    repo_id = training_args.hub_model_id
-    card = render_model_card(
-        model_name=script_args.model_name or repo_id or output_dir.name,
-        base_model=script_args.model_name_or_path,
-        datasets=script_args.dataset_name,
-        selector=selector,
-        selector_params=selector_params,
-        hyperparameters=hyperparameters,
-        step_format=training_args.step_format,
-        command=["mprm-hf", "train", *argv],
-        evaluation=card_evaluation(metrics),
-        evaluation_dataset=script_args.eval_dataset_name or f"{script_args.dataset_name} (held-out split)",
-        evaluation_split=script_args.eval_dataset_split if script_args.eval_dataset_name else "eval",
-        license=script_args.license,
-        tags=["prm", *script_args.tags],
-        repo_id=repo_id,
-    )
-    files = {
-        path.name: path
-        for path in sorted(output_dir.iterdir())
-        if path.is_file() and path.name not in {"README.md"} and not path.name.startswith(".")
-    }
-    return stage_folder(output_dir / HUB_STAGE_DIR, card, files=files)
-
-
-def stage_and_push(
-    script_args: ScriptArguments,
-    training_args: PRMConfig,
-    argv: list[str],
-    metrics: dict[str, float],
-) -> Path:
-    """Stage the final model with its card in <output_dir>/hub; push it unless the Hub is offline."""
-    import huggingface_hub
-
-    from mprm_hf.hub import push_folder
-
-    staged = stage_model(script_args, training_args, argv, metrics)
-    repo_id = training_args.hub_model_id
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        print(
-            f"Staged {staged} (model + card). The Hub is offline (HF_HUB_OFFLINE=1), so nothing was pushed; "
-            f"push it later with: mprm-hf push {staged} --repo-id {repo_id or 'OWNER/NAME'}"
-        )
-        return staged
-    if not repo_id:
-        raise MPRMError(f"push_to_hub needs hub_model_id (owner/name); the model is staged in {staged}")
-    url = push_folder(staged, repo_id, repo_type="model", private=bool(training_args.hub_private_repo))
-    print(f"Pushed {staged} to {repo_id}: {url}")
-    return staged
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     script_args, training_args = parse_args(argv)
@@ -311,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         script_args.model_name_or_path = script_args.model_name_or_path or str(paths["model"])
         script_args.dataset_name = script_args.dataset_name or str(paths["train"])
 
-    # Before any data or model is loaded: a missing checkpoint fails at once, a finished run does nothing.
+    # Before any data or model is loaded: a missing checkpoint fails at once, a finished run does nothing,
+    # and a push that cannot happen (offline, logged out) is one line now, not after training.
+    if training_args.push_to_hub:
+        from mprm_hf.hub import ensure_hub_access
+
+        ensure_hub_access(
+            training_args.hub_model_id or Path(training_args.output_dir).name, token=training_args.hub_token
+        )
     resume = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     if resume is not None and finished(resume, training_args):
         print(f"{resume}: this run already reached its last step; nothing to train (pass a new output_dir)")
@@ -325,16 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     if script_args.attn_implementation:
         model.set_attn_implementation(script_args.attn_implementation)
 
-    # The Trainer's own push creates the repository when it starts, which fails offline before any training;
-    # we stage and push the finished model ourselves (see stage_and_push).
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     trainer = PRMTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processor,
+        dataset_name=script_args.dataset_name,
     )
+    trainer.card_command = ["mprm-hf", "train", *argv]
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     metrics = dict(train_result.metrics)
@@ -344,11 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
     trainer.save_state()
-
-    if push_to_hub and trainer.is_world_process_zero():
-        stage_and_push(script_args, training_args, argv, metrics)
+    card = {"model_name": script_args.model_name, "license": script_args.license, "tags": script_args.tags}
+    trainer.create_model_card(**card)  # with the final evaluation, the card's name, license and tags
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+        print(f"Pushed {training_args.output_dir} to the Hub ({trainer.hub_model_id})")
     return 0
 
 

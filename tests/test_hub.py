@@ -233,8 +233,10 @@ class _FakeHubHandler(BaseHTTPRequestHandler):
         elif parts == ["api", "repos", "create"]:
             request = json.loads(body)
             repo = f"{request['organization']}/{request['name']}"
-            self.server.repos.add(f"{request.get('type', 'model')}:{repo}")
-            self._reply(200, {"url": f"{self.server.endpoint}/datasets/{repo}", "name": repo})
+            kind = request.get("type") or "model"
+            self.server.repos.add(f"{kind}:{repo}")
+            prefix = {"dataset": "datasets/", "space": "spaces/"}.get(kind, "")
+            self._reply(200, {"url": f"{self.server.endpoint}/{prefix}{repo}", "name": repo})
         elif len(parts) == 6 and parts[4] == "preupload":
             files = json.loads(body)["files"]
             modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
@@ -313,8 +315,13 @@ def test_unreachable_hub_or_bad_token_creates_nothing(fake_hub, staged_subset, m
 
 def test_push_refuses_a_folder_without_a_card_or_with_a_token(fake_hub, tmp_path: Path) -> None:
     (tmp_path / "bare").mkdir()
-    with pytest.raises(MPRMError, match="README.md: no card"):
+    with pytest.raises(MPRMError, match="README.md: no card; stage a subset"):
         hub.main([str(tmp_path / "bare"), "--repo-id", "tester/x", "--repo-type", "model"])
+    (tmp_path / "bare" / "config.json").write_text("{}")  # a model folder from elsewhere: how to get a card
+    with pytest.raises(
+        MPRMError, match="no model card; `mprm-hf train` and `PRMTrainer.save_model` write one"
+    ):
+        hub.main([str(tmp_path / "bare"), "--repo-id", "tester/x"])
     card = hub.render_model_card(**MODEL_INFO)
     leaky = hub.stage_folder(tmp_path / "leaky", card)
     (leaky / "notes.txt").write_text(f"token={FAKE_TOKEN}")  # added after staging, by hand
@@ -360,3 +367,85 @@ def test_the_wheel_ships_the_card_templates(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert str(tmp_path / "site") in result.stdout
+
+
+# -- trained folders and the trainer's own push -----------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_stepwise(synthetic_dir: Path):
+    from mprm_hf.data.stepwise import to_stepwise
+    from mprm_hf.data.visualprm400k import load_visualprm400k
+
+    rollouts, _ = load_visualprm400k(synthetic_dir)
+    return to_stepwise(rollouts)[0].select(range(4))
+
+
+def _config(tmp_path: Path, **overrides):
+    from mprm_hf import PRMConfig
+
+    values = {"output_dir": str(tmp_path / "prm"), "max_steps": 1, "per_device_train_batch_size": 2,
+              "max_length": 384, "use_cpu": True, "report_to": "none", "save_strategy": "no", **overrides}  # fmt: skip
+    return PRMConfig(**values)
+
+
+def test_a_trained_folder_is_pushed_as_it_is_without_its_checkpoints(
+    fake_hub: FakeHub, tiny_model_dir: Path, tiny_stepwise, tmp_path: Path
+) -> None:
+    from mprm_hf import PRMTrainer
+
+    trainer = PRMTrainer(str(tiny_model_dir), _config(tmp_path), train_dataset=tiny_stepwise)
+    trainer.train()
+    trainer.save_model()
+    folder = tmp_path / "prm"
+    (folder / "checkpoint-1").mkdir()
+    (folder / "checkpoint-1" / "model.safetensors").write_bytes(b"old weights")
+    assert hub.main([str(folder), "--repo-id", "tester/prm"]) == 0  # a model: read from the card
+    assert fake_hub.repos == {"model:tester/prm"}
+    assert {"README.md", "model.safetensors", "config.json", "processor_config.json"} <= set(fake_hub.files)
+    assert not any(name.startswith("checkpoint-") for name in fake_hub.files)
+    assert fake_hub.files["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+
+
+def test_trainer_push_to_hub_the_trainer_way(
+    fake_hub: FakeHub, tiny_model_dir: Path, tiny_stepwise, tmp_path: Path
+) -> None:
+    from mprm_hf import PRMTrainer
+
+    args = _config(tmp_path, push_to_hub=True, hub_model_id="tester/prm-pushed")
+    trainer = PRMTrainer(str(tiny_model_dir), args, train_dataset=tiny_stepwise, dataset_name="tester/bis10")
+    assert "model:tester/prm-pushed" in fake_hub.repos  # created when the trainer started, as Trainer does
+    trainer.train()
+    trainer.push_to_hub()
+    card = ModelCard(fake_hub.files["README.md"].decode())
+    assert "prm" in card.data.tags and card.data.datasets == ["tester/bis10"]
+    assert "model.safetensors" in fake_hub.files
+
+
+def test_an_offline_trainer_push_is_one_line_before_training(
+    tiny_model_dir: Path, tiny_stepwise, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mprm_hf import PRMTrainer
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    args = _config(tmp_path, push_to_hub=True, hub_model_id="tester/prm")
+    with pytest.raises(MPRMError, match="cannot push tester/prm: the Hub is offline") as error:
+        PRMTrainer(str(tiny_model_dir), args, train_dataset=tiny_stepwise)
+    assert "\n" not in str(error.value) and not (tmp_path / "prm").exists()
+    trainer = PRMTrainer(str(tiny_model_dir), _config(tmp_path), train_dataset=tiny_stepwise)
+    with pytest.raises(MPRMError, match="the Hub is offline"):
+        trainer.push_to_hub()
+    assert not (tmp_path / "prm" / "model.safetensors").exists()  # refused before anything was saved
+
+
+def test_peft_config_is_accepted_as_trl_does(tiny_model_dir: Path, tiny_stepwise, tmp_path: Path) -> None:
+    from peft import LoraConfig, PeftModel
+
+    from mprm_hf import PRMTrainer
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = PRMTrainer(
+        str(tiny_model_dir), _config(tmp_path), train_dataset=tiny_stepwise, peft_config=lora
+    )
+    assert isinstance(trainer.model, PeftModel)
+    trainable = [name for name, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name or "trainable_tokens" in name for name in trainable)
+    assert trainer.train().training_loss > 0

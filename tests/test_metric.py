@@ -1,4 +1,4 @@
-"""The VisualProcessBench metric against a plain per-step reading of SPEC 5 and against scikit-learn."""
+"""The VisualProcessBench metric against a plain per-step reading of docs/definitions.md#metric and against scikit-learn."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _spec_f1(true_pos: int, false_pos: int, false_neg: int) -> float:
 
 
 def spec_metric(predictions, references, data_sources, threshold: float) -> dict:
-    """SPEC 5 step by step: neutral out, correct iff score >= threshold, per-source macro-F1,
+    """docs/definitions.md#metric step by step: neutral out, correct iff score >= threshold, per-source macro-F1,
     overall weighted by non-neutral steps per source, pooled figures over all steps."""
     counts: dict[str, dict[str, int]] = {}
     for scores, labels, source in zip(predictions, references, data_sources, strict=True):
@@ -113,7 +113,7 @@ def _scored_values(inputs: dict) -> list[float]:
 
 
 def _spec_oracle(inputs: dict) -> tuple[float, float]:
-    """Brute force: SPEC 5 at every distinct score and just above the largest; first maximum wins."""
+    """Brute force: docs/definitions.md#metric at every distinct score and just above the largest; first maximum wins."""
     flat = _scored_values(inputs)
     candidates = [*flat, float(np.nextafter(flat[-1], np.inf))]
     overall = [spec_metric(**inputs, threshold=t)["overall"] for t in candidates]

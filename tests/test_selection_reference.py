@@ -1,6 +1,6 @@
 """`--format reference` writes the same bytes as the reference BIS builder, on corpora built to break it.
 
-The oracle below is a plain per-line implementation of SPEC 3's rules, one record at a time, with
+The oracle below is a plain per-line implementation of the rules of docs/definitions.md#selection, one record at a time, with
 Python's `json`, `float()` and `sum()`: what the reference does. The fast path (orjson, shards, a
 cached score table, vectorised BIS) must agree with it byte for byte."""
 
@@ -25,7 +25,7 @@ RATIOS = [0.001, 0.1, 0.25, 1 / 3, 0.5, 1.0]
 
 # ------------------------------------------------------------------------------------------ oracle
 def oracle_subset(annotations_dir: Path, alpha: float, top_ratio: float) -> bytes:
-    """SPEC 3, line by line, the slow obvious way."""
+    """docs/definitions.md#selection, line by line, the slow obvious way."""
     written: list[str] = []
     for path in sorted(annotations_dir.glob("*.jsonl")):
         with path.open("r", encoding="utf-8") as handle:

@@ -289,6 +289,7 @@ def test_dry_run_stages_card_histogram_and_data(synthetic_dir: Path, tmp_path: P
     metadata = card.data.to_dict()
     assert "bis" in metadata["tags"] and metadata["size_categories"]
     assert "--top-ratio 0.25" in card.text and "selection_histogram.png" in card.text
+    assert json.loads((stage / "selection.json").read_text())["selector_params"]["alpha"] == 0.05
     n_lines = output.read_text().count("\n")
     assert f"wrote {n_lines} rollouts" in out
 
@@ -306,7 +307,7 @@ def test_push_offline_is_one_line_and_keeps_the_folder(
     assert code == 1
     error_lines = [line for line in out.splitlines() if "error:" in line]
     assert len(error_lines) == 1 and "offline" in error_lines[0]
-    assert (stage / "README.md").is_file() and (stage / "data" / "train.parquet").is_file()
+    assert (stage / "README.md").is_file() and (stage / "data" / "train-00000-of-00001.parquet").is_file()
 
 
 @pytest.mark.parametrize(

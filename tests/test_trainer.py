@@ -25,7 +25,7 @@ from mprm_hf.step_format import encode_traces, get_step_format, reward_token_ids
 
 @pytest.fixture(scope="module")
 def stepwise(synthetic_dir: Path):
-    """The synthetic corpus as stepwise records (SPEC 2.4), through the project's own converter."""
+    """The synthetic corpus as stepwise records (docs/definitions.md#stepwise-records), through the project's own converter."""
     from mprm_hf.data.stepwise import to_stepwise
     from mprm_hf.data.visualprm400k import load_visualprm400k
 

@@ -1,11 +1,11 @@
-"""Stepwise training records (SPEC 2.4): rollouts -> TRL "stepwise supervision" plus images and MC scores.
+"""Stepwise training records (docs/definitions.md#stepwise-records): rollouts -> TRL "stepwise supervision" plus images and MC scores.
 
 A record is `{"id", "source", "images", "prompt", "completions", "labels", "mc_scores"}`: the prompt is
 `question_orig` (else `question`), stripped; each completion is a step, stripped; a step's hard label
 is `mc_score > threshold` (threshold 0.0: only steps no MC continuation finished correctly are
 negative) and its soft label is the MC score itself.
 
-Drop rule (SPEC 2.2 asks for one): a rollout is dropped **whole** when it has no image, no steps, or
+Drop rule (docs/definitions.md#step-labels asks for one): a rollout is dropped **whole** when it has no image, no steps, or
 any step with empty text or a missing / non-numeric (or NaN) score. Skipping only the bad step, as the
 reference's converter does, would show the model a trace with a hole in it and a label vector that no
 longer lines up with the response it was annotated on; the reference's BIS script drops the whole
@@ -52,7 +52,7 @@ NO_STEPS = "no steps"
 EMPTY_STEP_TEXT = "empty step text"
 BAD_SCORE = "missing or non-numeric score"
 
-# The reference's one-turn PRM format (SPEC 3): "Question: {q}\nProcess: s1<prm>\n\ns2<prm>".
+# The reference's one-turn PRM format (docs/definitions.md#selection): "Question: {q}\nProcess: s1<prm>\n\ns2<prm>".
 REFERENCE_STEP_MARKER = "<prm>"
 REFERENCE_STEP_JOIN = "\n\n"
 
@@ -67,7 +67,7 @@ class ConversionReport(LoadReport):
 
 
 def prompt_of(record: dict[str, Any]) -> str:
-    """SPEC 2.2: `question_orig`, else `question`, stripped."""
+    """docs/definitions.md#step-labels: `question_orig`, else `question`, stripped."""
     return (record.get("question_orig") or record.get("question") or "").strip()
 
 
@@ -204,7 +204,7 @@ def reference_image_value(images: Sequence[str]) -> str | list[str]:
 def to_reference_conversation(
     question: str, steps: Sequence[str], labels: Sequence[float], *, image: str | list[str]
 ) -> dict[str, Any]:
-    """The reference's training record (SPEC 3), which the parity mode must reproduce byte for byte:
+    """The reference's training record (docs/definitions.md#selection), which the parity mode must reproduce byte for byte:
 
     `{"image": img, "conversations": [{"from": "human", "value": "Question: {q}\\nProcess: s1<prm>\\n\\ns2<prm>"},
     {"from": "gpt", "value": [1.0, 0.0, ...]}]}`; question and steps are stripped, as the reference does.

@@ -1,4 +1,4 @@
-"""Load VisualPRM400K-v1.1-Raw (SPEC 2.1) into a typed `datasets.Dataset`, reporting every defect.
+"""Load VisualPRM400K-v1.1-Raw (docs/definitions.md#corpus-records) into a typed `datasets.Dataset`, reporting every defect.
 
 The corpus is 38 jsonl files, one per source (the file stem; records carry no source field), 565,149
 rollouts in all. Lines are parsed with orjson and written to Arrow by a datasets builder cached under

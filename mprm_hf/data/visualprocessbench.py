@@ -1,4 +1,4 @@
-"""Load VisualProcessBench (SPEC 2.3): 2,866 human-labelled traces, labels 1 / 0 / -1 per step.
+"""Load VisualProcessBench (docs/definitions.md#benchmark-records): 2,866 human-labelled traces, labels 1 / 0 / -1 per step.
 
 Local folder (`test.jsonl` + images) or Hub id (`OpenGVLab/VisualProcessBench`, which ships the images
 as `images.zip`, unpacked once into the cache). Image paths become absolute paths under the benchmark

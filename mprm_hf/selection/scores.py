@@ -1,4 +1,4 @@
-"""Per-rollout scores and the budget rule (SPEC 3): each defined once, in float64, and used by every
+"""Per-rollout scores and the budget rule (docs/definitions.md#selection): each defined once, in float64, and used by every
 selector, every output format and the `Dataset` API.
 
 For one rollout with numeric MC scores s_1..s_n (a missing or non-numeric score is skipped, as the

@@ -1,5 +1,5 @@
 """Selectors: which rollouts to train on, each a small function of the score table at one budget rule
-(SPEC 3 and its baselines).
+(docs/definitions.md#selection and its baselines).
 
 A selector gives every rollout a *priority* (higher is kept first) and may declare some rollouts
 ineligible; the budget is then applied the same way for all of them (`scores.top_k`,

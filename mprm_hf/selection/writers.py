@@ -1,8 +1,8 @@
 """Writers: only the kept rollouts are read again (by byte span) and converted, into the reference's PRM
 jsonl (byte for byte what `build_bis_subset.py` writes), stepwise records as jsonl, parquet or an Arrow
-folder (SPEC 2.4), every one written atomically: a unique temporary beside the target, then a rename.
+folder (docs/definitions.md#stepwise-records), every one written atomically: a unique temporary beside the target, then a rename.
 
-One conversion rule serves every format (`Rollout`, SPEC 3): a kept rollout is dropped, not replaced,
+One conversion rule serves every format (`Rollout`, docs/definitions.md#selection): a kept rollout is dropped, not replaced,
 when its image is empty, it has no steps, or a step has empty text or a non-numeric score; the question
 is `question_orig`, else `question`, else `""`, passed through `str()` and stripped. Stepwise formats
 also drop (and count) a rollout with a non-finite score, which the reference keeps but no soft label can
@@ -216,7 +216,7 @@ def image_paths(rollout: Rollout, image_root: str) -> list[str]:
 
 
 def stepwise_record(rollout: Rollout, *, id: str, source: str, image_root: str, threshold: float) -> dict:
-    """SPEC 2.4: {id, source, images, prompt, completions, labels, mc_scores}; a step is positive iff
+    """docs/definitions.md#stepwise-records: {id, source, images, prompt, completions, labels, mc_scores}; a step is positive iff
     its MC score > threshold."""
     return {
         "id": id,

@@ -22,7 +22,7 @@ _CITATION = """\
 @article{li2026bis,
   title   = {Training Data Efficiency in Multimodal Process Reward Models},
   author  = {Li, Jinyuan and others},
-  journal = {arXiv preprint arXiv:2602.11111},
+  journal = {arXiv preprint arXiv:2602.04145},
   year    = {2026}
 }
 """
@@ -263,7 +263,7 @@ def _check_threshold(threshold: float) -> float:
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class VisualProcessBench(evaluate.Metric):
-    """Per-source and overall step F1 on VisualProcessBench (SPEC: neutral steps out, score >= threshold)."""
+    """Per-source and overall step F1 on VisualProcessBench (docs/definitions.md#metric: neutral steps out, score >= threshold)."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
@@ -279,7 +279,7 @@ class VisualProcessBench(evaluate.Metric):
                 }
             ),
             homepage="https://huggingface.co/datasets/OpenGVLab/VisualProcessBench",
-            reference_urls=["https://arxiv.org/abs/2503.10291", "https://arxiv.org/abs/2602.11111"],
+            reference_urls=["https://arxiv.org/abs/2503.10291", "https://arxiv.org/abs/2602.04145"],
         )
 
     def _compute(self, predictions, references, data_sources, threshold: float = 0.5) -> dict:
