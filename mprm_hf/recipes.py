@@ -68,6 +68,11 @@ def _escape_percent(text: str) -> str:
     return re.sub(r"%%|%\(|%", lambda match: match.group() if len(match.group()) == 2 else "%%", text)
 
 
+def _another_recipe(text: str) -> NoReturn:
+    """The type of `--config` once TrlParser has taken the first: a second recipe is refused."""
+    raise argparse.ArgumentTypeError(f"one recipe at a time ({text} is a second one)")
+
+
 def _yaml_mapping(text: str) -> dict[str, Any]:
     """A mapping field given on the command line, in YAML or JSON: `--noise '{pseudo_positive: 0.3}'`."""
     try:
@@ -99,6 +104,7 @@ class RecipeParser(TrlParser):
         recipe = self.add_argument(
             "--config",
             metavar=RECIPE_METAVAR,
+            type=_another_recipe,
             default=argparse.SUPPRESS,
             help=f"YAML recipe: a mapping of the options below (name: value, the name as in --name_with_underscores); "
             f"a flag given here overrides it. It may also come first: {prog} {RECIPE_METAVAR} [--option value ...]",

@@ -142,9 +142,11 @@ def test_missing_recipe_is_one_line(command: str, tmp_path: Path, capsys) -> Non
          "give either --top-ratio or --budget, not both"),
         (["select", "--annotations", "a", "--output", "o", "--bogus", "3"], "unrecognized arguments: --bogus 3"),
         (["sweep", "--seeds", "0"], "a sweep needs its recipe: --config RECIPE.yaml"),
+        (["sweep", str(SWEEP_RECIPE), "--config", "x.yaml"], "argument --config: one recipe at a time"),
         (["sweep", str(SWEEP_RECIPE), "--selectors", "nope"], "--selectors: nope not in the recipe"),
     ],
-    ids=["required", "threshold-calibration", "ratio-budget", "unknown-flag", "sweep-recipe", "sweep-selectors"],
+    ids=["required", "threshold-calibration", "ratio-budget", "unknown-flag", "sweep-recipe", "two-recipes",
+         "sweep-selectors"],
 )  # fmt: skip
 def test_bad_flags_are_one_line(argv: list[str], message: str, capsys) -> None:
     assert cli_main(argv) == 1
