@@ -2,10 +2,11 @@
 `mprm-hf COMMAND --config RECIPE.yaml [--field value ...]`, or `mprm-hf COMMAND RECIPE.yaml ...`.
 
 A recipe is a YAML mapping of the command's dataclass fields; flags override it. Parsing is TRL's
-`TrlParser` (transformers' `HfArgumentParser`: a field `top_ratio` is `--top_ratio` and `--top-ratio`),
-with what a user of the command line needs on top of it: one-line errors that name the recipe file and the
-line of the key at fault, a `--help` that shows the recipe argument, and the recipe's values checked
-against the fields' types, since YAML values reach the dataclasses without argparse's conversion.
+`TrlParser` (an `HfArgumentParser`, as in transformers: a field `top_ratio` is `--top_ratio` and
+`--top-ratio`), with what a user of the command line needs on top of it: one-line errors that name the
+recipe file and the line of the key at fault, a `--help` that shows the recipe argument, and the recipe's
+values checked against the fields' types, since YAML values reach the dataclasses without argparse's
+conversion.
 """
 
 from __future__ import annotations
@@ -106,8 +107,9 @@ class RecipeParser(TrlParser):
             metavar=RECIPE_METAVAR,
             type=_another_recipe,
             default=argparse.SUPPRESS,
-            help=f"YAML recipe: a mapping of the options below (name: value, the name as in --name_with_underscores); "
-            f"a flag given here overrides it. It may also come first: {prog} {RECIPE_METAVAR} [--option value ...]",
+            help="YAML recipe: a mapping of the options below (name: value, the name as in "
+            "--name_with_underscores); a flag given here overrides it. It may also come first: "
+            f"{prog} {RECIPE_METAVAR} [--option value ...]",
         )
         for listing in (self._actions, self._optionals._group_actions):  # listed first, after --help
             listing.insert(1, listing.pop(listing.index(recipe)))
