@@ -31,13 +31,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
-    return f"usage: mprm-hf <command> [options]\n\ncommands:\n{rows}\n\nRun `mprm-hf <command> --help` for its options."
+    return (
+        f"usage: mprm-hf [--version] <command> [options]\n\ncommands:\n{rows}\n\n"
+        "Run `mprm-hf <command> --help` for its options; select, train, evaluate and sweep also read them "
+        "from a YAML recipe (`--config RECIPE.yaml`, see recipes/)."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help"}:
         print(usage())
+        return 0
+    if argv[0] in {"-V", "--version"}:
+        from mprm_hf import __version__
+
+        print(f"mprm-hf {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

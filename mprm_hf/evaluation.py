@@ -10,7 +10,7 @@ scores (`--calibration`); the test-set oracle is reported only as `oracle_thresh
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import os
@@ -271,54 +271,76 @@ def plot_threshold_curve(
 # ---------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mprm-hf evaluate",
-        description="Score a process reward model on VisualProcessBench (resumable; shards under accelerate launch).",
+@dataclasses.dataclass(kw_only=True)
+class EvaluateArguments:
+    """The options of `mprm-hf evaluate` (flags, or the keys of a recipe: recipes/evaluate/)."""
+
+    model: str = dataclasses.field(metadata={"help": "checkpoint folder or Hub id", "metavar": "PATH"})
+    adapter: str | None = dataclasses.field(
+        default=None, metadata={"help": "a LoRA adapter folder applied on top of --model", "metavar": "PATH"}
     )
-    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
-    parser.add_argument("--adapter", default=None, help="a LoRA adapter folder applied on top of --model")
-    parser.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help="VisualProcessBench folder or Hub id")
-    parser.add_argument("--split", default="test", help="benchmark split (its <split>.jsonl)")
-    parser.add_argument(
-        "--out", required=True, type=Path, help="output folder (scores.jsonl, metrics.json, plot)"
+    benchmark: str = dataclasses.field(
+        default=DEFAULT_BENCHMARK, metadata={"help": "VisualProcessBench folder or Hub id", "metavar": "PATH"}
     )
-    choice = parser.add_mutually_exclusive_group()
-    choice.add_argument("--threshold", type=float, default=None, help="fixed threshold (default 0.5)")
-    choice.add_argument(
-        "--calibration",
-        type=Path,
+    split: str = dataclasses.field(default="test", metadata={"help": "benchmark split (its <split>.jsonl)"})
+    out: Path = dataclasses.field(
+        metadata={"help": "output folder (scores.jsonl, metrics.json, plot)", "metavar": "PATH"}
+    )
+    threshold: float | None = dataclasses.field(
+        default=None, metadata={"help": "fixed threshold (default 0.5); not with --calibration"}
+    )
+    calibration: Path | None = dataclasses.field(
         default=None,
-        help="a scores.jsonl of a separate split; the threshold is chosen on it",
+        metadata={
+            "help": "a scores.jsonl of a separate split; the threshold is chosen on it (not with --threshold)",
+            "metavar": "PATH",
+        },
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="traces per forward pass")
-    parser.add_argument(
-        "--step-format",
+    batch_size: int = dataclasses.field(default=8, metadata={"help": "traces per forward pass"})
+    step_format: str | None = dataclasses.field(
         default=None,
-        choices=["prm-token", "visualprm"],
-        help="how a trace is laid out (default: the one the model was trained with, else prm-token)",
+        metadata={
+            "help": "how a trace is laid out (default: the one the model was trained with, else prm-token)",
+            "choices": ["prm-token", "visualprm"],
+        },
     )
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N traces")
-    parser.add_argument(
-        "--dtype", default=None, help="model dtype, e.g. bfloat16 (default: the checkpoint's)"
+    limit: int | None = dataclasses.field(
+        default=None, metadata={"help": "score only the first N traces", "metavar": "N"}
     )
-    parser.add_argument(
-        "--max-length",
-        type=int,
+    dtype: str | None = dataclasses.field(
+        default=None, metadata={"help": "model dtype, e.g. bfloat16 (default: the checkpoint's)"}
+    )
+    max_length: int | None = dataclasses.field(
         default=None,
-        help="tokens per trace; a longer trace is scored up to its last whole step that fits "
-        "(default: the model's context)",
+        metadata={
+            "help": "tokens per trace; a longer trace is scored up to its last whole step that fits "
+            "(default: the model's context)"
+        },
     )
-    parser.add_argument(
-        "--allow-outside-images",
-        action="store_true",
-        help="read image paths that leave the benchmark folder (../, absolute); default: skip those records",
+    allow_outside_images: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "read image paths that leave the benchmark folder (../, absolute); default: skip those records"
+        },
     )
-    return parser
+    update_card: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "add the results to the model folder's README.md card as model-index, with the calibrated "
+            "threshold as prm_threshold"
+        },
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def parse_args(argv: Sequence[str]) -> EvaluateArguments:
+    """The options from a recipe and flags, checked before hours of scoring rather than after."""
+    from mprm_hf.recipes import parse_recipe
+
+    (args,) = parse_recipe(
+        (EvaluateArguments,), argv, prog="mprm-hf evaluate", description=__doc__.splitlines()[0]
+    )
+    if args.threshold is not None and args.calibration is not None:
+        raise MPRMError("give either --threshold or --calibration, not both")
     if args.batch_size < 1:
         raise MPRMError(f"--batch-size must be >= 1 (got {args.batch_size})")
     if args.max_length is not None and args.max_length < 16:
@@ -327,9 +349,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise MPRMError(f"--limit must be >= 1 (got {args.limit})")
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise MPRMError(f"--threshold must be a finite number (got {args.threshold})")
+    if args.update_card and not Path(args.model).is_dir():
+        raise MPRMError("--update-card needs a local model folder")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.calibration is not None:
         read_scores(args.calibration)  # fail before hours of scoring, not after
-    evaluate_benchmark(args)
+    report = evaluate_benchmark(args)
+    if args.update_card and report is not None:  # the main process, once the metrics are written
+        from mprm_hf.hub import update_model_card
+
+        card = update_model_card(
+            args.model, report, dataset=args.benchmark, split=args.split, threshold=report["threshold"]
+        )
+        print(f"added the results to {card}")
     return 0
 
 
@@ -395,7 +431,7 @@ def _trained_step_format(model: str) -> str:
     return getattr(config, CONFIG_KEY, None) or DEFAULT_STEP_FORMAT
 
 
-def evaluate_benchmark(args: argparse.Namespace) -> dict[str, Any] | None:
+def evaluate_benchmark(args: EvaluateArguments) -> dict[str, Any] | None:
     """Score what is not yet scored, then (main process) gather and report. Returns the metrics there."""
     from mprm_hf.data.visualprocessbench import load_visualprocessbench
 
@@ -488,7 +524,7 @@ def _check_images(traces) -> None:
                 raise MPRMError(f"trace {row['id']}: image file not found: {path}")
 
 
-def _score_into(traces, args: argparse.Namespace, target: Path, *, device: Any, show_progress: bool) -> None:
+def _score_into(traces, args: EvaluateArguments, target: Path, *, device: Any, show_progress: bool) -> None:
     """Score `traces` batch by batch, appending each batch's lines to `target` as soon as it is done.
     Longest traces first, so a batch holds traces of similar length (little padding) and memory
     problems show up at once rather than at the end."""
@@ -515,9 +551,7 @@ def _score_into(traces, args: argparse.Namespace, target: Path, *, device: Any, 
             progress.update(len(batch))
 
 
-def _score_batch(
-    model: Any, processor: Any, batch: list, args: argparse.Namespace
-) -> list[tuple[dict, list]]:
+def _score_batch(model: Any, processor: Any, batch: list, args: EvaluateArguments) -> list[tuple[dict, list]]:
     """(row, step scores) of a batch; when the batch fails, trace by trace, so that one trace the model
     cannot take (a step holding the marker or a chat-template token, say) is a located, counted skip
     (`test.jsonl:LINE`, on stderr) and every other trace is scored."""

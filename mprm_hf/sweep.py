@@ -12,14 +12,15 @@ markdown table (`results.md`) and one plot per world and compute policy (`plot-*
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
 import shutil
+import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,42 +40,57 @@ FULL_DATA_MODEL = "full-data"
 
 @dataclass
 class SweepConfig:
-    """A sweep recipe (YAML): the world, the training recipe, and the grid of runs."""
+    """A sweep recipe (YAML, recipes/sweeps/): the world, the training recipe, and the grid of runs. Every
+    field is also a flag (`--output-dir`, `--seeds 0 1`, ...) that overrides the recipe."""
 
-    output_dir: str = "outputs/sweeps/tiny"
-    train_recipe: str = "recipes/tiny-cpu/config.yaml"
-    train_args: list[str] = field(default_factory=list)
-    rollouts: int | None = None  # None: the synth default
-    benchmark_traces: int | None = None
-    world_seed: int = 0
-    calibration_seed: int = 1000
-    noise: dict[str, Any] = field(default_factory=dict)
-    noise_grid: dict[str, list[Any]] = field(default_factory=dict)
-    fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5])
-    selectors: dict[str, dict[str, Any]] = field(default_factory=lambda: {"bis": {}, "random": {}})
-    full_data: bool = True
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    compute: list[str] = field(default_factory=lambda: ["single_pass"])
+    output_dir: str = field(default="outputs/sweeps/tiny", metadata={"help": "where the sweep is written"})
+    train_recipe: str = field(
+        default="recipes/tiny-cpu/config.yaml", metadata={"help": "the `mprm-hf train` recipe of every run"}
+    )
+    train_args: list[str] = field(
+        default_factory=list, metadata={"help": "extra `mprm-hf train` flags of every run (recipe: a list)"}
+    )
+    rollouts: int | None = field(default=None, metadata={"help": "corpus size (default: the synth default)"})
+    benchmark_traces: int | None = field(
+        default=None, metadata={"help": "traces of each benchmark (default: the synth default)"}
+    )
+    world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
+    calibration_seed: int = field(
+        default=1000, metadata={"help": "seed of the world whose benchmark calibrates the threshold"}
+    )
+    noise: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "synth noise overrides, a mapping (docs/synthetic.md)"}
+    )
+    noise_grid: dict[str, list[Any]] = field(
+        default_factory=dict, metadata={"help": "one noise field and its values: one world per value"}
+    )
+    fractions: list[float] = field(
+        default_factory=lambda: [0.05, 0.1, 0.25, 0.5],
+        metadata={"help": "subset sizes, fractions of rollouts"},
+    )
+    selectors: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"bis": {}, "random": {}},
+        metadata={
+            "help": "recipe: selector -> parameters (a parameter may map fraction -> value); flag: run only these "
+            "of the recipe's selectors",
+            "type": str,
+            "nargs": "+",
+            "metavar": "NAME",
+        },
+    )
+    full_data: bool = field(default=True, metadata={"help": "train on the full data too (one run per seed)"})
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2], metadata={"help": "selection and training seeds"}
+    )
+    compute: list[str] = field(
+        default_factory=lambda: ["single_pass"],
+        metadata={"help": f"compute policies: {', '.join(COMPUTE_POLICIES)}"},
+    )
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SweepConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise MPRMError(f"{path}: sweep recipe not found")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            raise MPRMError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML") from None
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise MPRMError(
-                f"{path}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        config = cls(**values)
-        config.check(path)
-        return config
+        """A sweep recipe as `mprm-hf sweep --config PATH` reads it, checked."""
+        return parse_args(["--config", str(path)])
 
     def check(self, where: str | Path) -> None:
         lists = {"fractions": (int, float), "seeds": (int,), "compute": (str,), "train_args": (str,)}
@@ -468,31 +484,29 @@ def plot_results(
     write_bytes_atomic(path, image.getvalue())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mprm-hf sweep", description=__doc__.splitlines()[0].split(": ", 1)[-1]
+def parse_args(argv: Sequence[str]) -> SweepConfig:
+    """The sweep recipe (required) and the flags that override it; `--selectors NAME ...` keeps those of
+    the recipe's selectors (with their parameters)."""
+    from mprm_hf.recipes import RecipeParser
+
+    parser = RecipeParser(
+        (SweepConfig,), prog="mprm-hf sweep", description=__doc__.splitlines()[0].split(": ", 1)[-1]
     )
-    parser.add_argument("--config", required=True, help="sweep recipe (YAML), e.g. recipes/sweeps/tiny.yaml")
-    parser.add_argument("--output-dir", help="override the recipe's output_dir")
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the recipe's seeds")
-    parser.add_argument("--fractions", type=float, nargs="+", help="override the recipe's fractions")
-    parser.add_argument("--selectors", nargs="+", help="run only these of the recipe's selectors")
-    args = parser.parse_args(argv)
-    config = SweepConfig.from_yaml(args.config)
-    if args.output_dir:
-        config.output_dir = args.output_dir
-    if args.seeds:
-        config.seeds = args.seeds
-    if args.fractions:
-        config.fractions = args.fractions
-    if args.selectors:
-        missing = sorted(set(args.selectors) - set(config.selectors))
+    (config,) = parser.parse(argv)
+    if parser.recipe is None:
+        raise MPRMError("a sweep needs its recipe: --config RECIPE.yaml (e.g. recipes/sweeps/tiny.yaml)")
+    grid = parser.get_default("selectors")
+    if isinstance(config.selectors, list) and isinstance(grid, dict):
+        missing = sorted(set(config.selectors) - set(grid))
         if missing:
-            raise MPRMError(
-                f"--selectors: {', '.join(missing)} not in the recipe ({', '.join(config.selectors)})"
-            )
-        config.selectors = {name: config.selectors[name] for name in args.selectors}
-    config.check(args.config)
+            raise MPRMError(f"--selectors: {', '.join(missing)} not in the recipe ({', '.join(grid)})")
+        config.selectors = {name: grid[name] for name in config.selectors}
+    config.check(parser.recipe)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(list(sys.argv[1:] if argv is None else argv))
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     write_text_atomic(Path(config.output_dir) / "sweep.json", json.dumps(asdict(config), indent=2) + "\n")
     results = run_sweep(config)

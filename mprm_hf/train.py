@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from mprm_hf.errors import MPRMError
 from mprm_hf.prm_config import PRMConfig
@@ -81,37 +80,12 @@ class ScriptArguments:
     tags: list[str] = field(default_factory=list, metadata={"help": "Extra tags for the model card."})
 
 
-def normalise_argv(argv: list[str]) -> list[str]:
-    """Accept `RECIPE.yaml` as a positional argument as well as `--config RECIPE.yaml`."""
-    argv = list(argv)
-    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
-        argv = ["--config", argv[0], *argv[1:]]
-    if "--config" in argv:
-        index = argv.index("--config")
-        if index + 1 >= len(argv):
-            raise MPRMError("--config needs a YAML file")
-        if not Path(argv[index + 1]).is_file():
-            raise MPRMError(f"{argv[index + 1]}: recipe not found")
-    return argv
-
-
 def parse_args(argv: list[str]) -> tuple[ScriptArguments, PRMConfig]:
-    from trl import TrlParser
+    from mprm_hf.recipes import parse_recipe
 
-    parser = TrlParser((ScriptArguments, PRMConfig), prog="mprm-hf train")
-    try:
-        script_args, training_args = parser.parse_args_and_config(normalise_argv(argv))
-    except ValueError as error:
-        if isinstance(error, MPRMError):
-            raise
-        raise MPRMError(str(error).splitlines()[0]) from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{mark.name}:{mark.line + 1}" if mark else "recipe"
-        raise MPRMError(f"{where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
-    for parsed in (script_args, training_args):
-        check_field_types(parsed)
-    return script_args, training_args
+    return parse_recipe(
+        (ScriptArguments, PRMConfig), argv, prog="mprm-hf train", description=__doc__.splitlines()[0]
+    )
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -155,45 +129,6 @@ def finished(checkpoint: str, training_args: PRMConfig) -> bool:
         return step >= training_args.max_steps
     same_plan = state.get("num_train_epochs") == math.ceil(training_args.num_train_epochs)
     return same_plan and bool(state.get("max_steps")) and step >= state["max_steps"]
-
-
-_SCALARS = (bool, int, float, str)
-
-
-def check_field_types(parsed: Any) -> None:
-    """A recipe's values reach the dataclasses without argparse's conversion: refuse, in one line, a
-    value of the wrong type for a scalar field (e.g. `num_train_epochs: [1, 2]`) before it breaks
-    training deep inside transformers."""
-    import dataclasses
-    import types
-    import typing
-
-    try:
-        hints = typing.get_type_hints(type(parsed))
-    except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is not checked
-        hints = {}
-    for item in dataclasses.fields(parsed):
-        hint = hints.get(item.name)
-        args = (
-            typing.get_args(hint)
-            if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-            else (hint,)
-        )
-        allowed = tuple(arg for arg in args if arg in _SCALARS)
-        if not allowed or len(allowed) != len([arg for arg in args if arg is not type(None)]):
-            continue  # not a plain scalar field (lists, enums, dicts ... are converted or checked elsewhere)
-        value = getattr(parsed, item.name)
-        if value is None and type(None) in args:
-            continue
-        if isinstance(value, bool):  # a bool is an int to isinstance, never a number here
-            ok = bool in allowed
-        else:
-            ok = isinstance(value, allowed) or (float in allowed and isinstance(value, int))
-        if not ok:
-            names = " or ".join(arg.__name__ for arg in allowed)
-            raise MPRMError(
-                f"recipe field '{item.name}' must be {names}, got {type(value).__name__} {value!r}"
-            )
 
 
 def load_datasets(script_args: ScriptArguments, training_args: PRMConfig) -> tuple[Any, Any]:

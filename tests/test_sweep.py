@@ -68,7 +68,7 @@ def test_sweep_recipe_errors_name_the_field(tmp_path: Path, capsys: pytest.Captu
     assert cli_main(["sweep", "--config", str(sweep_recipe(tmp_path, selectors=["bis"]))]) == 1
     assert "field 'selectors' must be a mapping" in capsys.readouterr().err
     assert cli_main(["sweep", "--config", str(tmp_path / "missing.yaml")]) == 1
-    assert "sweep recipe not found" in capsys.readouterr().err
+    assert "missing.yaml: recipe not found" in capsys.readouterr().err
 
 
 def test_shipped_sweep_recipes_parse() -> None:

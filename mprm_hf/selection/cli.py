@@ -3,18 +3,19 @@ jsonl), print the per-source table, and stage / push it to the Hub with a datase
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mprm_hf.errors import MPRMError
 from mprm_hf.selection.scores import DEFAULT_ALPHA
+from mprm_hf.selection.selectors import SELECTORS
 from mprm_hf.selection.writers import FORMATS
 
 if TYPE_CHECKING:
     from mprm_hf.selection.subset import SubsetResult
 
-# CLI flag (argparse dest) -> selector parameter
+# SelectArguments field -> selector parameter
 SELECTOR_FLAGS = {
     "alpha": "alpha",
     "seed": "seed",
@@ -26,119 +27,137 @@ SELECTOR_FLAGS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mprm_hf.selection.selectors import SELECTORS
+@dataclass(kw_only=True)
+class SelectArguments:
+    """The options of `mprm-hf select` (flags, or the keys of a recipe: recipes/select/)."""
 
-    parser = argparse.ArgumentParser(
-        prog="mprm-hf select",
-        description="Select an informative subset of MC-annotated rollouts (BIS and baselines) and write or push it.",
+    annotations: str = field(
+        metadata={"help": "annotations/ folder (or the corpus root, or a Hub id)", "metavar": "PATH"}
     )
-    parser.add_argument(
-        "--annotations", required=True, help="annotations/ folder (or the corpus root, or a Hub id)"
+    method: str = field(default="bis", metadata={"help": "selector", "choices": list(SELECTORS)})
+    # budget (one of)
+    top_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "budget: keep max(1, floor(m * R)) of the m rollouts of each source",
+            "metavar": "R",
+        },
     )
-    parser.add_argument("--method", default="bis", choices=list(SELECTORS), help="selector (default: bis)")
-    budget = parser.add_argument_group("budget (one of)")
-    budget.add_argument(
-        "--top-ratio", type=float, help="keep max(1, floor(m * R)) of the m rollouts of each source"
+    budget: int | None = field(
+        default=None, metadata={"help": "budget: keep N rollouts over all sources", "metavar": "N"}
     )
-    budget.add_argument("--budget", type=int, help="keep N rollouts over all sources")
-    params = parser.add_argument_group("selector parameters")
-    params.add_argument(
-        "--alpha",
-        type=float,
-        help=f"bis: smoothing term alpha (default {DEFAULT_ALPHA}, the reference script's; the paper uses "
-        "0.2 for a 10%% subset and 0.05 for 25%%)",
+    # selector parameters
+    alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": f"bis: smoothing term alpha (default {DEFAULT_ALPHA}, the reference script's; the paper uses "
+            "0.2 for a 10% subset and 0.05 for 25%)"
+        },
     )
-    params.add_argument("--seed", type=int, help="random / mixed: sampling seed (default 0)")
-    params.add_argument(
-        "--entropy-model", help="entropy: PRM (path or Hub id) whose step predictions give the entropy"
+    seed: int | None = field(default=None, metadata={"help": "random / mixed: sampling seed (default 0)"})
+    entropy_model: str | None = field(
+        default=None,
+        metadata={"help": "entropy: PRM (path or Hub id) whose step predictions give the entropy"},
     )
-    params.add_argument(
-        "--entropy-drop",
-        type=float,
-        help="entropy: fraction of highest-entropy rollouts dropped per source (default 0.1)",
+    entropy_drop: float | None = field(
+        default=None,
+        metadata={"help": "entropy: fraction of highest-entropy rollouts dropped per source (default 0.1)"},
     )
-    params.add_argument(
-        "--curriculum",
-        action="store_const",
-        const=True,
-        help="entropy: order the output from low to high entropy",
+    curriculum: bool = field(
+        default=False, metadata={"help": "entropy: order the output from low to high entropy"}
     )
-    params.add_argument("--step-format", help="entropy: step format of the scoring model (default prm-token)")
-    params.add_argument("--batch-size", type=int, help="entropy: traces per forward pass (default 8)")
-    output = parser.add_argument_group("output")
-    output.add_argument(
-        "--output", required=True, type=Path, help="output file (jsonl, parquet, reference) or folder (arrow)"
+    step_format: str | None = field(
+        default=None, metadata={"help": "entropy: step format of the scoring model (default prm-token)"}
     )
-    output.add_argument(
-        "--format",
+    batch_size: int | None = field(
+        default=None, metadata={"help": "entropy: traces per forward pass (default 8)"}
+    )
+    # output
+    output: Path = field(
+        metadata={"help": "output file (jsonl, parquet, reference) or folder (arrow)", "metavar": "PATH"}
+    )
+    format: str = field(
         default="jsonl",
-        choices=FORMATS,
-        help="stepwise records as jsonl/parquet/arrow, or the reference's PRM jsonl",
+        metadata={
+            "help": "stepwise records as jsonl/parquet/arrow, or the reference's PRM jsonl",
+            "choices": list(FORMATS),
+        },
     )
-    output.add_argument(
-        "--threshold",
-        type=float,
-        default=0.0,
-        help="stepwise: a step is positive iff its MC score > threshold",
+    threshold: float = field(
+        default=0.0, metadata={"help": "stepwise: a step is positive iff its MC score > threshold"}
     )
-    output.add_argument(
-        "--num-proc",
-        type=int,
+    num_proc: int | None = field(
+        default=None, metadata={"help": "processes for the scan and the conversion (default: all cores)"}
+    )
+    no_cache: bool = field(
+        default=False, metadata={"help": "scan the corpus again instead of using the cached score table"}
+    )
+    allow_outside_images: bool = field(
+        default=False,
+        metadata={
+            "help": "stepwise: keep rollouts whose image path is absolute or leaves the corpus folder (default: "
+            "drop and report them)"
+        },
+    )
+    revision: str | None = field(
+        default=None, metadata={"help": "revision of the source corpus when it is a Hub id"}
+    )
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    # Hub
+    push_to_hub: str | None = field(
         default=None,
-        help="processes for the scan and the conversion (default: all cores)",
+        metadata={"help": "push the subset with its dataset card to this dataset repo", "metavar": "REPO"},
     )
-    output.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="scan the corpus again instead of using the cached score table",
+    dry_run: bool = field(
+        default=False, metadata={"help": "write the folder that would be pushed, push nothing"}
     )
-    output.add_argument(
-        "--allow-outside-images",
-        action="store_true",
-        help="stepwise: keep rollouts whose image path is absolute or leaves the corpus folder (default: "
-        "drop and report them)",
-    )
-    output.add_argument("--revision", help="revision of the source corpus when it is a Hub id")
-    output.add_argument("--quiet", action="store_true", help="no progress bars")
-    hub = parser.add_argument_group("Hub")
-    hub.add_argument(
-        "--push-to-hub", metavar="REPO", help="push the subset with its dataset card to this dataset repo"
-    )
-    hub.add_argument(
-        "--dry-run", action="store_true", help="write the folder that would be pushed, push nothing"
-    )
-    hub.add_argument(
-        "--hub-images",
+    hub_images: str = field(
         default="embed",
-        choices=["embed", "relative"],
-        help="how the Hub folder holds the images: embedded in the parquet shards (default), or as paths "
-        "relative to the source corpus (see mprm_hf.data.stepwise.resolve_images)",
+        metadata={
+            "help": "how the Hub folder holds the images: embedded in the parquet shards (default), or as paths "
+            "relative to the source corpus (see mprm_hf.data.stepwise.resolve_images)",
+            "choices": ["embed", "relative"],
+        },
     )
-    hub.add_argument("--stage-dir", type=Path, help="where the Hub folder is written (default: OUTPUT.hub)")
-    hub.add_argument("--private", action="store_true", help="create the Hub repo private")
-    hub.add_argument("--pretty-name", help="dataset card title")
-    hub.add_argument(
-        "--license",
+    stage_dir: Path | None = field(
         default=None,
-        help="license of the subset for the card (default: that of the corpus, unknown)",
+        metadata={"help": "where the Hub folder is written (default: OUTPUT.hub)", "metavar": "PATH"},
     )
-    return parser
+    private: bool = field(default=False, metadata={"help": "create the Hub repo private"})
+    pretty_name: str | None = field(default=None, metadata={"help": "dataset card title"})
+    license: str | None = field(
+        default=None,
+        metadata={"help": "license of the subset for the card (default: that of the corpus, unknown)"},
+    )
 
 
-def selector_params(args: argparse.Namespace) -> dict[str, Any]:
+def parse_args(argv: list[str]) -> SelectArguments:
+    """The options from a recipe and flags; a budget given twice is refused before the corpus is read."""
+    from mprm_hf.recipes import parse_recipe
+
+    (args,) = parse_recipe(
+        (SelectArguments,), argv, prog="mprm-hf select", description=__doc__.split("\n\n")[0]
+    )
+    if args.top_ratio is not None and args.budget is not None:
+        raise MPRMError("give either --top-ratio or --budget, not both")
+    return args
+
+
+def selector_params(args: SelectArguments) -> dict[str, Any]:
     """The selector parameters given on the command line; a flag the method does not take is an error."""
     from mprm_hf.selection.selectors import SELECTORS
 
     accepted = SELECTORS[args.method].params
-    given = {flag: getattr(args, flag) for flag in SELECTOR_FLAGS if getattr(args, flag) is not None}
+    # an unset parameter is None (curriculum: False), so that the selector's default applies; 0 is a value
+    values = {flag: getattr(args, flag) for flag in SELECTOR_FLAGS}
+    given = {flag: value for flag, value in values.items() if value is not None and value is not False}
     for flag in given:
         if SELECTOR_FLAGS[flag] not in accepted:
             raise MPRMError(f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
     return {SELECTOR_FLAGS[flag]: value for flag, value in given.items()}
 
 
-def stage_and_push(args: argparse.Namespace, argv: list[str], result: SubsetResult) -> None:
+def stage_and_push(args: SelectArguments, argv: list[str], result: SubsetResult) -> None:
     """Write the Hub folder (data, selection.json, histogram, README.md card); push it unless --dry-run.
 
     Stepwise records are staged as parquet shards with their images embedded (or, with
@@ -191,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     from mprm_hf.selection.subset import build_subset
 
     argv = list(argv or [])
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     result = build_subset(
         args.annotations,
         args.output,
