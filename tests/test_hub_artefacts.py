@@ -92,3 +92,49 @@ def test_a_broken_selection_record_is_one_located_line(tmp_path: Path, broken: s
     (tmp_path / "selection.json").write_text(broken)
     with pytest.raises(MPRMError, match="selection.json"):
         read_selection(tmp_path)
+
+
+def test_evaluate_update_card_adds_the_benchmark_and_a_save_keeps_it(
+    synthetic_dir: Path, tiny_model_dir: Path, tiny_stepwise_for_cards, tmp_path: Path
+) -> None:
+    """A real `mprm-hf evaluate --update-card` on a trained folder: model-index and prm_threshold join the
+    training card, and the next save of the same folder keeps them."""
+    from huggingface_hub import ModelCard
+
+    from mprm_hf import PRMConfig, PRMTrainer
+
+    args = PRMConfig(output_dir=str(tmp_path / "prm"), max_steps=1, per_device_train_batch_size=2,
+                     max_length=384, use_cpu=True, report_to="none", save_strategy="no")  # fmt: skip
+    trainer = PRMTrainer(
+        str(tiny_model_dir), args, train_dataset=tiny_stepwise_for_cards, dataset_name="me/bis"
+    )
+    trainer.train()
+    trainer.save_model()
+    argv = ["evaluate", "--model", str(tmp_path / "prm"), "--benchmark", str(synthetic_dir / "VisualProcessBench"),
+            "--out", str(tmp_path / "eval"), "--limit", "6", "--threshold", "0.42", "--update-card"]  # fmt: skip
+    assert cli_main(argv) == 0
+    card = ModelCard.load(tmp_path / "prm" / "README.md")
+    data = card.data.to_dict()
+    assert data["prm_threshold"] == 0.42 and data["datasets"] == ["me/bis"]  # the training card, kept
+    benchmark = [r for r in card.data.eval_results if r.dataset_name == "VisualProcessBench"]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    overall = next(r for r in benchmark if r.metric_type == "overall_micro_f1")
+    assert overall.metric_value == metrics["overall"] and overall.metric_args == {"threshold": 0.42}
+    assert "## Evaluation on VisualProcessBench" in card.text
+
+    trainer.save_model()  # the card is written again on every save: the benchmark results stay
+    again = ModelCard.load(tmp_path / "prm" / "README.md")
+    assert again.data.to_dict()["prm_threshold"] == 0.42
+    assert len([r for r in again.data.eval_results if r.dataset_name == "VisualProcessBench"]) == len(
+        benchmark
+    )
+    assert "## Evaluation on VisualProcessBench" in again.text
+
+
+@pytest.fixture(scope="module")
+def tiny_stepwise_for_cards(synthetic_dir: Path):
+    from mprm_hf.data.stepwise import to_stepwise
+    from mprm_hf.data.visualprm400k import load_visualprm400k
+
+    rollouts, _ = load_visualprm400k(synthetic_dir)
+    return to_stepwise(rollouts)[0].select(range(4))

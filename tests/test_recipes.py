@@ -83,23 +83,12 @@ def test_train_flag_overrides_its_recipe() -> None:
     assert script_args.embedded_root == "e" and script_args.eval_fraction == 0.1
 
 
-def test_update_card_adds_the_results_to_the_model_folder(tmp_path: Path, monkeypatch, capsys) -> None:
-    """Wired at the end of evaluate (the scoring itself is test_evaluation's): model-index and prm_threshold."""
-    from huggingface_hub import ModelCard
-
-    from mprm_hf import evaluation
-
-    records = [evaluation.score_record(str(i), "src", [0.9, 0.2], [1, -1 if i % 2 else 1]) for i in range(4)]
-    report = evaluation.metrics_from_records(records, threshold=0.42)
-    monkeypatch.setattr(evaluation, "evaluate_benchmark", lambda args: report)
-    model = tmp_path / "model"
-    model.mkdir()
-    argv = ["evaluate", "--model", str(model), "--out", str(tmp_path / "eval"), "--threshold", "0.42"]
-    assert cli_main([*argv, "--update-card"]) == 0
-    card = ModelCard.load(model / "README.md").data.to_dict()
-    assert card["prm_threshold"] == 0.42 and card["model-index"]
-    assert cli_main([*argv[:2], "someone/prm", *argv[3:], "--update-card"]) == 1
+def test_update_card_needs_a_local_model_folder(tmp_path: Path, capsys) -> None:
+    """Refused before anything is scored (the card is written in the model's folder)."""
+    argv = ["evaluate", "--model", "someone/prm", "--out", str(tmp_path / "eval"), "--update-card"]
+    assert cli_main(argv) == 1
     assert _error(capsys).endswith("error: --update-card needs a local model folder")
+    assert not (tmp_path / "eval").exists()
 
 
 @pytest.mark.parametrize(
