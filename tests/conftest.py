@@ -33,3 +33,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mprm_hf.modeling import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen2-vl", arch="qwen2_vl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_stepwise(synthetic_dir: Path):
+    """Four stepwise records of the synthetic corpus, through the project's own converter."""
+    from mprm_hf.data.stepwise import to_stepwise
+    from mprm_hf.data.visualprm400k import load_visualprm400k
+
+    rollouts, _ = load_visualprm400k(synthetic_dir)
+    return to_stepwise(rollouts)[0].select(range(4))

@@ -370,15 +370,6 @@ def test_the_wheel_ships_the_card_templates(tmp_path):
 
 
 # -- trained folders and the trainer's own push -----------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_stepwise(synthetic_dir: Path):
-    from mprm_hf.data.stepwise import to_stepwise
-    from mprm_hf.data.visualprm400k import load_visualprm400k
-
-    rollouts, _ = load_visualprm400k(synthetic_dir)
-    return to_stepwise(rollouts)[0].select(range(4))
-
-
 def _config(tmp_path: Path, **overrides):
     from mprm_hf import PRMConfig
 

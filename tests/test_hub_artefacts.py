@@ -95,7 +95,7 @@ def test_a_broken_selection_record_is_one_located_line(tmp_path: Path, broken: s
 
 
 def test_evaluate_update_card_adds_the_benchmark_and_a_save_keeps_it(
-    synthetic_dir: Path, tiny_model_dir: Path, tiny_stepwise_for_cards, tmp_path: Path
+    synthetic_dir: Path, tiny_model_dir: Path, tiny_stepwise, tmp_path: Path
 ) -> None:
     """A real `mprm-hf evaluate --update-card` on a trained folder: model-index and prm_threshold join the
     training card, and the next save of the same folder keeps them."""
@@ -105,9 +105,7 @@ def test_evaluate_update_card_adds_the_benchmark_and_a_save_keeps_it(
 
     args = PRMConfig(output_dir=str(tmp_path / "prm"), max_steps=1, per_device_train_batch_size=2,
                      max_length=384, use_cpu=True, report_to="none", save_strategy="no")  # fmt: skip
-    trainer = PRMTrainer(
-        str(tiny_model_dir), args, train_dataset=tiny_stepwise_for_cards, dataset_name="me/bis"
-    )
+    trainer = PRMTrainer(str(tiny_model_dir), args, train_dataset=tiny_stepwise, dataset_name="me/bis")
     trainer.train()
     trainer.save_model()
     argv = ["evaluate", "--model", str(tmp_path / "prm"), "--benchmark", str(synthetic_dir / "VisualProcessBench"),
@@ -129,12 +127,3 @@ def test_evaluate_update_card_adds_the_benchmark_and_a_save_keeps_it(
         benchmark
     )
     assert "## Evaluation on VisualProcessBench" in again.text
-
-
-@pytest.fixture(scope="module")
-def tiny_stepwise_for_cards(synthetic_dir: Path):
-    from mprm_hf.data.stepwise import to_stepwise
-    from mprm_hf.data.visualprm400k import load_visualprm400k
-
-    rollouts, _ = load_visualprm400k(synthetic_dir)
-    return to_stepwise(rollouts)[0].select(range(4))
