@@ -23,6 +23,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,7 +306,8 @@ def read_trace(path: str | os.PathLike[str], name: str | None = None) -> Trace:
                 images = [Path(image).name for image in row["images"]]
                 kind, count = "stepwise", len(rows)
         except MPRMError as error:
-            raise MPRMError(str(error).replace(str(jsonl), name).replace(scratch, name)) from None
+            shown = str(error).replace(str(jsonl), name).replace(scratch, name).replace(jsonl.name, name)
+            raise MPRMError(shown) from None
     note = f"Read a {kind} trace from `{name}`" + (f" (the first of {count} records)." if count > 1 else ".")
     if images:
         note += f" It names {len(images)} image(s) ({', '.join(images)}): upload them under Images."
@@ -332,7 +334,7 @@ def load_upload(path: str, max_pixels: int | None) -> tuple[Any, str | None]:
     notice saying so; a file that is not an image is an MPRMError naming the upload, not the server path."""
     from PIL import Image
 
-    from mprm_hf.step_format import _load_image
+    from mprm_hf.step_format import MAX_IMAGE_PIXELS, _load_image
 
     name = Path(path).name
     try:
@@ -340,11 +342,15 @@ def load_upload(path: str, max_pixels: int | None) -> tuple[Any, str | None]:
             original = opened.size
     except (OSError, ValueError, Image.DecompressionBombError):
         raise MPRMError(f"`{name}` is not an image (PNG, JPEG, WebP, ...): nothing was scored") from None
+    if original[0] * original[1] > MAX_IMAGE_PIXELS:  # refused before decoding, as step_format does
+        raise MPRMError(
+            f"`{name}` is {original[0]} x {original[1]} pixels, over the limit of {MAX_IMAGE_PIXELS:,}: "
+            "downscale it first"
+        )
     try:
         image = _load_image(path, "upload")
-    except MPRMError as error:
-        shown = str(error).replace(repr(path), f"`{name}`").replace(path, name).replace("upload: ", "")
-        raise MPRMError(shown) from None
+    except MPRMError:
+        raise MPRMError(f"`{name}` cannot be decoded as an image: nothing was scored") from None
     if max_pixels is None or image.width * image.height <= max_pixels:
         if image.size == original:
             return image, None
@@ -496,6 +502,10 @@ def build_app(
     default_threshold = first.threshold if first.threshold is not None else THRESHOLD
     default_format = getattr(first.model.config, "prm_step_format", None) or STEP_FORMATS[0]
 
+    # Every forward pass runs on one thread: Gradio hands requests to a pool of worker threads, and each
+    # thread that allocates tensors grows its own malloc arena, so the server's memory kept creeping up.
+    scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mprm-scorer")
+
     def views(scored: Scored | None, cut: float, how: str) -> tuple[str, str, Any, Any]:
         if scored is None:
             return "", "", None, None
@@ -539,7 +549,7 @@ def build_app(
                 notices += [notice] if notice else []
             if not images:
                 notices.insert(0, "No image: the steps were scored on the text alone.")
-            scored = score_trace(prms, images, question.strip(), steps, step_format)
+            scored = scorer.submit(score_trace, prms, images, question.strip(), steps, step_format).result()
         except MPRMError as error:
             gr.Warning(str(error))
             return (None, f"**Not scored.** {error}", "", "", None, None)
@@ -669,6 +679,23 @@ def load_prm(model: str | os.PathLike[str]) -> Prm:
     return Prm(path, loaded, processor, calibrated_threshold(path), model_warning(loaded, path))
 
 
+def private_upload_folder() -> Path:
+    """A folder of this process's own for Gradio's uploads and cache (under `$GRADIO_TEMP_DIR` when set),
+    removed when the process exits: Gradio's shared folder keeps leftovers of every upload (example copies,
+    empty multipart scratch files) past shutdown. Set before the app is built, since Gradio reads it then."""
+    import atexit
+
+    current = os.environ.get("GRADIO_TEMP_DIR")
+    if current and Path(current).name.startswith(f"mprm-demo-{os.getpid()}-"):
+        return Path(current)
+    if current:
+        Path(current).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"mprm-demo-{os.getpid()}-", dir=current or None))
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def create_app(
     model: str | os.PathLike[str] | None = None,
     model2: str | os.PathLike[str] | None = None,
@@ -677,14 +704,21 @@ def create_app(
 ) -> Any:
     """Load the model (see `resolve_model_path`), the optional second one (`model2`, else `$MPRM_MODEL2`)
     and the examples, and build the app."""
+    private_upload_folder()
     chosen = model2 or os.environ.get("MPRM_MODEL2")
     prms = [load_prm(resolve_model_path(model))] + ([load_prm(chosen)] if chosen else [])
     return build_app(prms, examples=synthetic_examples(examples_dir), real=real_examples(examples_dir))
 
 
 def launch(app: Any, **options: Any) -> Any:
-    """`app.launch` with the upload size limit set (the Space's app.py launches through here too)."""
+    """`app.launch` with the upload size limit set (the Space's app.py launches through here too). A
+    SIGTERM (a Space or a container stopping) exits like Ctrl-C, so the uploads folder is removed."""
+    import signal
+    import threading
+
     options.setdefault("max_file_size", MAX_FILE_SIZE)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
     return app.launch(**options)
 
 
