@@ -42,7 +42,8 @@ SPACE_DIR = Path(__file__).resolve().parent.parent / "spaces_demo"
 REAL_EXAMPLES = SPACE_DIR / "examples" / "VisualProcessBench"  # real benchmark records, text only
 THRESHOLD = 0.5  # the VisualProcessBench metric's default: a step is predicted correct iff reward >= 0.5
 THRESHOLD_KEY = "prm_threshold"  # a calibrated threshold: model card front matter, else config.json
-MAX_FILE_SIZE = "20mb"  # per upload; Gradio refuses larger files before they reach the app
+MAX_FILE_SIZE_MB = 20  # per upload; Gradio refuses larger files before they reach the app
+MAX_FILE_SIZE = f"{MAX_FILE_SIZE_MB}mb"
 DELETE_CACHE = (600, 3600)  # every 10 minutes remove uploads older than an hour; all of them at shutdown
 LIKELY_CORRECT, LIKELY_WRONG = "likely correct", "likely wrong"
 COLORS = {LIKELY_CORRECT: "#16a34a", LIKELY_WRONG: "#dc2626"}
@@ -583,10 +584,13 @@ def build_app(
         with gr.Row():
             with gr.Column(scale=4):
                 files = gr.File(
-                    label="Images (one or several)", file_count="multiple", type="filepath", elem_id="images"
+                    label=f"Images (one or several, at most {MAX_FILE_SIZE_MB} MB each)",
+                    file_count="multiple",
+                    type="filepath",
+                    elem_id="images",
                 )
                 trace_file = gr.File(
-                    label="Or load a trace (VisualProcessBench or stepwise JSON)",
+                    label=f"Or load a trace (VisualProcessBench or stepwise JSON, at most {MAX_FILE_SIZE_MB} MB)",
                     file_count="single",
                     type="filepath",
                     elem_id="trace-file",

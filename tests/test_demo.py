@@ -398,14 +398,18 @@ def test_a_file_that_is_not_an_image_is_named_in_the_page(page: Any, tmp_path: P
 
 @pytest.mark.slow
 @needs_chromium
-def test_a_file_over_the_size_limit_is_refused(page: Any, tmp_path: Path) -> None:
+def test_a_file_over_the_size_limit_is_refused(page: Any, served: Served, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
     big = tmp_path / "big.png"
     with big.open("wb") as handle:  # sparse: 21 MB on paper, nothing on disk
         handle.truncate(21 * 1024 * 1024)
     page.locator("#images input[type=file]").set_input_files(str(big))
-    expect(page.get_by_text("exceed", exact=False).first).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#images")).to_contain_text(f"at most {demo.MAX_FILE_SIZE_MB} MB each")
+    told = page.get_by_text(f'exceed the maximum allowed size of {demo.MAX_FILE_SIZE_MB}.0 Mb: "big.png"')
+    expect(told.first).to_be_visible(timeout=TIMEOUT_MS)  # Gradio's notice, before any byte is stored
+    page.screenshot(path=str(tmp_path / "too-large.png"))
+    assert not any(path.name == "big.png" for path in served.root.joinpath("uploads").rglob("*"))
 
 
 @pytest.mark.slow
