@@ -584,23 +584,29 @@ def build_app(
         with gr.Row():
             with gr.Column(scale=4):
                 files = gr.File(
-                    label=f"Images (one or several, at most {MAX_FILE_SIZE_MB} MB each)",
+                    label="Images (one or several)",
                     file_count="multiple",
                     type="filepath",
                     elem_id="images",
                 )
+                gr.Markdown(
+                    f"PNG, JPEG, WebP, ...: at most {MAX_FILE_SIZE_MB} MB per file. A trace can also be loaded "
+                    "from a VisualProcessBench or stepwise JSON file below.",
+                    elem_id="upload-limits",
+                )
                 trace_file = gr.File(
-                    label=f"Or load a trace (VisualProcessBench or stepwise JSON, at most {MAX_FILE_SIZE_MB} MB)",
+                    label="Or load a trace (JSON)",
                     file_count="single",
                     type="filepath",
                     elem_id="trace-file",
                 )
                 question = gr.Textbox(label="Question", lines=3, elem_id="question")
                 steps = gr.Textbox(
-                    label="Steps (separate steps with a blank line)", lines=10, elem_id="steps", max_lines=40
+                    label="Steps (a blank line between steps)", lines=10, elem_id="steps", max_lines=40
                 )
                 labels = gr.Textbox(
-                    label="Human step labels, optional (1 correct, 0 neutral, -1 incorrect)",
+                    label="Human labels (optional)",
+                    placeholder="one per step: 1 correct, 0 neutral, -1 incorrect (or + / -)",
                     elem_id="labels",
                 )
                 step_format = gr.Radio(

@@ -405,7 +405,7 @@ def test_a_file_over_the_size_limit_is_refused(page: Any, served: Served, tmp_pa
     with big.open("wb") as handle:  # sparse: 21 MB on paper, nothing on disk
         handle.truncate(21 * 1024 * 1024)
     page.locator("#images input[type=file]").set_input_files(str(big))
-    expect(page.locator("#images")).to_contain_text(f"at most {demo.MAX_FILE_SIZE_MB} MB each")
+    expect(page.locator("#upload-limits")).to_contain_text(f"at most {demo.MAX_FILE_SIZE_MB} MB per file")
     told = page.get_by_text(f'exceed the maximum allowed size of {demo.MAX_FILE_SIZE_MB}.0 Mb: "big.png"')
     expect(told.first).to_be_visible(timeout=TIMEOUT_MS)  # Gradio's notice, before any byte is stored
     page.screenshot(path=str(tmp_path / "too-large.png"))
