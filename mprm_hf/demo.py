@@ -61,9 +61,11 @@ CSS = """
   text-align: left; }
 .prm-table th { white-space: nowrap; font-weight: 600; width: 1%; }
 .prm-table th:last-child { width: auto; }
-.prm-table td { width: 1%; white-space: nowrap; }
-.prm-table td.prm-num { font-variant-numeric: tabular-nums; }
-.prm-table td.prm-text { width: auto; min-width: 16em; white-space: pre-wrap; word-break: normal;
+.prm-scroll { overflow-x: auto; }
+.prm-table td { width: 1%; }
+.prm-table .prm-num { white-space: nowrap; font-variant-numeric: tabular-nums; }
+.prm-table td.prm-reward { min-width: 8.5em; }
+.prm-table td.prm-text { width: auto; min-width: 12em; white-space: pre-wrap; word-break: normal;
   overflow-wrap: break-word; hyphens: none; }
 .prm-table tr.prm-correct td:first-child { border-left: 5px solid #16a34a; }
 .prm-table tr.prm-wrong td:first-child { border-left: 5px solid #dc2626; }
@@ -73,7 +75,7 @@ CSS = """
   font-size: 0.85em; }
 .prm-badge.prm-correct { background: #16a34a; }
 .prm-badge.prm-wrong { background: #dc2626; }
-.prm-first-mark { display: inline-block; margin-top: 3px; font-weight: 600; color: #b91c1c; white-space: nowrap; }
+.prm-first-mark { display: block; margin-top: 3px; font-weight: 600; color: #b91c1c; }
 .prm-summary { display: flex; flex-wrap: wrap; gap: 8px 24px; font-size: 1.05em; }
 .prm-summary b { font-variant-numeric: tabular-nums; }
 #banner { background: #fef3c7; border: 1px solid #f59e0b; border-radius: 6px; padding: 4px 12px; }
@@ -368,14 +370,11 @@ def load_upload(path: str, max_pixels: int | None) -> tuple[Any, str | None]:
 
 
 def reward_table(scored: Scored, names: Sequence[str], threshold: float) -> str:
-    """Every step as a row: its reward, colour and verdict per PRM, the first-error mark, the human label."""
+    """Every step as a row: per PRM its reward, verdict and colour (and the first-error mark), then the
+    human label and the text, which takes the rest of the width."""
     two = len(scored.rewards) > 1
-    heads = ["Step"]
-    for name in names:
-        heads += [f"Reward {name}" if two else "Reward", f"Verdict {name}" if two else "Verdict"]
-    if scored.labels is not None:
-        heads.append("Human label")
-    heads.append("Text")
+    heads = ["Step"] + [f"Reward {name}" if two else "Reward" for name in names]
+    heads += ["Human label"] if scored.labels is not None else []
     firsts = [first_error(rewards, threshold) for rewards in scored.rewards]
     rows = []
     for number, step in enumerate(scored.steps, start=1):
@@ -383,31 +382,27 @@ def reward_table(scored: Scored, names: Sequence[str], threshold: float) -> str:
         attributes = []
         row_class = "prm-unscored"
         for index, rewards in enumerate(scored.rewards):
-            suffix = "" if index == 0 else str(index + 1)
             if number > len(rewards):
-                cells += ['<td class="prm-num">-</td>', "<td>not scored</td>"]
+                cells.append('<td class="prm-reward">not scored</td>')
                 continue
             reward = rewards[number - 1]
             kind = "prm-correct" if reward >= threshold else "prm-wrong"
             row_class = kind if index == 0 else row_class
-            attributes.append(f'data-reward{suffix}="{reward!r}"')
-            mark = (
-                '<br><span class="prm-first-mark">first likely error</span>'
-                if firsts[index] == number
-                else ""
+            attributes.append(f'data-reward{"" if index == 0 else index + 1}="{reward!r}"')
+            mark = '<span class="prm-first-mark">first likely error</span>' if firsts[index] == number else ""
+            cells.append(
+                f'<td class="prm-reward"><span class="prm-num">{reward:.4f}</span> '
+                f'<span class="prm-badge {kind}">{verdict(reward, threshold)}</span>{mark}</td>'
             )
-            cells += [
-                f'<td class="prm-num">{reward:.4f}</td>',
-                f'<td><span class="prm-badge {kind}">{verdict(reward, threshold)}</span>{mark}</td>',
-            ]
         if scored.labels is not None:
-            cells.append(f"<td>{HUMAN_LABELS[scored.labels[number - 1]]}</td>")
+            cells.append(f'<td class="prm-label">{HUMAN_LABELS[scored.labels[number - 1]]}</td>')
         cells.append(f'<td class="prm-text">{html.escape(step)}</td>')
         rows.append(
             f'<tr id="step-{number}" class="prm-row {row_class}" {" ".join(attributes)}>{"".join(cells)}</tr>'
         )
-    head = "".join(f"<th>{html.escape(text)}</th>" for text in heads)
-    return f'<table class="prm-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    head = "".join(f"<th>{html.escape(text)}</th>" for text in [*heads, "Text"])
+    table = f'<table class="prm-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return f'<div class="prm-scroll">{table}</div>'
 
 
 def summary(scored: Scored, names: Sequence[str], threshold: float, how: str) -> str:

@@ -69,7 +69,7 @@ def test_views_mark_the_first_error_the_aggregate_and_the_human_agreement() -> N
 def test_two_prms_side_by_side_and_a_cut_trace() -> None:
     scored = demo.Scored(steps=["a", "b", "c"], rewards=[[0.9, 0.2, 0.7], [0.8, 0.6]])
     table = demo.reward_table(scored, ["A", "B"], 0.5)
-    assert "Reward A" in table and "Verdict B" in table and table.count("not scored") == 1
+    assert "Reward A" in table and "Reward B" in table and table.count("not scored") == 1
     assert 'data-reward="0.2" data-reward2="0.6"' in table
     html = demo.summary(scored, ["A", "B"], 0.5, "mean")
     assert 'id="disagreement" data-steps="2"' in html and "over the 2 scored steps" in html
@@ -210,6 +210,7 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium context for the module: pages share its HTTP cache, so each loads the app quickly."""
     if not CHROMIUM.exists():
         pytest.skip("needs /usr/bin/chromium (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
@@ -217,7 +218,7 @@ def browser() -> Iterator[Any]:
     playwright = sync_playwright().start()
     launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
     try:
-        yield launched
+        yield launched.new_context(viewport={"width": 1400, "height": 1100})
     finally:
         launched.close()
         playwright.stop()
@@ -225,7 +226,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, served: Served) -> Iterator[Any]:
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page = browser.new_page()
     page.goto(served.url, wait_until="domcontentloaded")
     page.locator("#score").wait_for(timeout=TIMEOUT_MS)
     try:
@@ -343,7 +344,7 @@ def test_real_example_shows_its_human_labels_beside_the_verdicts(page: Any, serv
     _score(page)
     labels = record["response"]["process_correctness"]
     rewards = _rewards(page)
-    cells = page.locator("#rewards tr.prm-row td:nth-child(4)").all_inner_texts()
+    cells = page.locator("#rewards tr.prm-row td.prm-label").all_inner_texts()
     assert cells == [demo.HUMAN_LABELS[label] for label in labels]
     agree, labelled = demo.agreement(rewards, labels, CALIBRATED)
     expect(page.locator("#agreement")).to_contain_text(f"{agree} of {labelled}")
