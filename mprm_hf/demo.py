@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import logging
 import math
 import os
 import re
@@ -32,6 +33,7 @@ from mprm_hf.errors import MPRMError
 from mprm_hf.quickstart import trained_model
 from mprm_hf.rerank import AGGREGATES, aggregate_rewards
 
+logger = logging.getLogger(__name__)
 EMBEDDED_DIR = Path("embedded")
 EMBEDDED_MODEL = EMBEDDED_DIR / "tiny-qwen2-vl"
 DEMO_TRAINED_MODEL = trained_model()  # BIS-10%'s PRM, which `make demo` (mprm-hf quickstart) trains
@@ -549,6 +551,11 @@ def build_app(
         except MPRMError as error:
             gr.Warning(str(error))
             return (None, f"**Not scored.** {error}", "", "", None, None)
+        except Exception as error:  # noqa: BLE001 - the page says it in one line; the log keeps the trace
+            logger.exception("scoring failed")
+            told = f"the server failed while scoring ({type(error).__name__}); its log has the details"
+            gr.Warning(told)
+            return (None, f"**Not scored.** {told[0].upper()}{told[1:]}.", "", "", None, None)
         scored.labels, scored.notices = labels, notices + scored.notices
         return (scored, "\n\n".join(scored.notices), *views(scored, cut, how))
 

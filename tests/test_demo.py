@@ -307,7 +307,7 @@ def test_page_shows_the_rewards_first_error_and_aggregate_of_score_steps(
     assert _rewards(page) == pytest.approx(expected, abs=1e-6)
     assert "No image" not in message and "Not scored" not in message
     for cut in (sorted(expected)[1] + 1e-4, CALIBRATED):  # between two rewards, then back
-        number.fill(f"{cut:.4f}"[:6])
+        number.fill(f"{cut:.4f}")
         number.press("Enter")
         cut = float(number.input_value())
         first = next((n for n, r in enumerate(expected, start=1) if r < cut), None)
