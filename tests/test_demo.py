@@ -477,8 +477,8 @@ def test_server_under_concurrent_load_levels_off_and_removes_its_uploads(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """`mprm-hf demo --model A --model2 B` as a real process: batches of 50 concurrent score requests
-    through gradio_client all succeed, show both PRMs, and the server's memory stops growing; after
-    shutdown no upload is left behind."""
+    through gradio_client all succeed, show both PRMs, and the server's memory stops growing; a path on
+    the server is refused; after shutdown no upload is left behind."""
     from gradio_client import Client, handle_file
 
     from mprm_hf.modeling import build_tiny_model
@@ -531,6 +531,14 @@ def test_server_under_concurrent_load_levels_off_and_removes_its_uploads(
         growth = [(after - before) / 2**20 for before, after in zip(rss, rss[1:], strict=False)]
         print(f"server RSS after each batch of 50 (MiB): {[round(r / 2**20, 1) for r in rss]}")
         assert max(growth) < 25, growth  # MiB per 50 requests; it grew without bound before
+        server_file = {"path": str(tmp_path / "server.log"), "meta": {"_type": "gradio.FileData"}}
+        call = f"{url}gradio_api/call/score"
+        data = json.dumps({"data": [[server_file], QUESTION, steps, "", "prm-token", 0.5, "mean"]}).encode()
+        request = urllib.request.Request(call, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            event = json.loads(answer.read())["event_id"]
+        with urllib.request.urlopen(f"{call}/{event}", timeout=60) as answer:
+            assert answer.read().decode().startswith("event: error")  # a file it did not receive as an upload
     finally:
         server.send_signal(signal.SIGTERM)  # a Space stopping; handled as Ctrl-C
         try:
