@@ -45,11 +45,19 @@ _CHUNK_ELEMENTS = 20_000_000  # draws are made in chunks of about this many (que
 # ---------------------------------------------------------------------------------------------------
 
 
-def model_fingerprint(model: str, *, adapter: str | None = None) -> str:
-    """What identifies a model's weights: its folder's fingerprint (a Hub id is its own identity)."""
-    parts = [folder_fingerprint(model) or str(model)]
-    if adapter:
-        parts.append(folder_fingerprint(adapter) or str(adapter))
+def model_fingerprint(model: str | Path, *, adapter: str | Path | None = None) -> str:
+    """What identifies a model: the fingerprint of its folder's own files (`folder_fingerprint` of each;
+    subfolders such as `checkpoint-*/` or a staged `hub/` card do not change the model), or a Hub id."""
+    parts = []
+    for source in (model, adapter) if adapter else (model,):
+        folder = Path(source).expanduser()
+        if folder.is_dir():
+            files = sorted(path for path in folder.iterdir() if path.is_file())
+            parts.append(
+                hashlib.sha256("".join(map(str, map(folder_fingerprint, files))).encode()).hexdigest()[:20]
+            )
+        else:
+            parts.append(folder_fingerprint(folder) or str(source))
     return "+".join(parts)
 
 
@@ -260,6 +268,8 @@ def evaluate(
 
 def model_labels(models: Sequence[str]) -> list[str]:
     """The shortest path endings that tell the models apart (`bis-0.1-seed0/model`)."""
+    if not models:
+        return []
     if len(set(models)) != len(models):
         raise MPRMError("--model: the same model is given twice")
     parts = [Path(model).parts for model in models]
@@ -512,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         f"report {args.out / REPORT_FILE}, plot {args.out / PLOT_FILE}"
     )
     return 0
+
+
+def pool_references(pool: str | Path, n: int = 8, *, seed: int = 0) -> dict[str, float]:
+    """Random choice, majority vote and the oracle at `n` on a pool: the lines a PRM is judged by."""
+    report = run_bon([], pool, None, n_values=[n], aggregates=[], seed=seed, progress=False)
+    return {ref: report["overall"]["reference"][ref][str(n)]["accuracy"] for ref in REFERENCES}
 
 
 def bon_at(
