@@ -37,7 +37,7 @@ REPORT_FILE = "bon.json"
 PLOT_FILE = "bon.png"
 CACHE_DIR = ".bon-cache"
 REFERENCES = ("random", "majority", "oracle")
-_CHUNK_ELEMENTS = 20_000_000  # draws are made in chunks of about this many (question, candidate, candidate)
+_CHUNK_ELEMENTS = 5_000_000  # draws are made in chunks of about this many (question, candidate, candidate)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "--bon-questions",
         type=int,
         default=DEFAULT_BON_QUESTIONS,
-        help=f"questions of the best-of-N pool (16 candidates each; default {DEFAULT_BON_QUESTIONS})",
+        help=f"questions of the best-of-N pool (16 candidates each; default {DEFAULT_BON_QUESTIONS}; 0: none)",
     )
     args = parser.parse_args(argv)
     config = quickstart_config(args.output_dir, args.seed, args.rollouts, args.max_steps, args.bon_questions)
@@ -170,22 +170,28 @@ def main(argv: list[str] | None = None) -> int:
     from mprm_hf.data.synthetic import BON_DIR
 
     selectors = ("bis", "random", FULL)
-    bon = run_bon(
-        [str(trained_model(args.output_dir, selector, args.seed)) for selector in selectors],
-        Path(args.output_dir) / "default" / "world" / BON_DIR,
-        Path(args.output_dir) / "bon",
-        n_values=DEFAULT_N,
-        labels=[BON_LABELS[selector] for selector in selectors],
-        seed=args.seed,
-        progress=False,
-    )  # before staging: the rewards the sweep cached are found under the same fingerprints
+    bon = None
+    if args.bon_questions:
+        bon = run_bon(
+            [str(trained_model(args.output_dir, selector, args.seed)) for selector in selectors],
+            Path(args.output_dir) / "default" / "world" / BON_DIR,
+            Path(args.output_dir) / "bon",
+            n_values=DEFAULT_N,
+            labels=[BON_LABELS[selector] for selector in selectors],
+            seed=args.seed,
+            progress=False,
+        )  # the rewards each sweep run cached for its best-of-8 are read back, not scored again
     subset_hub, model_hub = stage_best(config, summary)
     print("\n" + format_table(summary, references["default"]) + "\n")
     print(claim_sentence(summary))
-    print("\n" + format_report(bon, per_source=False) + "\n")
-    print(bon_sentence(bon))
+    if bon is not None:
+        print("\n" + format_report(bon, per_source=False) + "\n")
+        print(bon_sentence(bon))
+    bon_plot = (
+        f", {Path(args.output_dir) / 'bon' / 'bon.png'} (best-of-N; all of it in bon.json)" if bon else ""
+    )
     print(
-        f"\nplots: {plot}, {Path(args.output_dir) / 'bon' / 'bon.png'} (best-of-N; all of it in bon.json)\nstaged for the Hub: {subset_hub} (subset + card), {model_hub} (checkpoint + card);"
+        f"\nplots: {plot}{bon_plot}\nstaged for the Hub: {subset_hub} (subset + card), {model_hub} (checkpoint + card);"
     )
     print(f"push them with: mprm-hf push {subset_hub} --repo-id OWNER/NAME")
     print(
