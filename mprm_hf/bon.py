@@ -45,27 +45,20 @@ _CHUNK_ELEMENTS = 5_000_000  # draws are made in chunks of about this many (ques
 # ---------------------------------------------------------------------------------------------------
 
 
-def model_fingerprint(model: str | Path, *, adapter: str | Path | None = None) -> str:
+def model_fingerprint(model: str | Path) -> str:
     """What identifies a model: the fingerprint of its folder's own files (`folder_fingerprint` of each;
     subfolders such as `checkpoint-*/` or a staged `hub/` card do not change the model), or a Hub id."""
-    parts = []
-    for source in (model, adapter) if adapter else (model,):
-        folder = Path(source).expanduser()
-        if folder.is_dir():
-            files = sorted(path for path in folder.iterdir() if path.is_file())
-            parts.append(
-                hashlib.sha256("".join(map(str, map(folder_fingerprint, files))).encode()).hexdigest()[:20]
-            )
-        else:
-            parts.append(folder_fingerprint(folder) or str(source))
-    return "+".join(parts)
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return folder_fingerprint(folder) or str(model)
+    files = sorted(path for path in folder.iterdir() if path.is_file())
+    return hashlib.sha256("".join(str(folder_fingerprint(file)) for file in files).encode()).hexdigest()[:20]
 
 
 def pool_rewards(
     pool: Pool,
     model: str,
     *,
-    adapter: str | None = None,
     step_format: str | None = None,
     dtype: str | None = None,
     device: str | None = None,
@@ -74,7 +67,7 @@ def pool_rewards(
 ) -> tuple[list[list[list[float]]], dict[str, Any]]:
     """The step rewards of every candidate of the pool (`[question][candidate][step]`) and where they
     came from; read from the cache beside the pool when this model scored this pool before."""
-    fingerprint = model_fingerprint(model, adapter=adapter)
+    fingerprint = model_fingerprint(model)
     pool_print = folder_fingerprint(pool.path)
     key = json.dumps([fingerprint, step_format, dtype, pool_print])
     cache = pool.root / CACHE_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
@@ -92,7 +85,7 @@ def pool_rewards(
     from mprm_hf.scoring import load_for_scoring
 
     loaded, processor = load_for_scoring(
-        argparse.Namespace(model=str(model), adapter=adapter, dtype=dtype, device=device)
+        argparse.Namespace(model=str(model), adapter=None, dtype=dtype, device=device)
     )
     resolved = [{**r, "images": [str(pool.root / image) for image in r["images"]]} for r in pool.records]
     rewards = score_candidates(
