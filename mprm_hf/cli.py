@@ -15,6 +15,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mprm_hf.evaluation", "score a checkpoint on VisualProcessBench"),
     "score": ("mprm_hf.scoring", "print the reward of every step of one reasoning trace"),
     "rerank": ("mprm_hf.rerank", "pick the best of N candidate traces per question"),
+    "bon": (
+        "mprm_hf.bon",
+        "best-of-N accuracy of PRMs on a candidate pool, against majority vote and random",
+    ),
     "sweep": (
         "mprm_hf.sweep",
         "the data-efficiency sweep: fractions x selectors x seeds, trained and scored",

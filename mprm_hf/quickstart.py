@@ -2,8 +2,10 @@
 
 Writes the synthetic world, selects BIS-10% (alpha 0.2), random-10% and full data, trains the tiny PRM on
 each in a single pass, scores each on the world's VisualProcessBench (at 0.5, and at a threshold calibrated
-on a benchmark of another seed), prints the table and one sentence on what it means, saves the plot, stages
-the best subset and its checkpoint as Hub folders, and says how to open the Space on the trained PRMs.
+on a benchmark of another seed), prints the table and one sentence on what it means, compares the three
+PRMs by best-of-N on the world's candidate pool against majority vote and random choice (mprm_hf.bon),
+saves the plots, stages the best subset and its checkpoint as Hub folders, and says how to open the Space
+on the trained PRMs.
 It is a small `mprm-hf sweep` (mprm_hf.sweep), so its runs resume and skip like a sweep's.
 """
 
@@ -15,22 +17,44 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mprm_hf.bon import DEFAULT_N, format_report, run_bon
 from mprm_hf.embedded import BIS_ALPHA, BIS_TOP_RATIO
-from mprm_hf.sweep import FULL, SweepConfig, plot_results, run_name, run_sweep, summarise
+from mprm_hf.sweep import (
+    BON_AGGREGATE,
+    BON_N,
+    FULL,
+    SweepConfig,
+    plot_results,
+    run_name,
+    run_sweep,
+    summarise,
+)
 
 DEFAULT_OUTPUT = "outputs/quickstart"
+DEFAULT_BON_QUESTIONS = 128
+BON_LABELS = {
+    "bis": f"BIS-{100 * BIS_TOP_RATIO:g}%",
+    "random": f"random-{100 * BIS_TOP_RATIO:g}%",
+    FULL: "full data",
+}
 
 
 def trained_model(output_dir: str | Path = DEFAULT_OUTPUT, selector: str = "bis", seed: int = 0) -> Path:
     """Where the quickstart leaves a selector's trained PRM (the Space opens BIS-10%'s by default)."""
-    spec = {"selector": selector, "fraction": BIS_TOP_RATIO, "seed": seed, "compute": "single_pass"}
+    fraction = 1.0 if selector == FULL else BIS_TOP_RATIO
+    spec = {"selector": selector, "fraction": fraction, "seed": seed, "compute": "single_pass"}
     return Path(output_dir) / "default" / "runs" / run_name(spec) / "model"
 
 
 def quickstart_config(
-    output_dir: str, seed: int, rollouts: int | None = None, max_steps: int | None = None
+    output_dir: str,
+    seed: int,
+    rollouts: int | None = None,
+    max_steps: int | None = None,
+    bon_questions: int = DEFAULT_BON_QUESTIONS,
 ) -> SweepConfig:
     return SweepConfig(
+        bon_questions=bon_questions,
         output_dir=output_dir,
         rollouts=rollouts,
         train_args=[] if max_steps is None else ["--max_steps", str(max_steps)],
@@ -80,6 +104,25 @@ def format_table(summary: list[dict[str, Any]], reference: dict[str, float]) -> 
     return "\n".join(rows)
 
 
+def bon_sentence(report: dict[str, Any]) -> str:
+    """What the best-of-N comparison says at N = 8 by the mean step reward, with paired 95% intervals."""
+    n, how = str(BON_N), BON_AGGREGATE
+    overall = report["overall"]
+    full = overall["models"][BON_LABELS[FULL]][how][n]
+
+    def points(entry: dict[str, Any], key: str) -> str:
+        low, high = entry["ci"]
+        return f"{100 * entry[key]:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+    pair = overall["pairs"][f"{BON_LABELS['bis']} - {BON_LABELS['random']}"][how][n]
+    return (
+        f"Best-of-{n} by {how} step reward: full data {100 * full['accuracy']:.1f}% against majority vote "
+        f"{points(full['vs_majority'], 'difference')} and random choice {points(full['vs_random'], 'difference')}; "
+        f"{BON_LABELS['bis']} against {BON_LABELS['random']} {points(pair, 'difference')} "
+        "(paired 95% intervals; one holding 0 measures no difference)."
+    )
+
+
 def stage_best(config: SweepConfig, summary: list[dict[str, Any]]) -> tuple[Path, Path]:
     """Stage the better of the two 10% subsets (by calibrated F1) as a Hub folder; its trained model folder
     already holds its card and is pushed as it is."""
@@ -107,8 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="selection and training seed")
     parser.add_argument("--rollouts", type=int, help="corpus size (default: the synth default)")
     parser.add_argument("--max-steps", type=int, help="cap every training run (a smoke test)")
+    parser.add_argument(
+        "--bon-questions",
+        type=int,
+        default=DEFAULT_BON_QUESTIONS,
+        help=f"questions of the best-of-N pool (16 candidates each; default {DEFAULT_BON_QUESTIONS}; 0: none)",
+    )
     args = parser.parse_args(argv)
-    config = quickstart_config(args.output_dir, args.seed, args.rollouts, args.max_steps)
+    config = quickstart_config(args.output_dir, args.seed, args.rollouts, args.max_steps, args.bon_questions)
     results = run_sweep(config)
     summary = summarise(results)
     order = {"bis": 0, "random": 1, FULL: 2}
@@ -116,10 +165,31 @@ def main(argv: list[str] | None = None) -> int:
     plot = Path(args.output_dir) / "quickstart.png"
     references = json.loads((Path(args.output_dir) / "references.json").read_text(encoding="utf-8"))
     plot_results(results, references["default"], "default", "single_pass", plot)
+    from mprm_hf.data.synthetic import BON_DIR
+
+    selectors = ("bis", "random", FULL)
+    bon = None
+    if args.bon_questions:
+        bon = run_bon(
+            [str(trained_model(args.output_dir, selector, args.seed)) for selector in selectors],
+            Path(args.output_dir) / "default" / "world" / BON_DIR,
+            Path(args.output_dir) / "bon",
+            n_values=DEFAULT_N,
+            labels=[BON_LABELS[selector] for selector in selectors],
+            seed=args.seed,
+            progress=False,
+        )  # the rewards each sweep run cached for its best-of-8 are read back, not scored again
     subset_hub, model_hub = stage_best(config, summary)
     print("\n" + format_table(summary, references["default"]) + "\n")
     print(claim_sentence(summary))
-    print(f"\nplot: {plot}\nready for the Hub: {subset_hub} (subset + card), {model_hub} (model + card);")
+    if bon is not None:
+        print("\n" + format_report(bon, per_source=False) + "\n")
+        print(bon_sentence(bon))
+    bon_plot = (
+        f", {Path(args.output_dir) / 'bon' / 'bon.png'} (best-of-N; all of it in bon.json)" if bon else ""
+    )
+    print(f"\nplots: {plot}{bon_plot}")
+    print(f"ready for the Hub: {subset_hub} (subset + card), {model_hub} (model + card);")
     print(f"push them with: mprm-hf push {subset_hub} --repo-id OWNER/NAME (and the same for the model)")
     print(
         f"open the Space on a trained PRM: mprm-hf demo --model {trained_model(args.output_dir, seed=args.seed)}"

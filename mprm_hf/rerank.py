@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mprm_hf.data.bon_pool import read_records
 from mprm_hf.errors import MPRMError
 from mprm_hf.fileio import write_text_atomic
 from mprm_hf.scoring import add_model_arguments, load_for_scoring, score_traces
@@ -40,6 +41,45 @@ def aggregate_rewards(rewards: Sequence[float], how: str = "mean") -> float:
     return math.prod(rewards)
 
 
+def best_index(scores: Sequence[float]) -> int:
+    """The candidate with the highest score; ties go to the earliest."""
+    return max(range(len(scores)), key=lambda option: (scores[option], -option))
+
+
+def score_candidates(
+    model: Any,
+    processor: Any,
+    questions: Sequence[dict[str, Any]],
+    *,
+    step_format: str | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[list[list[float]]]:
+    """The step rewards of every candidate of every question (`[question][candidate][step]`).
+
+    All candidates of all questions are scored together, one forward pass per candidate, so batches fill
+    up across questions.
+    """
+    traces, owners = [], []
+    for index, record in enumerate(questions):
+        options = record.get("candidates")
+        if not isinstance(options, list) or not options:
+            raise MPRMError(f"question {index}: field 'candidates' must be a non-empty list")
+        for option in options:
+            steps = option.get("steps") if isinstance(option, dict) else None
+            traces.append(
+                {"question": record.get("question"), "images": record.get("images") or [], "steps": steps}
+            )
+            owners.append(index)
+    rewards = score_traces(
+        model, processor, traces, batch_size=batch_size, step_format=step_format, progress=progress
+    )
+    results: list[list[list[float]]] = [[] for _ in questions]
+    for index, trace_rewards in zip(owners, rewards, strict=True):
+        results[index].append(trace_rewards)
+    return results
+
+
 def rerank(
     model: Any,
     processor: Any,
@@ -51,90 +91,30 @@ def rerank(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """For each question `{"question", "images", "candidates": [{"steps": [...]}, ...]}` return
-    `{"best_index", "aggregate", "candidate_scores", "step_rewards"}` (ties go to the earliest candidate).
-
-    All candidates of all questions are scored together, so batches fill up across questions.
-    """
+    `{"best_index", "aggregate", "candidate_scores", "step_rewards"}` (ties go to the earliest candidate)."""
     if aggregate not in AGGREGATES:
         raise MPRMError(f"unknown aggregate {aggregate!r} (choose one of: {', '.join(AGGREGATES)})")
-    traces, owners = [], []
-    for index, record in enumerate(candidates):
-        options = record.get("candidates")
-        if not isinstance(options, list) or not options:
-            raise MPRMError(f"question {index}: field 'candidates' must be a non-empty list")
-        for option_index, option in enumerate(options):
-            steps = option.get("steps") if isinstance(option, dict) else None
-            traces.append(
-                {"question": record.get("question"), "images": record.get("images") or [], "steps": steps}
-            )
-            owners.append((index, option_index))
-    rewards = score_traces(
-        model, processor, traces, batch_size=batch_size, step_format=step_format, progress=progress
+    rewards = score_candidates(
+        model, processor, candidates, step_format=step_format, batch_size=batch_size, progress=progress
     )
-    results = [
-        {"best_index": -1, "aggregate": aggregate, "candidate_scores": [], "step_rewards": []}
-        for _ in candidates
-    ]
-    for (index, _), trace_rewards in zip(owners, rewards, strict=True):
-        results[index]["candidate_scores"].append(aggregate_rewards(trace_rewards, aggregate))
-        results[index]["step_rewards"].append(trace_rewards)
-    for result in results:
-        scores = result["candidate_scores"]
-        result["best_index"] = max(range(len(scores)), key=lambda option: (scores[option], -option))
+    results = []
+    for question_rewards in rewards:
+        scores = [aggregate_rewards(trace_rewards, aggregate) for trace_rewards in question_rewards]
+        results.append(
+            {
+                "best_index": best_index(scores),
+                "aggregate": aggregate,
+                "candidate_scores": scores,
+                "step_rewards": question_rewards,
+            }
+        )
     return results
 
 
 def read_candidates(path: str | Path) -> list[dict[str, Any]]:
     """Questions with candidates from a jsonl file, as written (a single image path becomes a list);
-    errors name the file, the line and the field."""
-    path = Path(path)
-    if not path.is_file():
-        raise MPRMError(f"{path}: candidates file not found")
-    root = path.resolve().parent
-    records = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise MPRMError(f"{where}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise MPRMError(f"{where}: not valid JSON: {error.msg}") from error
-            if not isinstance(record, dict):
-                raise MPRMError(f"{where}: a line must be a JSON object")
-            if not isinstance(record.get("question"), str) or not record["question"].strip():
-                raise MPRMError(f"{where}: field 'question' is missing or not a non-empty string")
-            images = record.get("images", [])
-            if isinstance(images, str):
-                images = [images]
-            if not isinstance(images, list) or not all(isinstance(image, str) for image in images):
-                raise MPRMError(f"{where}: field 'images' must be a list of paths")
-            for image_index, image in enumerate(images):
-                if not (root / image).is_file():
-                    raise MPRMError(f"{where}: field 'images[{image_index}]': file not found ({image})")
-            options = record.get("candidates")
-            if not isinstance(options, list) or not options:
-                raise MPRMError(f"{where}: field 'candidates' must be a non-empty list")
-            for option_index, option in enumerate(options):
-                steps = option.get("steps") if isinstance(option, dict) else None
-                if not isinstance(steps, list) or not steps:
-                    raise MPRMError(
-                        f"{where}: field 'candidates[{option_index}].steps' must be a non-empty list"
-                    )
-                for step_index, step in enumerate(steps):
-                    if not isinstance(step, str) or not step.strip():
-                        raise MPRMError(
-                            f"{where}: field 'candidates[{option_index}].steps[{step_index}]' is empty or not a string"
-                        )
-            records.append({**record, "images": images})
-    if not records:
-        raise MPRMError(f"{path}: no questions")
-    return records
+    errors name the file, the line and the field. The record is a best-of-N pool's without the grades."""
+    return read_records(path, graded=False)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

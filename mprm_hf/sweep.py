@@ -36,6 +36,9 @@ SWEEP_SELECTORS = ("bis", "random", "mixed", "reliable", "low-mc", "entropy")
 FULL = "full"
 # The entropy selector scores rollouts with the full-data PRM of the same seed when its model is this word.
 FULL_DATA_MODEL = "full-data"
+# Each run's best-of-N line: accuracy at this N by the mean step reward, on the world's candidate pool.
+BON_N = 8
+BON_AGGREGATE = "mean"
 
 
 @dataclass
@@ -86,6 +89,10 @@ class SweepConfig:
         default_factory=lambda: ["single_pass"],
         metadata={"help": f"compute policies: {', '.join(COMPUTE_POLICIES)}"},
     )
+    bon_questions: int = field(
+        default=64, metadata={"help": "questions of the world's best-of-N pool (0: no best-of-N)"}
+    )
+    bon_candidates: int = field(default=16, metadata={"help": "candidates per question of that pool"})
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SweepConfig:
@@ -120,6 +127,12 @@ class SweepConfig:
                 raise MPRMError(f"{where}: field 'fractions': {fraction!r} is not in (0, 1)")
         if ("equal_steps" in self.compute or "entropy" in self.selectors) and not self.full_data:
             raise MPRMError(f"{where}: 'equal_steps' and 'entropy' need the full-data runs (full_data: true)")
+        for name in ("bon_questions", "bon_candidates"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MPRMError(f"{where}: field {name!r} must be a whole number >= 0, got {value!r}")
+        if self.bon_questions and self.bon_candidates < BON_N:
+            raise MPRMError(f"{where}: field 'bon_candidates' must be at least {BON_N} (best-of-{BON_N})")
         if len(self.noise_grid) > 1:
             raise MPRMError(f"{where}: field 'noise_grid': one noise field at a time")
 
@@ -145,11 +158,14 @@ def worlds(config: SweepConfig) -> list[tuple[str, dict[str, Any]]]:
 
 
 def write_world(folder: Path, config: SweepConfig, noise: dict[str, Any]) -> None:
-    """The corpus + benchmark, and a calibration benchmark from another seed (written once)."""
+    """The corpus + benchmark, a best-of-N pool, and a calibration benchmark from another seed (each
+    written once)."""
     from mprm_hf.data.synthetic import (
+        BON_DIR,
         DEFAULT_BENCHMARK_TRACES,
         DEFAULT_ROLLOUTS,
         noise_from_config,
+        write_bon_pool,
         write_synthetic,
     )
 
@@ -162,6 +178,10 @@ def write_world(folder: Path, config: SweepConfig, noise: dict[str, Any]) -> Non
             benchmark_traces=traces,
             seed=config.world_seed,
             noise=model,
+        )
+    if config.bon_questions and not (folder / "world" / BON_DIR / "pool.jsonl").is_file():
+        write_bon_pool(
+            folder / "world", config.bon_questions, config.bon_candidates, seed=config.world_seed, noise=model
         )
     if not (folder / "calibration" / "synth.json").is_file():
         write_synthetic(
@@ -243,13 +263,27 @@ def score(model: Path, benchmark: Path, out: Path) -> Path:
     return out / "scores.jsonl"
 
 
+def best_of_n(model: Path, world_dir: Path) -> dict[str, Any]:
+    """A run's best-of-N accuracy and its interval on the world's pool (its rewards cached beside it)."""
+    from mprm_hf.bon import bon_at
+    from mprm_hf.data.synthetic import BON_DIR
+
+    line = bon_at(model, world_dir / "world" / BON_DIR, BON_N, BON_AGGREGATE)
+    return {"bon": line["accuracy"], "bon_ci": line["ci"]}
+
+
 def run_one(run_dir: Path, world_dir: Path, config: SweepConfig, spec: dict[str, Any]) -> dict[str, Any]:
-    """Select, train, score one run; its result.json makes it skip next time."""
+    """Select, train, score one run; its result.json makes it skip next time (a result from before the
+    sweep had a pool gains its best-of-N line from the kept model)."""
     from mprm_hf.evaluation import metrics_from_scores
 
     result_file = run_dir / "result.json"
     if result_file.is_file():
-        return json.loads(result_file.read_text(encoding="utf-8"))
+        result = json.loads(result_file.read_text(encoding="utf-8"))
+        if config.bon_questions and "bon" not in result and (run_dir / "model" / "config.json").is_file():
+            result.update(best_of_n(run_dir / "model", world_dir))
+            write_text_atomic(result_file, json.dumps(result, indent=2) + "\n")
+        return result
     run_dir.mkdir(parents=True, exist_ok=True)
     data, model = run_dir / "data", run_dir / "model"
     n_rollouts, n_steps = save_subset(
@@ -275,6 +309,8 @@ def run_one(run_dir: Path, world_dir: Path, config: SweepConfig, spec: dict[str,
         "threshold_calibrated": calibrated["threshold"],
         "oracle_overall": at_half["oracle_overall"],
     }
+    if config.bon_questions:
+        result.update(best_of_n(model, world_dir))
     write_text_atomic(result_file, json.dumps(result, indent=2) + "\n")
     shutil.rmtree(data, ignore_errors=True)  # the subset is cheap to rebuild; the model stays for the Space
     return result
@@ -331,6 +367,12 @@ def run_sweep(config: SweepConfig, *, progress: bool = True) -> list[dict[str, A
         write_world(world_dir, config, noise)
         position = position_baseline(world_dir / "world" / "VisualProcessBench")
         references[world] = {"position_auc": position["auc"], "position_overall": position["overall"]}
+        if config.bon_questions:
+            from mprm_hf.bon import pool_references
+            from mprm_hf.data.synthetic import BON_DIR
+
+            pool = pool_references(world_dir / "world" / BON_DIR, BON_N)
+            references[world].update({f"bon_{name}": value for name, value in pool.items()})
         runs = plan(config, world)
         full_runs: dict[int, dict[str, Any]] = {}
         for spec in tqdm(runs, desc=f"sweep {world}", unit="run", disable=not progress):
@@ -393,6 +435,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "overall",
             "overall_calibrated",
             "oracle_overall",
+            "bon",
         ):
             entry[key] = _spread([row.get(key) for row in rows])
         summary.append(entry)
@@ -410,17 +453,25 @@ def results_table(results: list[dict[str, Any]], references: dict[str, dict[str,
     for world, ref in references.items():
         lines.append(
             f"### World `{world}`\n\nPosition-only scorer (1 - j/n): AUC {100 * ref['position_auc']:.1f}, "
-            f"overall at 0.5 {100 * ref['position_overall']:.1f}. Chance: overall 50.\n"
+            f"overall at 0.5 {100 * ref['position_overall']:.1f}. Chance: overall 50."
+            + (
+                f" Best-of-{BON_N} on the world's pool: random choice {100 * ref['bon_random']:.1f}, "
+                f"majority vote {100 * ref['bon_majority']:.1f}, oracle {100 * ref['bon_oracle']:.1f}."
+                if "bon_random" in ref
+                else ""
+            )
+            + "\n"
         )
         lines.append(
-            "| compute | selector | fraction | seeds | rollouts | optimizer steps | train s | overall@0.5 | overall (calibrated) | oracle | AUC |"
+            "| compute | selector | fraction | seeds | rollouts | optimizer steps | train s | overall@0.5 | "
+            f"overall (calibrated) | oracle | AUC | BoN@{BON_N} ({BON_AGGREGATE}) |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for entry in summarise([r for r in results if r["world"] == world]):
             lines.append(
                 f"| {entry['compute']} | {entry['selector']} | {entry['fraction']:g} | {entry['seeds']} | "
                 f"{entry['rollouts'][0]:.0f} | {entry['optimizer_steps'][0]:.0f} | {entry['train_s'][0]:.0f} | "
-                f"{pct(entry['overall'])} | {pct(entry['overall_calibrated'])} | {pct(entry['oracle_overall'])} | {pct(entry['auc'])} |"
+                f"{pct(entry['overall'])} | {pct(entry['overall_calibrated'])} | {pct(entry['oracle_overall'])} | {pct(entry['auc'])} | {pct(entry['bon'])} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -429,8 +480,9 @@ def results_table(results: list[dict[str, Any]], references: dict[str, dict[str,
 def plot_results(
     results: list[dict[str, Any]], reference: dict[str, float], world: str, compute: str, path: Path
 ) -> None:
-    """Calibrated overall F1 and AUC against the fraction of rollouts, a line per selector with the seed
-    spread; full data, the position-only scorer and chance as reference lines."""
+    """Calibrated overall F1, AUC and (with a pool) best-of-N accuracy against the fraction of rollouts, a
+    line per selector with the seed spread; full data, the position-only scorer and chance (for best-of-N:
+    random choice and majority vote) as reference lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -442,17 +494,14 @@ def plot_results(
         if e["compute"] in {compute, "single_pass"}
     ]
     full = [e for e in summary if e["selector"] == FULL]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for axis, key, title, position, chance in (
-        (
-            axes[0],
-            "overall_calibrated",
-            "overall F1 (calibrated threshold)",
-            reference["position_overall"],
-            0.5,
-        ),
-        (axes[1], "auc", "ROC-AUC", reference["position_auc"], 0.5),
-    ):
+    panels = [
+        ("overall_calibrated", "overall F1 (calibrated threshold)", reference["position_overall"], 0.5),
+        ("auc", "ROC-AUC", reference["position_auc"], 0.5),
+    ]
+    if "bon_random" in reference:
+        panels.append(("bon", f"best-of-{BON_N} accuracy ({BON_AGGREGATE} step reward)", None, None))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
+    for axis, (key, title, position, chance) in zip(axes, panels, strict=True):
         for selector in sorted({e["selector"] for e in summary if e["selector"] != FULL}):
             rows = sorted(
                 (e for e in summary if e["selector"] == selector and e["compute"] == compute),
@@ -469,8 +518,13 @@ def plot_results(
                 )
         if full:
             axis.axhline(100 * full[0][key][0], color="black", linewidth=1.5, label="full data")
-        axis.axhline(100 * position, color="grey", linestyle="--", label="position only")
-        axis.axhline(100 * chance, color="grey", linestyle=":", label="chance")
+        if key == "bon":
+            axis.axhline(100 * reference["bon_majority"], color="grey", linestyle="--", label="majority vote")
+            axis.axhline(100 * reference["bon_random"], color="grey", linestyle=":", label="random choice")
+            axis.legend(fontsize=8)
+        else:
+            axis.axhline(100 * position, color="grey", linestyle="--", label="position only")
+            axis.axhline(100 * chance, color="grey", linestyle=":", label="chance")
         axis.set_xscale("log")
         axis.set_xlabel("fraction of rollouts (per source)")
         axis.set_ylabel("%")

@@ -24,6 +24,7 @@ def sweep_recipe(tmp_path: Path, **overrides) -> Path:
         "selectors": {"bis": {"alpha": {0.5: 0.05}}, "random": {}},
         "seeds": [0, 1],
         "compute": ["single_pass", "equal_steps"],
+        "bon_questions": 8,
         **overrides,
     }
     path = tmp_path / "sweep.yaml"
@@ -43,10 +44,14 @@ def test_sweep_runs_resumes_and_reports(tmp_path: Path, capsys: pytest.CaptureFi
             0 <= row["auc"] <= 1 and 0 <= row["overall_calibrated"] <= 1 and 0 <= row["oracle_overall"] <= 1
         )
         assert row["tokens"] > 0 and row["train_s"] > 0 and row["optimizer_steps"] == 2
+        assert 0 <= row["bon_ci"][0] <= row["bon"] <= row["bon_ci"][1] <= 1
     bis = next(r for r in rows if r["selector"] == "bis")
     assert bis["params"] == {"alpha": 0.05} and bis["rollouts"] < 120
     table = (out / "results.md").read_text()
     assert "Position-only scorer" in table and "| single_pass | bis | 0.5 | 2 |" in table
+    assert "| BoN@8 (mean) |" in table and "Best-of-8 on the world's pool: random choice" in table
+    references = json.loads((out / "references.json").read_text())["default"]
+    assert 0 <= references["bon_random"] <= references["bon_majority"] <= references["bon_oracle"] <= 1
     assert (out / "plot-default-single_pass.png").stat().st_size > 1000
     assert (out / "default" / "calibration" / "VisualProcessBench" / "test.jsonl").is_file()
     results = {p: p.stat().st_mtime_ns for p in out.rglob("result.json")}
@@ -69,6 +74,8 @@ def test_sweep_recipe_errors_name_the_field(tmp_path: Path, capsys: pytest.Captu
     assert "field 'selectors' must be a mapping" in capsys.readouterr().err
     assert cli_main(["sweep", "--config", str(tmp_path / "missing.yaml")]) == 1
     assert "missing.yaml: recipe not found" in capsys.readouterr().err
+    assert cli_main(["sweep", "--config", str(sweep_recipe(tmp_path, bon_candidates=4))]) == 1
+    assert "field 'bon_candidates' must be at least 8" in capsys.readouterr().err
 
 
 def test_shipped_sweep_recipes_parse() -> None:
@@ -90,13 +97,28 @@ def test_shipped_sweep_recipes_parse() -> None:
 @pytest.mark.slow
 def test_quickstart_prints_the_table_the_sentence_and_stages(tmp_path: Path, capsys) -> None:
     out = tmp_path / "qs"
-    argv = ["quickstart", "--output-dir", str(out), "--rollouts", "200", "--max-steps", "2"]
+    argv = [
+        "quickstart",
+        "--output-dir",
+        str(out),
+        "--rollouts",
+        "200",
+        "--max-steps",
+        "2",
+        "--bon-questions",
+        "8",
+    ]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "selector" in printed and "F1 cal." in printed
     assert "position-only scorer (1 - j/n, no model)" in printed and "chance" in printed
     assert "BIS-10% reached" in printed and "random-10% reached" in printed
     assert (out / "quickstart.png").is_file()
+    assert "majority (reference)" in printed and "full data [mean]" in printed and "BIS-10% [min]" in printed
+    assert "Best-of-8 by mean step reward: full data" in printed and "BIS-10% against random-10%" in printed
+    bon = json.loads((out / "bon" / "bon.json").read_text())
+    assert [model["label"] for model in bon["models"]] == ["BIS-10%", "random-10%", "full data"]
+    assert all(model["cached"] for model in bon["models"])  # the sweep's runs scored the pool already
     hub = [p for p in out.iterdir() if p.name.endswith(".hub")]
     assert len(hub) == 1 and (hub[0] / "README.md").is_file()
     model_cards = [card for card in out.rglob("README.md") if (card.parent / "model.safetensors").is_file()]

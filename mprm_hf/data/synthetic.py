@@ -442,6 +442,11 @@ def _seeds(seed: int, name: str) -> tuple[np.random.Generator, random.Random]:
     return np.random.default_rng(sequence), random.Random(int(state[0]) << 32 | int(state[1]))
 
 
+def _body_steps(nrng: np.random.Generator, mean: float, n: int) -> np.ndarray:
+    """Non-final steps of `n` rollouts of a source whose rollouts have `mean` of them on average."""
+    return np.clip(1 + nrng.poisson(max(mean - 1.0, 0.0), n), 1, MC_TOTAL - 1)
+
+
 def simulate_source(
     source: str, n_rollouts: int, seed: int = 0, noise: NoiseModel = NOISE
 ) -> SimulatedSource:
@@ -467,7 +472,7 @@ def simulate_source(
 
     # rollout-level draws: easy (redundant), medium or hard; an error or not
     n = n_rollouts
-    n_body = np.clip(1 + nrng.poisson(max(shape.body_per_rec - 1.0, 0.0), n), 1, MC_TOTAL - 1)
+    n_body = _body_steps(nrng, shape.body_per_rec, n)
     n_steps = n_body + 1
     easy = nrng.random(n) < noise.redundancy
     hard = nrng.random(n) < noise.hard_share
@@ -817,6 +822,133 @@ def _write_benchmark(
 
 
 # ---------------------------------------------------------------------------------------------------
+# Best-of-N candidate pools
+# ---------------------------------------------------------------------------------------------------
+
+BON_DIR = "BestOfN"
+DEFAULT_BON_CANDIDATES = 16
+# A policy's wrong answers cluster: this share of its wrong final answers repeat the question's one
+# favourite wrong answer (the rest spread over the others), which is what beats majority vote on hard
+# questions.
+FAVOURITE_WRONG = 0.5
+
+
+@dataclass
+class PoolQuestion:
+    """One pool question with its pictures and its candidates (the pool record without image paths)."""
+
+    source: str
+    index: int
+    scenes: tuple[Scene, ...]
+    question: Question
+    candidates: list[dict[str, Any]]
+
+
+def simulate_pool(
+    n_questions: int, n_candidates: int, seed: int = 0, noise: NoiseModel = NOISE
+) -> list[PoolQuestion]:
+    """Questions split over the corpus's sources by their sizes, each answered `n_candidates` times by a
+    simulated policy with the corpus's generators and difficulty model: a candidate of a question whose
+    clean-prefix success chance is q has no error with probability q; otherwise its first error falls on
+    a uniform step (the final one included), later steps are false as in the corpus, and its stated answer
+    is right only by recovery."""
+    pool = []
+    for source, count in allocate_rollouts(n_questions).items():
+        if count == 0:
+            continue
+        shape = SOURCE_SHAPES[source]
+        nrng, prng = _seeds(seed, f"{BON_DIR}:{source}")
+        kinds = question_kinds(source)
+        images_per_question = 2 if kinds == ("compare",) else 1
+        for index in range(count):
+            scene_set = tuple(random_scene(prng) for _ in range(images_per_question))
+            question = make_question(_pick(prng, kinds), scene_set, prng)
+            difficulty = (
+                0 if nrng.random() < noise.redundancy else 2 if nrng.random() < noise.hard_share else 1
+            )
+            success = float(nrng.beta(*DIFFICULTY_BETA[difficulty]))
+            favourite = _pick(prng, question.wrong_answers)
+            n_steps = _body_steps(nrng, shape.body_per_rec, n_candidates) + 1
+            candidates = []
+            for k in range(n_candidates):
+                steps_here = int(n_steps[k])
+                first_error = steps_here if nrng.random() < success else int(nrng.integers(0, steps_here))
+                steps = []
+                for j in range(steps_here):
+                    final = j == steps_here - 1
+                    if j != first_error:
+                        after = noise.final_right_after_error if final else 1.0 - noise.false_after_error
+                        truth = j < first_error or prng.random() < after
+                    else:
+                        truth = False
+                    if final:
+                        stated = question.answer
+                        if not truth:
+                            stated = (
+                                favourite
+                                if prng.random() < FAVOURITE_WRONG
+                                else _pick(prng, question.wrong_answers)
+                            )
+                        steps.append(final_step(question, stated, prng))
+                    elif j == 0 and first_error > 0 and prng.random() < noise.neutral_first_step:
+                        steps.append(neutral_step(question, prng))
+                    else:
+                        steps.append(body_step(_claim_for(scene_set, truth, prng), prng))
+                candidates.append({"steps": steps, "answer": stated, "correct": stated == question.answer})
+            pool.append(PoolQuestion(source, index, scene_set, question, candidates))
+    return pool
+
+
+def write_bon_pool(
+    out_dir: str | Path,
+    n_questions: int,
+    n_candidates: int = DEFAULT_BON_CANDIDATES,
+    *,
+    seed: int = 0,
+    noise: NoiseModel = NOISE,
+    images: bool = True,
+) -> dict[str, Any]:
+    """Write a best-of-N pool (mprm_hf.data.bon_pool's format: jsonl, pictures, dataset card) to
+    `out_dir/BestOfN`, the whole folder at once; return its summary."""
+    from mprm_hf.data.bon_pool import write_pool
+    from mprm_hf.fileio import atomic_output
+
+    if n_questions < 1 or n_candidates < 1:
+        raise MPRMError(f"a pool needs >= 1 question and >= 1 candidate (got {n_questions}, {n_candidates})")
+    target = Path(out_dir) / BON_DIR
+    pool = simulate_pool(n_questions, n_candidates, seed, noise)
+    records = []
+    with atomic_output(target, folder=True) as folder:
+        for item in pool:
+            stem = _image_name(item.index, 5)
+            names = [f"{stem}.png"] if len(item.scenes) == 1 else [f"{stem}_{s}.png" for s in IMAGE_SIDES]
+            rel = [f"images/{item.source}/{name}" for name in names]
+            if images:
+                (folder / "images" / item.source).mkdir(parents=True, exist_ok=True)
+                for path, scene in zip(rel, item.scenes, strict=True):
+                    save_png(draw_scene(scene), folder / path)
+            records.append(
+                {
+                    "id": f"{item.source}:{item.index + 1}",
+                    "source": item.source,
+                    "images": rel,
+                    "question": item.question.text,
+                    "answer": item.question.answer,
+                    "candidates": item.candidates,
+                }
+            )
+        made_by = f"mprm-hf synth --bon-questions {n_questions} --bon-candidates {n_candidates} --seed {seed}"
+        write_pool(folder, records, pretty_name="Synthetic best-of-N pool", made_by=made_by)
+    options = [option for item in pool for option in item.candidates]
+    return {
+        "questions": len(pool),
+        "candidates": n_candidates,
+        "correct": sum(option["correct"] for option in options) / len(options),
+        "pass_at_k": sum(any(o["correct"] for o in item.candidates) for item in pool) / len(pool),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
 # Public entry points
 # ---------------------------------------------------------------------------------------------------
 
@@ -835,9 +967,12 @@ def write_synthetic(
     images: bool = True,
     workers: int | None = None,
     noise: NoiseModel = NOISE,
+    bon_questions: int = 0,
+    bon_candidates: int = DEFAULT_BON_CANDIDATES,
 ) -> dict:
-    """Write the synthetic VisualPRM400K-v1.1-Raw, its truth sidecar and VisualProcessBench under `out_dir`;
-    return a summary with the measured truth statistics (also written to `out_dir/synth.json`).
+    """Write the synthetic VisualPRM400K-v1.1-Raw, its truth sidecar and VisualProcessBench under `out_dir`
+    (and, with `bon_questions`, a best-of-N pool in `out_dir/BestOfN`); return a summary with the measured
+    truth statistics (also written to `out_dir/synth.json`).
 
     The bytes written depend only on the arguments (each source has its own seed stream), whatever
     `workers` is. `workers` defaults to 2 processes for corpora of 50,000 rollouts or more. Pictures of
@@ -845,6 +980,10 @@ def write_synthetic(
     """
     if rollouts < 0 or benchmark_traces < 0:
         raise MPRMError(f"rollouts and benchmark_traces must be >= 0 (got {rollouts}, {benchmark_traces})")
+    if bon_questions < 0 or bon_candidates < 1:
+        raise MPRMError(
+            f"bon_questions must be >= 0 and bon_candidates >= 1 (got {bon_questions}, {bon_candidates})"
+        )
     if workers is not None and workers < 1:
         raise MPRMError(f"workers must be >= 1 (got {workers})")
     out = Path(out_dir)
@@ -892,6 +1031,10 @@ def write_synthetic(
         "per_source": {name: per_source[name]["rollouts"] for name in sorted(per_source)},
         "benchmark": benchmark,
     }
+    if bon_questions:
+        summary["bon"] = write_bon_pool(
+            out, bon_questions, bon_candidates, seed=seed, noise=noise, images=images
+        )
     # the file holds no path, so the same arguments write the same bytes wherever they are written
     portable = {key: value for key, value in summary.items() if key != "out_dir"}
     write_bytes_atomic(out / SUMMARY_FILE, orjson.dumps(portable, option=orjson.OPT_INDENT_2) + b"\n")
@@ -997,6 +1140,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"({labels['incorrect'] / judged:.1%} of judged), {labels['neutral']:,} neutral) "
         f"to {out / BENCHMARK_DIR / 'test.jsonl'}\n"
         f"images: {summary['images'] + bench['images']:,}"
+    ) + (
+        f"\nwrote a best-of-N pool of {summary['bon']['questions']:,} questions x {summary['bon']['candidates']} "
+        f"candidates ({summary['bon']['correct']:.1%} correct, pass@K {summary['bon']['pass_at_k']:.1%}) "
+        f"to {out / BON_DIR}"
+        if "bon" in summary
+        else ""
     )
 
 
@@ -1031,6 +1180,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=None, metavar="W", help="processes (default: 2 from 50,000 rollouts)"
     )
+    parser.add_argument(
+        "--bon-questions",
+        type=int,
+        default=0,
+        metavar="Q",
+        help=f"also write a best-of-N candidate pool of Q questions to DIR/{BON_DIR} (default 0: none)",
+    )
+    parser.add_argument(
+        "--bon-candidates",
+        type=int,
+        default=DEFAULT_BON_CANDIDATES,
+        metavar="K",
+        help=f"candidates per pool question (default {DEFAULT_BON_CANDIDATES})",
+    )
     knobs = parser.add_argument_group(
         "noise model", "each mechanism of MC label noise (docs/synthetic.md); flags override --noise"
     )
@@ -1061,6 +1224,8 @@ def main(argv: list[str] | None = None) -> int:
         images=not args.no_images,
         workers=args.workers,
         noise=noise,
+        bon_questions=args.bon_questions,
+        bon_candidates=args.bon_candidates,
     )
     print(f"{format_summary(summary)}; {time.perf_counter() - started:.1f} s")
     return 0
