@@ -27,7 +27,7 @@ import numpy as np
 
 from mprm_hf.data.bon_pool import Pool, load_pool
 from mprm_hf.errors import MPRMError
-from mprm_hf.fileio import folder_fingerprint, save_figure_atomic, write_text_atomic
+from mprm_hf.fileio import folder_fingerprint, model_fingerprint, save_figure_atomic, write_text_atomic
 from mprm_hf.rerank import AGGREGATES, aggregate_rewards, score_candidates
 
 DEFAULT_N = (1, 2, 4, 8, 16)
@@ -43,16 +43,6 @@ _CHUNK_ELEMENTS = 5_000_000  # draws are made in chunks of about this many (ques
 # ---------------------------------------------------------------------------------------------------
 # Scoring, once per model and pool
 # ---------------------------------------------------------------------------------------------------
-
-
-def model_fingerprint(model: str | Path) -> str:
-    """What identifies a model: the fingerprint of its folder's own files (`folder_fingerprint` of each;
-    subfolders such as `checkpoint-*/` or a staged `hub/` card do not change the model), or a Hub id."""
-    folder = Path(model).expanduser()
-    if not folder.is_dir():
-        return folder_fingerprint(folder) or str(model)
-    files = sorted(path for path in folder.iterdir() if path.is_file())
-    return hashlib.sha256("".join(str(folder_fingerprint(file)) for file in files).encode()).hexdigest()[:20]
 
 
 def pool_rewards(

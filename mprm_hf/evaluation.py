@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mprm_hf.errors import MPRMError, first_line
-from mprm_hf.fileio import folder_fingerprint, save_figure_atomic, write_text_atomic
+from mprm_hf.fileio import model_fingerprint, save_figure_atomic, write_text_atomic
 
 SCORES_FILE = "scores.jsonl"
 METRICS_FILE = "metrics.json"
@@ -444,8 +444,8 @@ def evaluate_benchmark(args: EvaluateArguments) -> dict[str, Any] | None:
         "benchmark": _name(args.benchmark),
         "split": args.split,
         "step_format": args.step_format,
-        "weights": folder_fingerprint(args.model),
-        "adapter_weights": None if args.adapter is None else folder_fingerprint(args.adapter),
+        "weights": model_fingerprint(args.model),
+        "adapter_weights": None if args.adapter is None else model_fingerprint(args.adapter),
         "dtype": args.dtype,
     }
     same_run = _check_run_identity(out, identity)

@@ -121,3 +121,18 @@ def folder_fingerprint(path: str | os.PathLike) -> str | None:
             f"{file.relative_to(root) if file != root else file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
         )
     return digest.hexdigest()[:20]
+
+
+def model_fingerprint(model: str | os.PathLike) -> str:
+    """What identifies a model folder's model: `folder_fingerprint` of its own top-level files, leaving out
+    its card (README.md, rewritten by `evaluate --update-card`), hidden files and subfolders (checkpoints,
+    an evaluation's output); a file by itself; a Hub id as it is."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return folder_fingerprint(folder) or str(model)
+    files = sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file() and path.suffix != ".md" and not path.name.startswith(".")
+    )
+    return hashlib.sha256("".join(str(folder_fingerprint(file)) for file in files).encode()).hexdigest()[:20]

@@ -95,7 +95,7 @@ def test_a_broken_selection_record_is_one_located_line(tmp_path: Path, broken: s
 
 
 def test_evaluate_update_card_adds_the_benchmark_and_a_save_keeps_it(
-    synthetic_dir: Path, tiny_model_dir: Path, tiny_stepwise, tmp_path: Path
+    synthetic_dir: Path, tiny_model_dir: Path, tiny_stepwise, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """A real `mprm-hf evaluate --update-card` on a trained folder: model-index and prm_threshold join the
     training card, and the next save of the same folder keeps them."""
@@ -119,6 +119,9 @@ def test_evaluate_update_card_adds_the_benchmark_and_a_save_keeps_it(
     overall = next(r for r in benchmark if r.metric_type == "overall_micro_f1")
     assert overall.metric_value == metrics["overall"] and overall.metric_args == {"threshold": 0.42}
     assert "## Evaluation on VisualProcessBench" in card.text
+    capsys.readouterr()
+    assert cli_main(argv) == 0  # the card changed, the model did not: nothing is scored again
+    assert "6 already scored" in capsys.readouterr().out
 
     trainer.save_model()  # the card is written again on every save: the benchmark results stay
     again = ModelCard.load(tmp_path / "prm" / "README.md")
