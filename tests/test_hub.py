@@ -253,6 +253,13 @@ class _FakeHubHandler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = _handle
 
+    def do_HEAD(self) -> None:  # a file's metadata: the fake holds none, a 404 as the Hub answers one
+        self.server.requests.append({"method": "HEAD", "path": self.path, "auth": None, "body": b""})
+        self.send_response(404)
+        self.send_header("X-Error-Code", "EntryNotFound")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
 
 @pytest.fixture
 def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
@@ -260,6 +267,8 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHu
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.endpoint)
+    template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"  # file downloads, built at import
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     yield server

@@ -8,6 +8,7 @@ quotes it, instead of guessing from the dataset card's text.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -81,8 +82,10 @@ def read_selection(dataset: str | os.PathLike[str] | None, *, revision: str | No
     return record
 
 
+@functools.cache
 def _hub_selection(repo_id: str, revision: str | None) -> Path | None:
-    """`selection.json` of a Hub dataset repo (or the cached copy); None when there is none to be had."""
+    """`selection.json` of a Hub dataset repo (or the cached copy); None when there is none to be had.
+    Asked once per process: every save writes the model card, and it must not ask the Hub each time."""
     from mprm_hf.hub import hub_repo_id
 
     if hub_repo_id(repo_id) is None:
