@@ -58,6 +58,9 @@ AGGREGATE_RULES = {
     "product": "the product of the step rewards",
 }
 CSS = """
+/* A refused upload (too large) is told by Gradio's own notice, which names the file and the limit; the
+   upload boxes' bare "Error" badge beside it says nothing more. */
+#images span.error, #trace-file span.error { display: none; }
 .prm-table { width: 100%; border-collapse: collapse; table-layout: auto; font-size: 0.95em; }
 .prm-table th, .prm-table td { padding: 6px 8px; border-bottom: 1px solid #e5e7eb; vertical-align: top;
   text-align: left; }

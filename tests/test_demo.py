@@ -409,6 +409,7 @@ def test_a_file_over_the_size_limit_is_refused(page: Any, served: Served, tmp_pa
     expect(page.locator("#upload-limits")).to_contain_text(f"at most {demo.MAX_FILE_SIZE_MB} MB per file")
     told = page.get_by_text(f'exceed the maximum allowed size of {demo.MAX_FILE_SIZE_MB}.0 Mb: "big.png"')
     expect(told.first).to_be_visible(timeout=TIMEOUT_MS)  # Gradio's notice, before any byte is stored
+    expect(page.locator("#images").get_by_text("Error", exact=True)).to_be_hidden()  # no bare badge
     page.screenshot(path=str(tmp_path / "too-large.png"))
     assert not any(path.name == "big.png" for path in served.root.joinpath("uploads").rglob("*"))
 
