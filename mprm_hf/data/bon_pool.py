@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mprm_hf.errors import MPRMError, first_line
+from mprm_hf.errors import MPRMError
 from mprm_hf.fileio import write_text_atomic
 
 POOL_FILE = "pool.jsonl"
@@ -152,18 +152,9 @@ def locate_pool(source: str | Path) -> Path:
     text = str(source)
     if not _REPO_ID.match(text) or text.startswith((".", "/", "~")):
         raise MPRMError(f"{text}: no such pool file or folder, and not a Hub dataset id (owner/name)")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from mprm_hf.data.locate import locate_dataset
 
-    try:
-        folder = Path(snapshot_download(repo_id=text, repo_type="dataset"))
-    except LocalEntryNotFoundError as error:
-        raise MPRMError(
-            f"{text}: no such local pool, and the Hub cannot be reached with no copy cached "
-            f"({first_line(error)}); pass a local pool folder"
-        ) from None
-    except (HfHubHTTPError, OSError) as error:
-        raise MPRMError(f"{text}: cannot download the pool from the Hub ({first_line(error)})") from None
+    folder = locate_dataset(text, allow_patterns=None, what="best-of-N pool")
     if not (folder / POOL_FILE).is_file():
         raise MPRMError(f"{text}: the dataset repo has no {POOL_FILE} (is it a best-of-N pool?)")
     return folder / POOL_FILE
