@@ -33,13 +33,13 @@ from huggingface_hub.utils import get_stored_tokens
 
 from mprm_hf.errors import MPRMError
 from mprm_hf.fileio import atomic_output, write_text_atomic
+from mprm_hf.hub_access import REPO_ID, hub_repo_id, portable_path
 
 CARDS_DIR = Path(__file__).resolve().parent / "hub_cards"  # package data: it ships in the wheel
 BASE_TAGS = ("process-reward-model", "multimodal", "mprm-hf")
 REPO_TYPES = ("model", "dataset", "space")
 DEFAULT_BENCHMARK = "OpenGVLab/VisualProcessBench"
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Hub user access tokens: "hf_" followed by 34 letters/digits; a few more are allowed for safety.
 _TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
 _BALANCE_KEYS = ("steps", "positive", "negative", "positive_fraction")
@@ -120,28 +120,6 @@ def _scrub(message: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Cards
 # ---------------------------------------------------------------------------------------------
-def hub_repo_id(value: str | os.PathLike[str] | None) -> str | None:
-    """`value` when it names a Hub repository; None for local paths, which do not belong in metadata."""
-    if value is None:
-        return None
-    text = str(value)
-    if not _REPO_ID.match(text) or Path(text).exists():
-        return None
-    return text
-
-
-def portable_path(value: str | os.PathLike[str]) -> str:
-    """A path as it may be published: a Hub id as it is, a path under the working folder relative to
-    it, any other path of this disk by its last part only."""
-    text = str(value)
-    if hub_repo_id(text) or not os.path.isabs(text):
-        return text
-    resolved = Path(text).resolve()
-    if resolved.is_relative_to(Path.cwd().resolve()):
-        return resolved.relative_to(Path.cwd().resolve()).as_posix() or "."
-    return resolved.name
-
-
 def portable_command(argv: Sequence[str]) -> str:
     """A command line for a card: every absolute path in it made portable (`portable_path`)."""
     tokens = []
@@ -577,7 +555,7 @@ def push_folder(
         raise MPRMError(f"repo_type {repo_type!r} is not one of {', '.join(REPO_TYPES)}")
     if not folder.is_dir():
         raise MPRMError(f"{folder}: folder to push not found")
-    if not _REPO_ID.match(repo_id):
+    if not REPO_ID.match(repo_id):
         raise MPRMError(f"repo id {repo_id!r} is not of the form 'owner/name'")
     _load_card(folder, repo_type)
     ensure_folder_has_no_secrets(folder)

@@ -1,4 +1,6 @@
-"""Fail fast when the Hub cannot be reached, and use the local Hub cache then.
+"""Names on the Hub, and reaching it: which names are Hub ids and how local paths may be published
+(light: the selection path imports it), and failing fast when the Hub cannot be reached, using the
+local Hub cache then.
 
 Without a network, huggingface_hub retries every request five times with a backoff of 1 + 2 + 4 + 8 + 8
 seconds, and a model load makes several requests: close to a minute before the error. One bounded TCP
@@ -10,10 +12,13 @@ line. Offline mode skips the probe: the libraries then read the cache themselves
 from __future__ import annotations
 
 import functools
+import os
+import re
 import socket
 import threading
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -22,6 +27,32 @@ from huggingface_hub import constants
 from mprm_hf.errors import MPRMError
 
 T = TypeVar("T")
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+"""`owner/name`: the shape of a Hub repository id."""
+
+
+def hub_repo_id(value: str | os.PathLike[str] | None) -> str | None:
+    """`value` when it names a Hub repository; None for local paths, which do not belong in metadata."""
+    if value is None:
+        return None
+    text = str(value)
+    if not REPO_ID.match(text) or Path(text).exists():
+        return None
+    return text
+
+
+def portable_path(value: str | os.PathLike[str]) -> str:
+    """A path as it may be published: a Hub id as it is, a path under the working folder relative to
+    it, any other path of this disk by its last part only."""
+    text = str(value)
+    if hub_repo_id(text) or not os.path.isabs(text):
+        return text
+    resolved = Path(text).resolve()
+    if resolved.is_relative_to(Path.cwd().resolve()):
+        return resolved.relative_to(Path.cwd().resolve()).as_posix() or "."
+    return resolved.name
+
 
 # Seconds the probe may take, name resolution included: long enough for a slow but working link.
 PROBE_TIMEOUT_S = 3.0

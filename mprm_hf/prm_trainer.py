@@ -515,7 +515,8 @@ class PRMTrainer(Trainer):
     ) -> Any:
         """This run's `ModelCard`: base model, training data with its `selection.json`, the step format,
         the hyperparameters read from `self.args`, and the held-out evaluation when there was one."""
-        from mprm_hf.hub import portable_path, render_model_card
+        from mprm_hf.hub import render_model_card
+        from mprm_hf.hub_access import portable_path
         from mprm_hf.selection.provenance import read_selection
 
         dataset = dataset_name or self.dataset_name

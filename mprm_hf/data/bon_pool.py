@@ -19,7 +19,6 @@ grades: one definition of the record, two strictnesses.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,12 +27,12 @@ from typing import Any
 
 from mprm_hf.errors import MPRMError
 from mprm_hf.fileio import write_text_atomic
+from mprm_hf.hub_access import REPO_ID
 
 POOL_FILE = "pool.jsonl"
 CARD_FILE = "README.md"
 DEFAULT_SOURCE = "all"
 SKIP_NO_CANDIDATES = "no candidates"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -150,7 +149,7 @@ def locate_pool(source: str | Path) -> Path:
             raise MPRMError(f"{path}: no {POOL_FILE} in this folder (is it a best-of-N pool?)")
         return path / POOL_FILE
     text = str(source)
-    if not _REPO_ID.match(text) or text.startswith((".", "/", "~")):
+    if not REPO_ID.match(text) or text.startswith((".", "/", "~")):
         raise MPRMError(f"{text}: no such pool file or folder, and not a Hub dataset id (owner/name)")
     from mprm_hf.data.locate import locate_dataset
 

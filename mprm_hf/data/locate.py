@@ -8,16 +8,13 @@ therefore accept either layout: archives are unpacked once into the datasets cac
 from __future__ import annotations
 
 import hashlib
-import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mprm_hf.errors import MPRMError, first_line
-from mprm_hf.hub_access import from_hub
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from mprm_hf.hub_access import REPO_ID, from_hub
 
 
 def mprm_cache_dir(cache_dir: str | Path | None = None) -> Path:
@@ -45,7 +42,7 @@ def locate_dataset(
             raise MPRMError(f"{path}: expected a folder holding the {what}, got a file")
         return path.resolve()
     text = str(path_or_repo)
-    if not _REPO_ID.match(text) or text.startswith((".", "/", "~")):
+    if not REPO_ID.match(text) or text.startswith((".", "/", "~")):
         raise MPRMError(f"{text}: no such folder, and not a Hub dataset id (owner/name)")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (

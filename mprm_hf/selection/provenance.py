@@ -35,7 +35,7 @@ def selection_path(subset: str | os.PathLike[str]) -> Path:
 def selection_record(result: Any, *, corpus: str | os.PathLike[str], revision: str | None) -> dict[str, Any]:
     """The record of a `SubsetResult`: selector, parameters, corpus, revision and counts."""
     from mprm_hf import __version__
-    from mprm_hf.hub import portable_path
+    from mprm_hf.hub_access import portable_path
 
     report = result.report
     return {
@@ -86,7 +86,7 @@ def read_selection(dataset: str | os.PathLike[str] | None, *, revision: str | No
 def _hub_selection(repo_id: str, revision: str | None) -> Path | None:
     """`selection.json` of a Hub dataset repo (or the cached copy); None when there is none to be had.
     Asked once per process: every save writes the model card, and it must not ask the Hub each time."""
-    from mprm_hf.hub import hub_repo_id
+    from mprm_hf.hub_access import hub_repo_id
 
     if hub_repo_id(repo_id) is None:
         return None
