@@ -577,11 +577,11 @@ class PRMTrainer(Trainer):
             self.create_model_card(output_dir=output_dir or self.args.output_dir)
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        """Create the Hub repository, or fail in one `MPRMError` line (offline, logged out, unreachable)."""
-        from mprm_hf.hub import ensure_hub_access, scrubbed_line
+        """Create the Hub repository, or fail in one `MPRMError` line. Both callers (`__init__` with
+        `push_to_hub`, and `push_to_hub`) have run `ensure_hub_access` already."""
+        from mprm_hf.hub import scrubbed_line
 
         target = self.args.hub_model_id or Path(self.args.output_dir).name
-        ensure_hub_access(target, token=token or self.args.hub_token)
         try:
             super().init_hf_repo(token=token, private=private)
         except Exception as error:  # noqa: BLE001 - HTTP errors become one line, the token scrubbed

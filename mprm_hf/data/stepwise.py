@@ -303,21 +303,18 @@ def publishable(ds: datasets.Dataset, *, images: str, image_root: str | Path) ->
                 if not resolved.is_relative_to(root):
                     raise MPRMError(
                         f"record {record_id!r}: field 'images[{position}]' is outside the corpus folder "
-                        "and cannot be published as a relative path; publish the images embedded"
+                        "and cannot be published as a relative path; publish the images embedded (the default)"
                     )
                 names.append(resolved.relative_to(root).as_posix())
             out.append(names)
         return {"images": out}
 
-    ds = ds.map(relative, batched=True, desc="Checking image paths")
     if images == "relative":
-        return ds
+        return ds.map(relative, batched=True, desc="Making image paths relative")
     from datasets.table import embed_table_storage
 
-    ds = ds.map(
-        lambda batch: {"images": [[str(root / name) for name in names] for names in batch["images"]]},
-        batched=True,
-    ).cast_column("images", datasets.List(datasets.Image()))
+    # Embedding keeps each image's bytes and only its file name: no directory of this disk remains.
+    ds = ds.cast_column("images", datasets.List(datasets.Image()))
     embedded = ds.with_format("arrow").map(embed_table_storage, batched=True, desc="Embedding images")
     return embedded.with_format()
 
