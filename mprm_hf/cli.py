@@ -11,6 +11,7 @@ from mprm_hf.errors import MPRMError
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("mprm_hf.data.synthetic", "write a synthetic VisualPRM400K corpus and VisualProcessBench"),
     "select": ("mprm_hf.selection.cli", "score rollouts (BIS and baselines) and write or push a subset"),
+    "pretrain": ("mprm_hf.pretrain", "pretrain the tiny base VLM by dense VQA over fresh synthetic scenes"),
     "train": ("mprm_hf.train", "train a process reward model from a YAML recipe"),
     "evaluate": ("mprm_hf.evaluation", "score a checkpoint on VisualProcessBench"),
     "score": ("mprm_hf.scoring", "print the reward of every step of one reasoning trace"),

@@ -144,7 +144,7 @@ def _size_category(n_rows: int) -> str:
     return next((label for bound, label in _SIZE_BOUNDS if n_rows < bound), "n>1B")
 
 
-def _template(name: str) -> str:
+def template_path(name: str) -> str:
     path = CARDS_DIR / name
     if not path.is_file():
         raise MPRMError(f"{path}: card template not found (mprm_hf/hub_cards/ ships with mprm-hf)")
@@ -194,7 +194,7 @@ def render_dataset_card(
     )
     card = DatasetCard.from_template(
         card_data,
-        template_path=_template("dataset_card.md"),
+        template_path=template_path("dataset_card.md"),
         command=_command_text(command),
         selector=selector,
         selector_params=dict(selector_params),
@@ -315,7 +315,7 @@ def render_model_card(
     )
     card = ModelCard.from_template(
         card_data,
-        template_path=_template("model_card.md"),
+        template_path=template_path("model_card.md"),
         model_name=model_name,
         base_model=str(base_model),
         train_data=", ".join(dataset_list),
@@ -342,7 +342,7 @@ def render_evaluation_section(
     """The card's evaluation section (the part between the evaluation markers), from the metric's output."""
     import jinja2
 
-    template = jinja2.Template(Path(_template("model_card_evaluation.md")).read_text(encoding="utf-8"))
+    template = jinja2.Template(Path(template_path("model_card_evaluation.md")).read_text(encoding="utf-8"))
     return template.render(
         evaluation=dict(evaluation) if evaluation else None,
         evaluation_dataset=dataset,

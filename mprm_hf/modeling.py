@@ -90,6 +90,9 @@ _BUILTIN_TEXT = (
     "The answer is 0 1 2 3 4 5 6 7 8 9 10 12 16 24 32.\n"
     "red green blue yellow purple orange black white circle square triangle star left right top bottom\n"
     "system user assistant image images step steps correct incorrect answer question solution\n"
+    # chat turns and short answers start lines: they get pieces of their own too
+    "user\nassistant\nsystem\nYes\nNo\nyes\nno\nred\ngreen\nblue\nyellow\ntop left\ntop right\n"
+    "bottom left\nbottom right\nnothing\na red circle\nA\nB\nC\nD\n0\n1\n2\n3\n4\n"
 )
 
 
@@ -216,20 +219,45 @@ _VISION_TOKEN_NAMES = {
 }
 
 
-def tiny_model_config(arch: Arch, tokenizer: PreTrainedTokenizerFast) -> Any:
-    """About 0.6M parameters: 2 text layers of width 128, one vision block of width 64."""
+# Every attention head is 32 wide: the multimodal rotary sections (time, height, width) split its 16 frequencies.
+TINY_HEAD_DIM = 32
+TINY_MROPE_SECTION = [4, 6, 6]
+
+
+def tiny_model_config(
+    arch: Arch,
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    text_layers: int = TINY_LAYERS,
+    width: int = TINY_WIDTH,
+    kv_heads: int | None = None,
+    vision_depth: int | None = None,
+) -> Any:
+    """A tiny config: by default 2 text layers of width 128 (4 heads, 2 KV heads), one vision block of
+    width 64, about 0.6M parameters. `width` is a multiple of the 32-wide heads; `kv_heads` defaults to
+    half the heads."""
+    if width % TINY_HEAD_DIM or width <= 0:
+        raise MPRMError(f"tiny model: width must be a positive multiple of {TINY_HEAD_DIM}, got {width}")
+    heads = width // TINY_HEAD_DIM
+    kv_heads = kv_heads or max(1, heads // 2)
+    if heads % kv_heads:
+        raise MPRMError(f"tiny model: {heads} attention heads cannot share {kv_heads} key/value heads")
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in _VISION_TOKEN_NAMES.items()}
     text_config = {
         "vocab_size": len(tokenizer),
-        "hidden_size": TINY_WIDTH,
-        "intermediate_size": 2 * TINY_WIDTH,
-        "num_hidden_layers": TINY_LAYERS,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "hidden_size": width,
+        "intermediate_size": 2 * width,
+        "num_hidden_layers": text_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": TINY_HEAD_DIM,
         "max_position_embeddings": 4096,
         "initializer_range": TINY_INIT,
-        # head_dim 32: the multimodal rotary sections (time, height, width) split its 16 frequencies.
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": TINY_MROPE_SECTION,
+        },
         "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
@@ -238,9 +266,9 @@ def tiny_model_config(arch: Arch, tokenizer: PreTrainedTokenizerFast) -> Any:
         from transformers import Qwen2VLConfig
 
         vision_config = {
-            "depth": 1,
+            "depth": vision_depth or 1,
             "embed_dim": 64,
-            "hidden_size": TINY_WIDTH,
+            "hidden_size": width,
             "num_heads": 2,
             "mlp_ratio": 2,
         }
@@ -248,14 +276,15 @@ def tiny_model_config(arch: Arch, tokenizer: PreTrainedTokenizerFast) -> Any:
     elif arch == "qwen2_5_vl":
         from transformers import Qwen2_5_VLConfig
 
+        depth = vision_depth or 2
         vision_config = {
-            "depth": 2,
+            "depth": depth,
             "hidden_size": 64,
             "intermediate_size": 128,
             "num_heads": 2,
-            "out_hidden_size": TINY_WIDTH,
+            "out_hidden_size": width,
             "window_size": 56,
-            "fullatt_block_indexes": [1],
+            "fullatt_block_indexes": [depth - 1],
         }
         config_class = Qwen2_5_VLConfig
     else:
@@ -317,10 +346,13 @@ def qwen2_vl_2b_config(
     )
 
 
-def create_tiny_model(*, arch: Arch = "qwen2_vl", seed: int = 0) -> tuple[Any, Qwen2VLImageTextProcessor]:
-    """The tiny model and its processor in memory (random weights drawn under `seed`)."""
+def create_tiny_model(
+    *, arch: Arch = "qwen2_vl", seed: int = 0, **shape: Any
+) -> tuple[Any, Qwen2VLImageTextProcessor]:
+    """The tiny model and its processor in memory (random weights drawn under `seed`); `shape` takes
+    `tiny_model_config`'s keywords (text_layers, width, kv_heads, vision_depth)."""
     processor = build_tiny_processor(seed=seed)
-    config = tiny_model_config(arch, processor.tokenizer)
+    config = tiny_model_config(arch, processor.tokenizer, **shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)

@@ -242,13 +242,14 @@ def _render(processor: Any, fmt: StepFormat, prompt: str, steps: Sequence[str], 
     return processor.apply_chat_template(fmt.messages(prompt, steps, n_images), tokenize=False)
 
 
-def _answer_header_ids(processor: Any, fmt: StepFormat) -> list[int]:
-    """Token ids of the assistant header the template writes before an answer (`visualprm`)."""
+def assistant_header_ids(processor: Any) -> list[int]:
+    """Token ids of the assistant header the chat template writes before an answer: where `visualprm`
+    reads a reward, and where a VQA answer starts."""
     user = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
     closed = processor.apply_chat_template(user, tokenize=False)
     opened = processor.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
     if not opened.startswith(closed) or opened == closed:
-        raise MPRMError(f"step format {fmt.name!r}: cannot find the assistant header in this chat template")
+        raise MPRMError("cannot find the assistant header in this chat template")
     return _tokenizer(processor).encode(opened[len(closed) :], add_special_tokens=False)
 
 
@@ -297,7 +298,7 @@ def _plan(processor: Any, fmt: StepFormat, traces: Sequence[dict[str, Any]], max
                 "call prepare_model_and_processor(model, processor, fmt) first"
             )
     else:
-        header = _answer_header_ids(processor, fmt)
+        header = assistant_header_ids(processor)
     texts = [_render(processor, fmt, prompt, steps, len(images)) for prompt, steps, images in checked]
     batch = _tokenize(processor, texts, [images for _, _, images in checked])
     lengths = batch["attention_mask"].sum(dim=1).tolist()
