@@ -227,31 +227,39 @@ def to_rollout(
     question_orig: object,
     question: object,
     texts: Sequence[object],
-    scores: Sequence[float | None],
+    scores: list[float | None],
 ) -> Rollout | Drop:
     """The conversion rule (the module docstring), on a rollout's values as the record holds them (a
-    score already through `numeric_score`)."""
+    score already through `numeric_score`). The common rollout takes one comprehension; a rollout that
+    is dropped, or that the reference cannot convert, is worked out step by step, in step order."""
     if not image:
         return Drop(NO_IMAGE, "image")
     if not texts:
         return Drop(NO_STEPS, "steps_with_score")
-    stripped = []
+    try:  # the reference's `(step.get("step") or "").strip()`: null, 0 and false are empty text
+        stripped = [text.strip() if text else "" for text in texts]  # type: ignore[union-attr]
+    except AttributeError:  # a text that is not a string
+        stripped = []
+    if len(stripped) != len(texts) or not all(stripped) or None in scores:
+        return _first_drop(texts, scores)
+    prompt = question_orig or question or ""
+    return Rollout(image, (prompt if type(prompt) is str else str(prompt)).strip(), stripped, scores)  # type: ignore[arg-type]
+
+
+def _first_drop(texts: Sequence[object], scores: Sequence[float | None]) -> Drop:
+    """The first step, in order, that drops the rollout (empty text, then a non-numeric score), or the
+    RolloutError of a text that is not a string, where the reference crashes."""
     for index, (text, score) in enumerate(zip(texts, scores, strict=True)):
-        if not text:  # the reference's `(step.get("step") or "")`: null, 0, false are empty text
-            text = ""
-        elif type(text) is not str:
+        if text and type(text) is not str:
             raise RolloutError(
                 f"field 'steps_with_score[{index}].step' must be a string, got {type(text).__name__}",
                 field=f"steps_with_score[{index}].step",
             )
-        text = text.strip()
-        if not text:
+        if not text or not text.strip():  # type: ignore[union-attr]
             return Drop(EMPTY_STEP_TEXT, f"steps_with_score[{index}].step")
         if score is None:
             return Drop(BAD_SCORE, f"steps_with_score[{index}].score")
-        stripped.append(text)
-    prompt = question_orig or question or ""
-    return Rollout(image, (prompt if type(prompt) is str else str(prompt)).strip(), stripped, list(scores))
+    raise AssertionError("the rollout has no step to drop it")
 
 
 def record_rollout(record: dict) -> Rollout | Drop:
@@ -274,28 +282,23 @@ def record_rollout(record: dict) -> Rollout | Drop:
     return rollout
 
 
-def image_names(image: object) -> list[str] | None:
-    """The image paths of a record's `image` (a path or a list of paths), None when one is not a path."""
-    names = [image] if type(image) is str else image
-    if type(names) is not list or not all(type(name) is str and name for name in names):
-        return None
-    return names
-
-
 def stepwise_problem(rollout: Rollout, *, allow_outside_images: bool = False) -> Drop | None:
-    """The drops stepwise records add to the rule: a non-finite score, an image that is no file path, or
-    (unless allowed) a path that is absolute or climbs out with `..` (a corpus must not point at
-    /etc/passwd)."""
+    """The drops stepwise records add to the rule: a non-finite score, an image entry that is not a file
+    path, or (unless allowed) a path that is absolute or climbs out with `..` (a corpus must not point
+    at /etc/passwd)."""
     if not rollout.finite and not all(map(math.isfinite, rollout.scores)):
         return Drop(NON_FINITE_SCORE, "steps_with_score")
-    names = image_names(rollout.image)
-    if names is None:
+    image = rollout.image
+    names = [image] if type(image) is str else image
+    if type(names) is not list or not all(type(name) is str and name for name in names):
         return Drop(IMAGE_NOT_A_PATH, "image")
-    if not allow_outside_images and any(
-        name.startswith("/") or os.path.normpath(name).split(os.sep)[0] == ".." for name in names
-    ):
+    if not allow_outside_images and any(name[0] == "/" or (".." in name and _climbs_out(name)) for name in names):
         return Drop(IMAGE_OUTSIDE, "image")
     return None
+
+
+def _climbs_out(name: str) -> bool:
+    return os.path.normpath(name).split(os.sep)[0] == ".."
 
 
 def stepwise_record(rollout: Rollout, *, id: str, source: str, image_root: str, threshold: float) -> dict:
@@ -306,7 +309,7 @@ def stepwise_record(rollout: Rollout, *, id: str, source: str, image_root: str, 
     return {
         "id": id,
         "source": source,
-        "images": [name if name.startswith("/") else prefix + name for name in names],  # type: ignore[union-attr]
+        "images": [name if name[0] == "/" else prefix + name for name in names],  # type: ignore[index]
         "prompt": rollout.question,
         "completions": rollout.texts,
         "labels": [score > threshold for score in rollout.scores],

@@ -309,7 +309,7 @@ def run_tasks(function: Any, tasks: Sequence[Any], num_proc: int | None) -> Any:
         return
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as executor:
         try:
-            yield from executor.map(function, tasks)
+            yield from executor.map(function, tasks, chunksize=max(1, len(tasks) // (4 * processes)))
         finally:
             executor.shutdown(cancel_futures=True)
 
