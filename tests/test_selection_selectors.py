@@ -129,7 +129,8 @@ def test_dataset_columns_skip_missing_scores_like_the_reference() -> None:
     )
     columns = dataset_columns(ds)
     assert columns["n_scored"].tolist() == [3, 0, 2] and columns["n_pos"].tolist() == [2, 0, 0]
-    assert columns["reliability"][0] == 0.75 and columns["reliability"][2] == 1.0
+    reliability = scores.reliability(columns["sum_pos"], columns["n_pos"])
+    assert reliability[0] == 0.75 and reliability[2] == 1.0
     assert columns["source"].tolist() == [0, 0, 1]
     assert select(ds, "full")["mc_scores"] == [[0.5, None, 0.0, 1.0], [0.0, 0.0]]
 
@@ -182,7 +183,8 @@ def test_mixed_keeps_only_mixed_rollouts(columns) -> None:
 def test_reliable_and_low_mc_are_opposite_ends(columns) -> None:
     high = select_rows(columns, "reliable", top_ratio=0.2).rows
     low = select_rows(columns, "low-mc", top_ratio=0.2).rows
-    assert columns["reliability"][high].mean() > columns["reliability"][low].mean()
+    reliability = scores.reliability(columns["sum_pos"], columns["n_pos"])
+    assert reliability[high].mean() > reliability[low].mean()
 
 
 def test_full_keeps_every_rankable_rollout(columns, rollouts) -> None:

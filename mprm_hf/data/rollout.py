@@ -203,7 +203,7 @@ def _maybe_widened(record: dict, scores: list[float | None]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- conversion
-@dataclass
+@dataclass(slots=True)
 class Rollout:
     """A rollout the conversion rule lets through: what every output is made of."""
 
@@ -292,7 +292,9 @@ def stepwise_problem(rollout: Rollout, *, allow_outside_images: bool = False) ->
     names = [image] if type(image) is str else image
     if type(names) is not list or not all(type(name) is str and name for name in names):
         return Drop(IMAGE_NOT_A_PATH, "image")
-    if not allow_outside_images and any(name[0] == "/" or (".." in name and _climbs_out(name)) for name in names):
+    if not allow_outside_images and any(
+        name[0] == "/" or (".." in name and _climbs_out(name)) for name in names
+    ):
         return Drop(IMAGE_OUTSIDE, "image")
     return None
 

@@ -30,8 +30,8 @@ from mprm_hf.selection import scores as scoring
 
 SELECTORS: dict[str, type[Selector]] = {}
 Columns = dict[str, np.ndarray]
-"""The score table as numpy: source (an integer per file), n_scored, n_pos, sum_pos, p_pos,
-reliability, and entropy when the table has it."""
+"""The score table as numpy: source (an integer per file), n_scored, n_pos, sum_pos, and entropy when
+the table has it."""
 
 
 def register(name: str) -> Callable[[type[Selector]], type[Selector]]:
@@ -122,7 +122,7 @@ class ReliableSelector(Selector):
     """Highest R first (R = 1.0 for an all-negative rollout, as in BIS)."""
 
     def priority(self, table):
-        return table["reliability"]
+        return scoring.reliability(table["sum_pos"], table["n_pos"])
 
 
 @register("low-mc")
@@ -130,7 +130,7 @@ class LowMCSelector(Selector):
     """Lowest R first: the rollouts whose positive steps the MC estimate trusts least."""
 
     def priority(self, table):
-        return -table["reliability"]
+        return -scoring.reliability(table["sum_pos"], table["n_pos"])
 
 
 @register("full")
@@ -215,15 +215,8 @@ def budgeted(
 
 
 def columns_of(source: np.ndarray, n_scored: np.ndarray, n_pos: np.ndarray, sum_pos: np.ndarray) -> Columns:
-    """The columns every selector reads, from the table's four."""
-    return {
-        "source": source,
-        "n_scored": n_scored,
-        "n_pos": n_pos,
-        "sum_pos": sum_pos,
-        "p_pos": scoring.p_pos(n_pos, n_scored),
-        "reliability": scoring.reliability(sum_pos, n_pos),
-    }
+    """The columns every selector reads: the table's four (p_pos and R are the selectors' to derive)."""
+    return {"source": source, "n_scored": n_scored, "n_pos": n_pos, "sum_pos": sum_pos}
 
 
 def selector_for(

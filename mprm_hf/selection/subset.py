@@ -136,8 +136,9 @@ def build_report(result_parts: tuple[ScoreTable, Selection, WriteResult]) -> Sel
     ]
     notes = [f"skipped when scanning, {line}" for line in table.skipped_lines()]
     lines = table.column("line")
+    failed = np.flatnonzero(~write.written)
     for reason in DROP_REASONS:
-        dropped = np.flatnonzero(write.reasons == reason)
+        dropped = failed[write.reasons[failed] == reason]
         if len(dropped):
             where = ", ".join(
                 f"{table.files[files[rows[i]]].name}:{lines[rows[i]]}" for i in dropped[:EXAMPLES_PER_REASON]
@@ -151,9 +152,9 @@ def build_report(result_parts: tuple[ScoreTable, Selection, WriteResult]) -> Sel
         selector=selection.method,
         params={key: value for key, value in selection.params.items() if value is not None},
         rows=report_rows,
-        p_pos=scoring.p_pos(n_pos, n_scored),
-        reliability=scoring.reliability(table.column("sum_pos"), n_pos),
-        bis=scoring.bis(n_scored, n_pos, table.column("sum_pos"), alpha),
+        n_scored=n_scored,
+        n_pos=n_pos,
+        sum_pos=table.column("sum_pos"),
         bis_alpha=alpha,
         kept_mask=kept_mask,
         order_note=selection.order_note,
