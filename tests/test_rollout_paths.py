@@ -167,3 +167,15 @@ def test_the_typed_and_the_careful_route_agree_on_every_edge_line(tmp_path: Path
             assert (fast.image, fast.question, fast.texts, fast.scores) == (
                 careful.image, careful.question, careful.texts, careful.scores,
             ), line  # fmt: skip
+
+
+def test_the_reader_tells_standard_json_from_what_only_python_reads() -> None:
+    long = json.dumps(record(response="x" * 10_000)).encode()  # longer than Python's integer digit limit
+    assert rules.parse_line(long) == (json.loads(long), "")
+    assert rules.parse_line(b'{"a": NaN}')[1] == rules.NON_STANDARD_JSON
+    with pytest.raises(rules.RolloutError, match="cannot be parsed as JSON"):
+        rules.parse_line(b'{"a": 1' + b"0" * 5000 + b"}")  # json.loads refuses it: the reference crashes
+    widened = b'{"question_orig": 123456789012345678901234567890, "steps_with_score": [{"score": 1}]}'
+    assert (
+        rules.read_line(widened)[0]["question_orig"] == 123456789012345678901234567890
+    )  # read again by json

@@ -85,6 +85,9 @@ class RolloutError(MPRMError):
         self.detail = detail
 
 
+_NOTHING = object()  # no value parsed yet
+
+
 # --------------------------------------------------------------------------------------------- lines
 def split_lines(buffer: bytes) -> Iterator[tuple[int, bytes]]:
     """(offset, line without its terminator) by Python's universal newlines (`\\n`, `\\r\\n`, a lone
@@ -112,7 +115,7 @@ def parse_line(line: bytes, *, exact: bool = False) -> tuple[dict | None, str]:
     if not stripped:
         return None, BLANK
     record: Any = _NOTHING
-    if not exact and len(stripped) <= INT_DIGITS:
+    if not exact:  # orjson refuses what json refuses, and any integer beyond a double (json decides those)
         try:
             record = orjson.loads(stripped)
         except orjson.JSONDecodeError:
@@ -136,9 +139,6 @@ def parse_line(line: bytes, *, exact: bool = False) -> tuple[dict | None, str]:
         kind = type(record).__name__
         raise RolloutError(f"a record must be a JSON object, got {kind}", reason=NOT_OBJECT, detail=kind)
     return record, note
-
-
-_NOTHING = object()
 
 
 def numeric_score(value: object, index: int) -> float | None:
