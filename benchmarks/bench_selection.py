@@ -11,6 +11,9 @@ process tree's RSS and PSS summed from /proc/PID/smaps_rollup, sampled every 20 
 outside. Before each run the corpus is read once (so it is in the page cache) and the run's output
 removed. Every `--format reference` output must be byte-identical to the baseline's, and every other
 format must keep as many rollouts as the reference output of the same selection, or the benchmark fails.
+Three runs are then repeated in a driver that times their phases from inside the process (imports, scan or
+cached table, select, convert + write, report): where the time goes, and the warm path's floor (the cost
+of converting and writing the kept rows).
 
     python benchmarks/bench_selection.py [--corpus /tmp/mprm_bench_corpus] [--rollouts 565149]
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -207,6 +211,36 @@ def measure(
     return {**measured[0], **{key: measured[1][key] for key in MEMORY_KEYS[1:]}}
 
 
+BIS_10 = ["--alpha", "0.2", "--top-ratio", "0.1"]
+RANDOM_10 = ["--method", "random", "--top-ratio", "0.1"]
+NEW_ALPHA = ["--alpha", "0.1", "--top-ratio", "0.1"]  # the baseline's time does not depend on alpha
+
+SPLIT = r"""
+import contextlib, io, json, sys, time
+start = time.perf_counter()
+from mprm_hf.selection import cli, subset
+imported = time.perf_counter()
+phases = {}
+def timed(name, function):
+    def run(*args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - began
+    return run
+for name, attribute in [("scan or cached table", "scan_corpus"), ("select", "select_rows"),
+                        ("convert + write", "write_subset"), ("report", "build_report")]:
+    setattr(subset, attribute, timed(name, getattr(subset, attribute)))
+with contextlib.redirect_stdout(io.StringIO()):
+    cli.main(sys.argv[1:])
+phases["total in process"] = time.perf_counter() - start
+phases["imports"] = imported - start
+print(json.dumps(phases))
+"""
+"""Where a run's time goes, from inside the process (interpreter start-up is the rest of the wall time)."""
+SPLIT_RUNS = [("cold", "reference", BIS_10), ("cold", "jsonl", RANDOM_10), ("warm", "jsonl", NEW_ALPHA)]
+
 EDGE_EVERY = 53
 """In the edge-case corpus, one line in EDGE_EVERY is replaced by one of the cases below (in turn)."""
 
@@ -273,71 +307,19 @@ def main() -> None:
                 command = [sys.executable, str(baseline_script), str(annotations), alpha, ratio, str(output)]
                 base[alpha, ratio] = measure(command, output, files, env, warm), output
             plan = [  # (label, state, baseline key, format, method flags)
-                (
-                    "bis 10% a=0.2, reference",
-                    "cold",
-                    ("0.2", "0.1"),
-                    "reference",
-                    ["--alpha", "0.2", "--top-ratio", "0.1"],
-                ),
-                (
-                    "bis 10% a=0.2, jsonl",
-                    "cold",
-                    ("0.2", "0.1"),
-                    "jsonl",
-                    ["--alpha", "0.2", "--top-ratio", "0.1"],
-                ),
-                (
-                    "random 10%, parquet",
-                    "cold",
-                    ("0.2", "0.1"),
-                    "parquet",
-                    ["--method", "random", "--top-ratio", "0.1"],
-                ),
-                (
-                    "mixed 10%, arrow",
-                    "cold",
-                    ("0.2", "0.1"),
-                    "arrow",
-                    ["--method", "mixed", "--top-ratio", "0.1"],
-                ),
-                ("prime the warm cache", "prime", None, "jsonl", ["--alpha", "0.2", "--top-ratio", "0.1"]),
-                (
-                    "bis 25% a=0.05, reference",
-                    "warm",
-                    ("0.05", "0.25"),
-                    "reference",
-                    ["--alpha", "0.05", "--top-ratio", "0.25"],
-                ),
-                (
-                    "bis 10% a=0.2, jsonl",
-                    "warm",
-                    ("0.2", "0.1"),
-                    "jsonl",
-                    ["--alpha", "0.2", "--top-ratio", "0.1"],
-                ),
-                (
-                    "reliable 10%, jsonl",
-                    "warm",
-                    ("0.2", "0.1"),
-                    "jsonl",
-                    ["--method", "reliable", "--top-ratio", "0.1"],
-                ),
-                (
-                    "low-mc 10%, parquet",
-                    "warm",
-                    ("0.2", "0.1"),
-                    "parquet",
-                    ["--method", "low-mc", "--top-ratio", "0.1"],
-                ),
-                (
-                    "random 10%, arrow",
-                    "warm",
-                    ("0.2", "0.1"),
-                    "arrow",
-                    ["--method", "random", "--top-ratio", "0.1"],
-                ),
-            ]
+                ("bis 10% a=0.2, reference", "cold", ("0.2", "0.1"), "reference", BIS_10),
+                ("bis 10% a=0.2, jsonl", "cold", ("0.2", "0.1"), "jsonl", BIS_10),
+                ("random 10%, jsonl", "cold", ("0.2", "0.1"), "jsonl", RANDOM_10),
+                ("random 10%, parquet", "cold", ("0.2", "0.1"), "parquet", RANDOM_10),
+                ("mixed 10%, arrow", "cold", ("0.2", "0.1"), "arrow", ["--method", "mixed", "--top-ratio", "0.1"]),
+                ("prime the warm cache", "prime", None, "jsonl", BIS_10),
+                ("bis 10% a=0.1 (a new alpha), jsonl", "warm", ("0.2", "0.1"), "jsonl", NEW_ALPHA),
+                ("bis 25% a=0.05, reference", "warm", ("0.05", "0.25"), "reference",
+                 ["--alpha", "0.05", "--top-ratio", "0.25"]),
+                ("reliable 10%, jsonl", "warm", ("0.2", "0.1"), "jsonl", ["--method", "reliable", "--top-ratio", "0.1"]),
+                ("low-mc 10%, parquet", "warm", ("0.2", "0.1"), "parquet", ["--method", "low-mc", "--top-ratio", "0.1"]),
+                ("random 10%, arrow", "warm", ("0.2", "0.1"), "arrow", RANDOM_10),
+            ]  # fmt: skip
             rows = []
             for label, state, key, fmt, flags in plan:
                 output = scratch / f"ours.{fmt}"
@@ -364,20 +346,45 @@ def main() -> None:
                 if fmt == "reference" and output.read_bytes() != reference_output.read_bytes():
                     raise SystemExit(f"{name}, {label}: output differs from the baseline's")
                 rows.append((f"{state}: {label}", base[key][0], fast))
-            tables.append((name, size, rows))
+            splits = []
+            for state, fmt, flags in SPLIT_RUNS if name == "clean" else []:
+                cache = scratch / "split-cold" if state == "cold" else warm
+                shutil.rmtree(scratch / "split-cold", ignore_errors=True)
+                settle(files)
+                command = [sys.executable, "-c", SPLIT, "--annotations", str(annotations), *flags, "--format", fmt,
+                           "--output", str(scratch / f"split.{fmt}"), "--num-proc", str(args.num_proc), "--quiet"]  # fmt: skip
+                began = time.perf_counter()
+                done = subprocess.run(command, env={**env, "HF_DATASETS_CACHE": str(cache)}, check=True,
+                                      capture_output=True, text=True)  # fmt: skip
+                wall = time.perf_counter() - began
+                splits.append((f"{state}: {' '.join(flags)} --format {fmt}", wall, json.loads(done.stdout)))
+            tables.append((name, size, rows, splits))
 
     print(f"\n{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, num_proc={args.num_proc}; every "
           "reference output byte-identical to the baseline's")  # fmt: skip
-    for name, size, rows in tables:
+    for name, size, rows, splits in tables:
         print(f"\n{name} corpus ({size / 2**20:.0f} MiB)")
-        print(f"{'run':<40} {'wall s base/ours':>17} {'speed-up':>9} {'CPU s base/ours':>16}   "
+        print(f"{'run':<44} {'wall s base/ours':>17} {'speed-up':>9} {'CPU s base/ours':>16}   "
               f"{'peak MiB base/ours: largest RSS':>31} {'tree RSS':>13} {'tree PSS':>13}")  # fmt: skip
         for label, base, fast in rows:
             memory = "".join(f" {base[key]:>6.0f} / {fast[key]:<5.0f}" for key in MEMORY_KEYS)
             print(
-                f"{label:<40} {base['wall']:>7.2f} / {fast['wall']:<7.2f} {base['wall'] / fast['wall']:>8.1f}x "
+                f"{label:<44} {base['wall']:>7.2f} / {fast['wall']:<7.2f} {base['wall'] / fast['wall']:>8.1f}x "
                 f"{base['cpu']:>7.2f} / {fast['cpu']:<7.2f}  {' ' * 16}{memory}"
             )
+        if splits:
+            keys = [
+                "imports",
+                "scan or cached table",
+                "select",
+                "convert + write",
+                "report",
+                "total in process",
+            ]
+            print(f"\ntime split (s; wall minus 'total in process' is interpreter start-up and exit)\n{'run':<58}"
+                  f"{'wall':>6}" + "".join(f"{key:>22}" for key in keys))  # fmt: skip
+            for label, wall, phases in splits:
+                print(f"{label:<58}{wall:>6.2f}" + "".join(f"{phases.get(key, 0.0):>22.3f}" for key in keys))
 
 
 if __name__ == "__main__":

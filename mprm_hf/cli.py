@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "the end-to-end job on the embedded default: BIS-10% vs random-10% vs full",
     ),
     "push": ("mprm_hf.hub", "push a subset or a checkpoint folder to the Hub with its card"),
-    "demo": ("mprm_hf.demo", "start the Gradio app that shows the reward of every step of a trace"),
+    "demo": ("mprm_hf.space", "start the Gradio Space app that shows the reward of every step of a trace"),
 }
 
 

@@ -63,3 +63,36 @@ def write_bis_subset(corpus: Path, out: Path) -> None:
         len(result.scores),
         out,
     )
+
+
+# The default PRM to show (the Space, `mprm-hf demo`): found or built here, below the quickstart and the Space.
+QUICKSTART_OUTPUT = Path("outputs/quickstart")
+"""Where `mprm-hf quickstart` (`make demo`) writes its runs."""
+TINY_MODEL = Path("embedded") / "tiny-qwen2-vl"
+"""The untrained tiny Qwen2-VL that `default_model` builds when nothing is trained yet."""
+
+
+def run_folder_name(selector: str, fraction: float, seed: int, compute: str = "single_pass") -> str:
+    """The folder of one training run of a sweep (the quickstart is a small one): `bis-0.1-seed0`."""
+    return f"{selector}-{fraction:g}-seed{seed}" + ("-equal" if compute == "equal_steps" else "")
+
+
+def trained_model(
+    output_dir: str | os.PathLike = QUICKSTART_OUTPUT, selector: str = "bis", seed: int = 0
+) -> Path:
+    """Where the quickstart leaves a selector's trained PRM (10% subsets, and `full` on all the data)."""
+    fraction = 1.0 if selector == "full" else BIS_TOP_RATIO
+    return Path(output_dir) / "default" / "runs" / run_folder_name(selector, fraction, seed) / "model"
+
+
+def default_model() -> Path:
+    """The PRM to show when none is named: the quickstart's BIS-10% PRM once `make demo` has trained it,
+    else the embedded tiny model, built offline on first use (untrained: the page says so)."""
+    if (trained_model() / "config.json").is_file():
+        return trained_model()
+    if not (TINY_MODEL / "config.json").is_file():
+        from mprm_hf.modeling import build_tiny_model
+
+        logger.info("embedded default: building the tiny Qwen2-VL in %s", TINY_MODEL)
+        build_tiny_model(TINY_MODEL, arch="qwen2_vl", seed=EMBEDDED_SEED)
+    return TINY_MODEL

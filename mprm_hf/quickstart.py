@@ -18,32 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from mprm_hf.bon import DEFAULT_N, format_report, run_bon
-from mprm_hf.embedded import BIS_ALPHA, BIS_TOP_RATIO
+from mprm_hf.embedded import BIS_ALPHA, BIS_TOP_RATIO, QUICKSTART_OUTPUT, trained_model
 from mprm_hf.sweep import (
     BON_AGGREGATE,
     BON_N,
     FULL,
     SweepConfig,
     plot_results,
-    run_name,
     run_sweep,
     summarise,
 )
 
-DEFAULT_OUTPUT = "outputs/quickstart"
+DEFAULT_OUTPUT = str(QUICKSTART_OUTPUT)
 DEFAULT_BON_QUESTIONS = 128
 BON_LABELS = {
     "bis": f"BIS-{100 * BIS_TOP_RATIO:g}%",
     "random": f"random-{100 * BIS_TOP_RATIO:g}%",
     FULL: "full data",
 }
-
-
-def trained_model(output_dir: str | Path = DEFAULT_OUTPUT, selector: str = "bis", seed: int = 0) -> Path:
-    """Where the quickstart leaves a selector's trained PRM (the Space opens BIS-10%'s by default)."""
-    fraction = 1.0 if selector == FULL else BIS_TOP_RATIO
-    spec = {"selector": selector, "fraction": fraction, "seed": seed, "compute": "single_pass"}
-    return Path(output_dir) / "default" / "runs" / run_name(spec) / "model"
 
 
 def quickstart_config(

@@ -1,28 +1,34 @@
 """Options from a YAML recipe and the command line, for every subcommand that has dataclass arguments:
 `mprm-hf COMMAND --config RECIPE.yaml [--field value ...]`, or `mprm-hf COMMAND RECIPE.yaml ...`.
 
-A recipe is a YAML mapping of the command's dataclass fields; flags override it. Parsing is TRL's
+A recipe is a YAML mapping of the command's dataclass fields; flags override it. Parsing follows TRL's
 `TrlParser` (an `HfArgumentParser`, as in transformers: a field `top_ratio` is `--top_ratio` and
-`--top-ratio`), with what a user of the command line needs on top of it: one-line errors that name the
-recipe file and the line of the key at fault, a `--help` that shows the recipe argument, and the recipe's
-values checked against the fields' types, since YAML values reach the dataclasses without argparse's
-conversion.
+`--top-ratio`; the recipe's values become the defaults, its `env` mapping sets environment variables),
+with what a user of the command line needs on top of it: one-line errors that name the recipe file and
+the line of the key at fault, a `--help` that shows the recipe argument, and the recipe's values checked
+against the fields' types, since YAML values reach the dataclasses without argparse's conversion.
+
+A plain scalar field (str, int, float, path or bool, or one of them or None) is registered here exactly as
+`HfArgumentParser` registers it (a test compares the two); any other field (TrainingArguments' enums,
+lists and unions) by TRL's own code, which is imported only then: importing TRL costs ~0.15 s, which
+`mprm-hf select`, all of whose fields are plain, does not pay.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
-from trl import TrlParser
 
 from mprm_hf.errors import MPRMError, first_line
 
@@ -95,13 +101,96 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-class RecipeParser(TrlParser):
-    """`TrlParser` for the `mprm-hf` commands: errors are one `MPRMError` line, `--help` shows the recipe."""
+def string_to_bool(text: str | bool) -> bool:
+    """HfArgumentParser's reading of a boolean option's value."""
+    if isinstance(text, bool):
+        return text
+    if text.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if text.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(
+        f"Truthy value expected: got {text} but expected one of yes/no, true/false, t/f, y/n, 1/0 (case insensitive)."
+    )
+
+
+def _accept_none(inner: Callable[[str], Any]) -> Callable[[str], Any]:
+    """HfArgumentParser's `X | None` value: `none` / `null` (any case) is None."""
+
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else inner(text)
+
+    parse.__name__ = getattr(inner, "__name__", "value")  # argparse's messages name the inner type
+    return parse
+
+
+def _plain_type(hint: Any) -> tuple[type, bool] | None:
+    """(type, accepts None) of a plain scalar field, else None (TRL's code registers that field)."""
+    args = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else ()
+    )
+    optional = type(None) in args
+    inner = [arg for arg in args if arg is not type(None)] if args else [hint]
+    if len(inner) == 1 and inner[0] in _SCALARS and (optional or not args):
+        return inner[0], optional
+    return None
+
+
+def _add_plain_argument(
+    parser: argparse.ArgumentParser, field: dataclasses.Field, kind: type, optional: bool
+) -> None:
+    """`HfArgumentParser._parse_dataclass_field` for a plain scalar field, step for step."""
+    options = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
+    kwargs = dict(field.metadata)
+    aliases = kwargs.pop("aliases", [])
+    aliases = [aliases] if isinstance(aliases, str) else list(aliases)
+    bool_kwargs = copy.copy(kwargs)
+    if kind is bool:
+        kwargs["type"] = string_to_bool
+        if not optional or (field.default is not None and field.default is not dataclasses.MISSING):
+            kwargs["default"] = False if field.default is dataclasses.MISSING else field.default
+            kwargs["nargs"], kwargs["const"] = "?", True
+    else:
+        kwargs["type"] = _accept_none(kind) if optional and kind is not str else kind
+        if field.default is not dataclasses.MISSING:
+            kwargs["default"] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = field.default_factory()
+        else:
+            kwargs["required"] = True
+    parser.add_argument(*options, *aliases, **kwargs)
+    if kind is bool and field.default is True:  # the `--no_X` complement, after the option itself
+        bool_kwargs["default"] = False
+        parser.add_argument(
+            f"--no_{field.name}", f"--no-{field.name.replace('_', '-')}", action="store_false", dest=field.name,
+            **bool_kwargs,
+        )  # fmt: skip
+
+
+class RecipeParser(argparse.ArgumentParser):
+    """The `mprm-hf` commands' parser (TRL's `TrlParser` rules, see the module docstring): errors are one
+    `MPRMError` line, `--help` shows the recipe."""
 
     def __init__(self, dataclass_types: Sequence[type], *, prog: str, description: str | None = None) -> None:
-        super().__init__(
-            tuple(dataclass_types), prog=prog, description=description, formatter_class=_HelpFormatter
-        )
+        super().__init__(prog=prog, description=description, formatter_class=_HelpFormatter)
+        self.dataclass_types = list(dataclass_types)
+        for dtype in self.dataclass_types:
+            if "config" in dtype.__dataclass_fields__:  # TrlParser's rule: --config is the recipe
+                raise ValueError(
+                    f"Dataclass {dtype.__name__} has a field named 'config', which names the recipe"
+                )
+            group = (
+                self.add_argument_group(dtype._argument_group_name)
+                if hasattr(dtype, "_argument_group_name")
+                else self
+            )
+            hints = typing.get_type_hints(dtype)
+            for item in dataclasses.fields(dtype):
+                if item.init:
+                    item.type = hints[item.name]
+                    self._parse_dataclass_field(group, item)
         recipe = self.add_argument(
             "--config",
             metavar=RECIPE_METAVAR,
@@ -132,8 +221,14 @@ class RecipeParser(TrlParser):
     @staticmethod
     def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
         """A mapping field (a sweep's `selectors`, say) is a YAML mapping on the command line, or what its
-        metadata's `type` reads; every other field is registered as `HfArgumentParser` does."""
+        metadata's `type` reads; a plain scalar field is registered here, any other by TRL's code."""
         if typing.get_origin(field.type) is not dict:
+            plain = _plain_type(field.type)
+            if plain is not None:
+                _add_plain_argument(parser, field, *plain)
+                return
+            from trl import TrlParser
+
             TrlParser._parse_dataclass_field(parser, field)
             return
         options = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
@@ -159,14 +254,28 @@ class RecipeParser(TrlParser):
             values, lines = read_recipe(self.recipe)
             locations = {key: f"{self.recipe}:{line}" for key, line in lines.items()}
             self._check_recipe(values, locations)
-        try:
-            *parsed, remaining = self.parse_args_and_config(argv, return_remaining_strings=True)
-        except MPRMError:
-            raise
-        except ValueError as error:  # a dataclass's own check (TrainingArguments.__post_init__, ...)
-            raise MPRMError(first_line(error)) from None
+            # TrlParser's steps: the first --config is the recipe, its env is set, its values are defaults
+            index = argv.index("--config")
+            argv = argv[:index] + argv[index + 2 :]
+            environment = values.get("env", {})
+            if not isinstance(environment, dict):
+                raise MPRMError(f"{locations.get('env', self.recipe)}: recipe field 'env' must be a mapping")
+            os.environ.update({str(key): str(value) for key, value in environment.items()})
+            for action in self._actions:
+                if action.dest in values:
+                    action.default, action.required = values[action.dest], False
+        namespace, remaining = self.parse_known_args(argv)
         if remaining:
             raise MPRMError(f"unrecognized arguments: {' '.join(remaining)}")
+        parsed = []
+        for dtype in self.dataclass_types:
+            names = {item.name for item in dataclasses.fields(dtype) if item.init}
+            try:
+                parsed.append(
+                    dtype(**{name: value for name, value in vars(namespace).items() if name in names})
+                )
+            except ValueError as error:  # a dataclass's own check (TrainingArguments.__post_init__, ...)
+                raise MPRMError(first_line(error)) from None
         for item in parsed:
             check_field_types(item, locations)
         return tuple(parsed)

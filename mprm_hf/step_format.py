@@ -184,7 +184,8 @@ MAX_IMAGE_SIDE = 2048
 """Images are downscaled (aspect kept) so that no side exceeds this before they reach the processor."""
 
 
-def _load_image(image: Any, where: str) -> Image.Image:
+def load_image(image: Any, where: str) -> Image.Image:
+    """An image (a PIL image or a path) as RGB, at most MAX_IMAGE_SIDE a side; one-line errors name `where`."""
     if isinstance(image, Image.Image):
         return _bounded(image.convert("RGB") if image.mode != "RGB" else image)
     if isinstance(image, (str, Path)):
@@ -228,7 +229,7 @@ def _validated(traces: Sequence[dict[str, Any]]) -> list[tuple[str, list[str], l
     for index, trace in enumerate(traces):
         where = f"trace {index}" + (f" (id {trace['id']!r})" if trace.get("id") is not None else "")
         check_trace_fields(trace, where)
-        images = [_load_image(image, where) for image in trace.get("images") or []]
+        images = [load_image(image, where) for image in trace.get("images") or []]
         checked.append((trace["prompt"], list(trace["steps"]), images))
     return checked
 

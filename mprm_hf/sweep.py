@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mprm_hf.embedded import run_folder_name
 from mprm_hf.errors import MPRMError
 from mprm_hf.fileio import write_bytes_atomic, write_text_atomic
 
@@ -349,9 +350,7 @@ def plan(config: SweepConfig, world: str) -> list[dict[str, Any]]:
 
 
 def run_name(spec: dict[str, Any]) -> str:
-    return f"{spec['selector']}-{spec['fraction']:g}-seed{spec['seed']}" + (
-        "-equal" if spec["compute"] == "equal_steps" else ""
-    )
+    return run_folder_name(spec["selector"], spec["fraction"], spec["seed"], spec["compute"])
 
 
 def run_sweep(config: SweepConfig, *, progress: bool = True) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ side by side; without MPRM_MODEL the Space builds and serves the embedded tiny m
 those of an untrained network (the page says so).
 """
 
-from mprm_hf.demo import create_app, launch
+from mprm_hf.space import create_app, launch
 
 demo = create_app()
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import datasets
 import pytest
 
+from mprm_hf.data import rollout as rules
 from mprm_hf.data import stepwise as sw
 from mprm_hf.data.stepwise import (
     STEPWISE_FEATURES,
     load_stepwise,
     rollout_to_stepwise,
-    to_reference_conversation,
     to_stepwise,
 )
 from mprm_hf.data.visualprm400k import load_visualprm400k
@@ -63,16 +63,18 @@ def test_rollout_to_stepwise_follows_spec_2_2():
     ("overrides", "message"),
     [
         ({"image": []}, "field 'image': no image"),
-        ({"steps": [], "mc_scores": []}, "field 'steps': no steps"),
+        ({"steps": [], "mc_scores": []}, "field 'steps_with_score': no steps"),
         ({"steps": ["a", "  ", "c"]}, r"field 'steps_with_score\[1\].step': empty step text"),
         (
             {"mc_scores": [0.5, None, 0.0]},
             r"field 'steps_with_score\[1\].score': missing or non-numeric score",
         ),
         (
-            {"mc_scores": [0.5, 0.0, float("nan")]},
-            r"field 'steps_with_score\[2\].score': missing or non-numeric",
+            {"mc_scores": [0.5, 0.0, float("nan")]},  # numeric to the reference; no soft label to train on
+            r"field 'steps_with_score': non-finite score",
         ),
+        ({"image": ["a.png", ""]}, r"field 'image': image entry that is not a file path"),
+        ({"image": ["/etc/passwd"]}, r"field 'image': image path outside the corpus folder"),
     ],
 )
 def test_rollout_to_stepwise_refuses_what_the_drop_rule_drops(overrides, message):
@@ -147,28 +149,37 @@ def test_to_stepwise_soft_and_hard_labels_at_a_threshold(tmp_path):
     assert records[0]["mc_scores"] == [0.0625, 0.5, 0.0, 1.0]
 
 
-def test_reference_conversation_matches_spec_3_byte_for_byte():
-    record = to_reference_conversation(
-        "  What is x?\n",
-        [" First, x = 2. ", "So x = 4."],
-        [1.0, 0.0],
-        image="VisualPRM400K-v1.1-Raw/geo/1.png",
+def test_reference_line_matches_spec_3_byte_for_byte():
+    """The reference's PRM record, from the one conversion rule: question and steps stripped."""
+    record = {
+        "image": "VisualPRM400K-v1.1-Raw/geo/1.png",
+        "question_orig": "  What is x?\n",
+        "steps_with_score": [{"step": " First, x = 2. ", "score": 1.0}, {"step": "So x = 4.", "score": 0.0}],
+    }
+    rollout = rules.record_rollout(record)
+    assert rules.reference_line(rollout) == (
+        b'{"image": "VisualPRM400K-v1.1-Raw/geo/1.png", "conversations": [{"from": "human", "value": '
+        b'"Question: What is x?\\nProcess: First, x = 2.<prm>\\n\\nSo x = 4.<prm>"}, '
+        b'{"from": "gpt", "value": [1.0, 0.0]}]}\n'
     )
-    assert sw.reference_json(record) == (
-        '{"image": "VisualPRM400K-v1.1-Raw/geo/1.png", "conversations": [{"from": "human", "value": '
-        '"Question: What is x?\\nProcess: First, x = 2.<prm>\\n\\nSo x = 4.<prm>"}, '
-        '{"from": "gpt", "value": [1.0, 0.0]}]}'
-    )
-    # soft labels pass through; non-ASCII is written as is (ensure_ascii=False)
-    soft = to_reference_conversation("Угол?", ["a"], [0.4375], image=["l.png", "r.png"])
-    assert sw.reference_json(soft).startswith(
+    # hard labels at 0; non-ASCII is written as is (ensure_ascii=False); an image list stays a list
+    record = {
+        "image": ["l.png", "r.png"],
+        "question": "Угол?",
+        "steps_with_score": [{"step": "a", "score": 0.4375}],
+    }
+    line = rules.reference_line(rules.record_rollout(record)).decode()
+    assert line.startswith(
         '{"image": ["l.png", "r.png"], "conversations": [{"from": "human", "value": "Question: Угол?'
     )
-    assert soft["conversations"][1]["value"] == [0.4375]
-    with pytest.raises(MPRMError, match="2 steps but 1 labels"):
-        to_reference_conversation("q", ["a", "b"], [1.0], image="x.png")
-    assert sw.reference_image_value(["a.png"]) == "a.png"
-    assert sw.reference_image_value(["l.png", "r.png"]) == ["l.png", "r.png"]
+    assert line.endswith('"value": [1.0]}]}\n')
+    assert json.loads(line) == {
+        "image": ["l.png", "r.png"],
+        "conversations": [
+            {"from": "human", "value": "Question: Угол?\nProcess: a<prm>"},
+            {"from": "gpt", "value": [1.0]},
+        ],
+    }
 
 
 def ours() -> datasets.Dataset:

@@ -176,3 +176,35 @@ def test_synthetic_benchmark_matches_its_summary(synthetic_dir, tmp_path):
     labels = [label for row in ds["labels"] for label in row]
     assert set(labels) <= {1, 0, -1} and {1, -1} <= set(labels)
     assert sum(1 for n in ds["missing_images"] if n) == report.count(vpb.FEWER_IMAGES_THAN_TAGS)
+
+
+def test_a_fatal_report_leads_with_the_reason_that_removed_the_records(tmp_path):
+    """Only record: its image leaves the benchmark folder (fatal), and its answer is missing (benign)."""
+    record = bench_record(image=("../../etc/passwd",))
+    del record["answer"]
+    write_bench(tmp_path / "bench", [record])
+    with pytest.raises(MPRMError) as err:
+        load_visualprocessbench(tmp_path / "bench", cache_dir=tmp_path / "cache")
+    message = str(err.value)
+    assert (
+        "no usable record (2 problems; first problem: test.jsonl:1: field 'image[0]': image path outside"
+        in message
+    )
+    assert (
+        message.index(vpb.IMAGE_OUTSIDE) < message.index("also noted: ") < message.index(vpb.MISSING_OPTIONAL)
+    )
+    assert "\n" not in message
+
+
+def test_the_fatal_message_ranks_removing_reasons_before_notes():
+    from mprm_hf.data.report import LoadReport
+
+    report = LoadReport(name="x")
+    report.add("f", 1, "answer", "missing field (default used)", action="kept")
+    report.add("f", 1, "", "blank line", action="skipped")
+    report.add("f", 2, "", "unparseable JSON line", action="skipped")
+    report.add("f", 3, "", "unparseable JSON line", action="skipped")
+    assert report.fatal("nothing left") == (
+        "nothing left (4 problems; first problem: f:2: unparseable JSON line; "
+        "also noted: f:1: field 'answer': missing field (default used))"
+    )

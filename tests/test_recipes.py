@@ -170,3 +170,69 @@ def test_python_dash_m_mprm_hf() -> None:
         [sys.executable, "-m", "mprm_hf", "--help"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60
     )
     assert result.returncode == 0 and result.stdout.startswith("usage: mprm-hf"), result.stderr
+
+
+def _registered(parser, dests: set[str]) -> list[tuple]:  # noqa: ANN001 - an argparse parser
+    """What argparse knows of each option of `dests`: names, destination, action, default, choices,
+    nargs, const, required, and how its type reads a few values (help texts aside: ours are edited)."""
+    samples = ["1", "0.5", "true", "no", "none", "Null", "x/y", "bis"]
+
+    def reads(kind):  # noqa: ANN001, ANN202
+        out = []
+        for sample in samples:
+            try:
+                out.append(repr(kind(sample)))
+            except Exception as error:  # noqa: BLE001 - the same refusal counts too
+                out.append(type(error).__name__)
+        return out
+
+    return sorted(
+        (tuple(a.option_strings), a.dest, type(a).__name__, repr(a.default), a.choices, a.nargs, a.const,
+         a.required, reads(a.type) if a.type else None)
+        for a in parser._actions
+        if a.dest in dests
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["select", "evaluate", "sweep", "train"])
+def test_plain_fields_are_registered_as_hf_argument_parser_registers_them(command: str) -> None:
+    """The parser registers plain scalar fields itself (so that `select` never imports TRL): for every
+    command's dataclasses, those options must be what TRL's HfArgumentParser makes of the same fields."""
+    import argparse
+    import dataclasses
+    import typing
+
+    from trl import TrlParser
+
+    from mprm_hf import evaluation, recipes, sweep, train
+    from mprm_hf.selection import cli as select_cli
+
+    types = {
+        "select": (select_cli.SelectArguments,),
+        "evaluate": (evaluation.EvaluateArguments,),
+        "sweep": (sweep.SweepConfig,),
+        "train": (train.ScriptArguments, train.PRMConfig),
+    }[command]
+    ours = recipes.RecipeParser(types, prog="x")
+    theirs = argparse.ArgumentParser(prog="x")
+    plain = set()
+    for dtype in types:
+        hints = typing.get_type_hints(dtype)
+        for item in dataclasses.fields(dtype):
+            if item.init and recipes._plain_type(hints[item.name]) is not None:
+                item.type = hints[item.name]
+                TrlParser._parse_dataclass_field(theirs, item)
+                plain.add(item.name)
+    assert len(plain) >= 5
+    assert _registered(ours, plain) == _registered(theirs, plain)
+
+
+def test_select_does_not_import_trl() -> None:
+    """TRL's import reads every installed package's metadata (~0.15 s): a select run must not pay it."""
+    code = (
+        "import sys; from mprm_hf.selection.cli import parse_args; "
+        "parse_args(['--annotations', 'a', '--output', 'o', '--top-ratio', '0.1']); "
+        "print('trl' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

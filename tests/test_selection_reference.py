@@ -16,8 +16,9 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from mprm_hf.data import rollout as rules
 from mprm_hf.errors import MPRMError
-from mprm_hf.selection import scan, scores, subset, writers
+from mprm_hf.selection import scan, scores, subset
 
 ALPHAS = [0.0, 0.05, 0.2, 1.0, 1e-300]
 RATIOS = [0.001, 0.1, 0.25, 1 / 3, 0.5, 1.0]
@@ -308,11 +309,11 @@ def test_plain_shard_read_reads_a_plain_shard() -> None:
     out = scan.ShardScan(0, 100)
     values = scan._scan_plain_shard(b"\n" * 100 + shard, 100, 100 + len(shard), out)
     assert values.tolist() == [1.0, 0.25] and list(out.offsets) == [100] and list(out.n_scored) == [2]
-    assert list(out.lengths) == [shard.index(b"\n")] and out.skipped == {scan.NO_NUMERIC_SCORE: 2}
+    assert list(out.lengths) == [shard.index(b"\n")] and out.skipped == {rules.NO_NUMERIC_SCORE: 2}
     assert (
         list(out.lines) == [0]
         and out.n_lines == 3
-        and out.examples == [(scan.NO_NUMERIC_SCORE, 1), (scan.NO_NUMERIC_SCORE, 2)]
+        and out.examples == [(rules.NO_NUMERIC_SCORE, 1), (rules.NO_NUMERIC_SCORE, 2)]
     )
 
 
@@ -353,10 +354,10 @@ def test_msgspec_rejects_what_json_rejects() -> None:
             pass
         else:
             assert text == b"[1]"  # JSON, but not an object: the reference crashes, the careful path says so
-        with pytest.raises((ValueError, scan.msgspec.MsgspecError)):
-            scan._decode_scores(text)
+        with pytest.raises(rules.DECODE_ERRORS):
+            rules.decode_steps(text)
     duplicate = b'{"steps_with_score": [{"score": 1, "score": 2}], "steps_with_score": [{"score": 3}]}'
-    assert [step.score for step in scan._decode_scores(duplicate).steps_with_score] == [3.0]  # last wins
+    assert [step.score for step in rules.decode_steps(duplicate)] == [3.0]  # last wins
 
 
 def test_msgspec_floats_are_python_floats() -> None:
@@ -371,8 +372,8 @@ def test_msgspec_floats_are_python_floats() -> None:
         literals.append("0." + "".join(rnd.choice("0123456789") for _ in range(rnd.randint(1, 40))))
         literals.append(str(rnd.randint(-(2**80), 2**80)))
     for literal in literals:
-        decoded = scan._decode_scores(b'{"steps_with_score": [{"score": %s}]}' % literal.encode())
-        assert decoded.steps_with_score[0].score.hex() == float(json.loads(literal)).hex(), literal
+        decoded = rules.decode_steps(b'{"steps_with_score": [{"score": %s}]}' % literal.encode())
+        assert decoded[0].score.hex() == float(json.loads(literal)).hex(), literal
 
 
 def test_near_ties_follow_python_sum_order(tmp_path: Path) -> None:
@@ -692,10 +693,10 @@ def test_typed_conversion_matches_the_oracle(tmp_path: Path, num_proc: int, monk
     with (annotations / "c.jsonl").open("a", encoding="utf-8") as handle:  # a chunk msgspec cannot type
         handle.write('{"image": "t.png", "steps_with_score": [{"step": "s", "score": true}]}\n')
     typed, careful = [], []
-    typed_rule, careful_rule = writers._typed_rollout, writers._careful_rollout
-    monkeypatch.setattr(writers, "_typed_rollout", lambda *a: typed.append(1) or typed_rule(*a))
-    monkeypatch.setattr(writers, "_careful_rollout", lambda *a: careful.append(1) or careful_rule(*a))
-    monkeypatch.setattr(writers, "CHUNK_ROWS", 37)
+    typed_rule, careful_rule = rules._typed_rollout, rules.record_rollout
+    monkeypatch.setattr(rules, "_typed_rollout", lambda *a: typed.append(1) or typed_rule(*a))
+    monkeypatch.setattr(rules, "record_rollout", lambda *a: careful.append(1) or careful_rule(*a))
+    monkeypatch.setattr(scan, "CHUNK_ROWS", 37)
     served = _count_plain_shards(monkeypatch)
     for alpha in ALPHAS[:3]:
         for ratio in RATIOS:
@@ -711,13 +712,13 @@ def test_typed_conversion_matches_the_oracle(tmp_path: Path, num_proc: int, monk
 
 
 def test_long_digit_runs_are_found_and_short_ones_are_not() -> None:
-    step = scan._INT_DIGITS // 2
+    step = rules.INT_DIGITS // 2
     short = bytearray(b"x" * (step * 12))
     for position in range(0, len(short), step):  # a digit at every sampled byte, in runs of two
         short[position : position + 2] = b"16"
     assert not scan._may_hold_long_digit_run(np.frombuffer(bytes(short), dtype=np.uint8))
     long = bytearray(short)
-    long[step * 3 + 5 : step * 3 + 5 + scan._INT_DIGITS + 1] = b"7" * (scan._INT_DIGITS + 1)
+    long[step * 3 + 5 : step * 3 + 5 + rules.INT_DIGITS + 1] = b"7" * (rules.INT_DIGITS + 1)
     assert scan._may_hold_long_digit_run(np.frombuffer(bytes(long), dtype=np.uint8))
 
 

@@ -129,7 +129,8 @@ def test_dataset_columns_skip_missing_scores_like_the_reference() -> None:
     )
     columns = dataset_columns(ds)
     assert columns["n_scored"].tolist() == [3, 0, 2] and columns["n_pos"].tolist() == [2, 0, 0]
-    assert columns["reliability"][0] == 0.75 and columns["reliability"][2] == 1.0
+    reliability = scores.reliability(columns["sum_pos"], columns["n_pos"])
+    assert reliability[0] == 0.75 and reliability[2] == 1.0
     assert columns["source"].tolist() == [0, 0, 1]
     assert select(ds, "full")["mc_scores"] == [[0.5, None, 0.0, 1.0], [0.0, 0.0]]
 
@@ -182,7 +183,8 @@ def test_mixed_keeps_only_mixed_rollouts(columns) -> None:
 def test_reliable_and_low_mc_are_opposite_ends(columns) -> None:
     high = select_rows(columns, "reliable", top_ratio=0.2).rows
     low = select_rows(columns, "low-mc", top_ratio=0.2).rows
-    assert columns["reliability"][high].mean() > columns["reliability"][low].mean()
+    reliability = scores.reliability(columns["sum_pos"], columns["n_pos"])
+    assert reliability[high].mean() > reliability[low].mean()
 
 
 def test_full_keeps_every_rankable_rollout(columns, rollouts) -> None:
@@ -194,7 +196,8 @@ def test_full_keeps_every_rankable_rollout(columns, rollouts) -> None:
 
 def test_entropy_cut_and_curriculum_from_given_entropies(columns) -> None:
     entropy = np.random.default_rng(0).random(len(columns["source"]))
-    selection = select_rows(columns, "entropy", entropy=entropy, drop=0.25, curriculum=True, top_ratio=1.0)
+    table = {**columns, "entropy": entropy}  # the score table's entropy column
+    selection = select_rows(table, "entropy", drop=0.25, curriculum=True, top_ratio=1.0)
     kept = selection.rows
     assert (np.diff(entropy[kept]) >= 0).all()  # low to high
     for source in np.unique(columns["source"]):
@@ -203,8 +206,10 @@ def test_entropy_cut_and_curriculum_from_given_entropies(columns) -> None:
         assert len(dropped) == math.floor(len(mine) * 0.25)
         if len(dropped):
             assert entropy[dropped].min() >= entropy[np.intersect1d(mine, kept)].max()
-    plain = select_rows(columns, "entropy", entropy=entropy, drop=0.25, top_ratio=1.0).rows
+    plain = select_rows(table, "entropy", drop=0.25, top_ratio=1.0).rows
     assert (np.diff(plain) > 0).all() and sorted(plain.tolist()) == sorted(kept.tolist())
+    with pytest.raises(MPRMError, match="needs --entropy-model"):
+        select_rows(columns, "entropy", top_ratio=1.0)
 
 
 @pytest.mark.slow
@@ -213,9 +218,16 @@ def test_entropy_from_a_scoring_pass(tmp_path: Path, tiny_model_dir: Path) -> No
 
     corpus = tmp_path / "small"
     write_synthetic(corpus, rollouts=40, benchmark_traces=0, seed=3)
-    result = build_subset(corpus, tmp_path / "e.jsonl", method="entropy", model=str(tiny_model_dir), drop=0.25,
-                          curriculum=True, budget=10, progress=False)  # fmt: skip
+    options = {"model": str(tiny_model_dir), "drop": 0.25, "cache_dir": tmp_path / "cache", "progress": False}
+    result = build_subset(
+        corpus, tmp_path / "e.jsonl", method="entropy", curriculum=True, budget=10, **options
+    )
     entropy = -result.selection.priority
+    # a column of the cached score table, computed in the same scan: a second run reads it back
+    assert result.scores.column("entropy").tolist() == entropy.tolist() and not result.cached
+    again = build_subset(corpus, tmp_path / "e2.jsonl", method="entropy", budget=5, **options)
+    assert again.cached and again.scores.column("entropy").tolist() == entropy.tolist()
+    assert build_subset(corpus, tmp_path / "b.jsonl", top_ratio=0.5, cache_dir=tmp_path / "cache").cached
     assert np.isfinite(entropy[result.selection.eligible]).all()
     assert ((entropy[result.selection.eligible] >= 0) & (entropy[result.selection.eligible] <= 1)).all()
     assert len(result.selection.rows) == 10 and result.n_written == 10

@@ -16,6 +16,10 @@ from typing import Any
 from mprm_hf.errors import MPRMError, first_line
 from mprm_hf.hub_access import REPO_ID, from_hub
 
+ANNOTATIONS_DIR = "annotations"
+# The VisualPRM400K Hub repo ships annotations.zip; an unpacked mirror ships annotations/*.jsonl. Fetch either.
+HUB_ANNOTATION_PATTERNS = ("annotations/*.jsonl", "annotations.zip", "README.md")
+
 
 def mprm_cache_dir(cache_dir: str | Path | None = None) -> Path:
     """Our own folder inside the datasets cache (or inside `cache_dir` when one is given)."""
@@ -97,3 +101,22 @@ def unpack_archive(archive: Path, cache_dir: str | Path | None = None) -> Path:
             raise MPRMError(f"{archive}: cannot unpack ({first_line(err)})") from None
         marker.touch()
     return target
+
+
+def annotations_root(folder: Path, cache_dir: str | Path | None) -> Path:
+    """The VisualPRM400K folder that holds `annotations/`: given directly, given as `annotations/` itself, or
+    as the `annotations.zip` the Hub repo ships (unpacked once into the cache)."""
+    if (folder / ANNOTATIONS_DIR).is_dir():
+        return folder
+    if folder.name == ANNOTATIONS_DIR and any(folder.glob("*.jsonl")):
+        return folder.parent
+    archive = folder / f"{ANNOTATIONS_DIR}.zip"
+    if archive.is_file():
+        unpacked = unpack_archive(archive, cache_dir)
+        for candidate in [unpacked, *sorted(p for p in unpacked.iterdir() if p.is_dir())]:
+            if (candidate / ANNOTATIONS_DIR).is_dir():
+                return candidate
+        raise MPRMError(f"{archive}: holds no '{ANNOTATIONS_DIR}/' folder")
+    raise MPRMError(
+        f"{folder}: no '{ANNOTATIONS_DIR}/' folder (nor {ANNOTATIONS_DIR}.zip) with *.jsonl files"
+    )

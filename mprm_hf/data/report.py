@@ -90,6 +90,21 @@ class LoadReport:
     def examples_for(self, reason: str) -> list[Issue]:
         return [issue for issue in self.examples if issue.reason == reason]
 
+    def fatal(self, what: str) -> str:
+        """`what` (e.g. "no usable record") with the problems that made it so first: the reasons that
+        removed records (skipped or dropped), most frequent first, then the benign notes (a default
+        used, a value converted) after them; ends an error message that says nothing was usable."""
+        removing = [reason for reason, action in self.actions.items() if action != "kept"]
+        ranked = sorted(removing, key=lambda reason: -self.counts[reason])
+        first = [self.examples_for(reason)[0] for reason in ranked if self.examples_for(reason)]
+        notes = [issue for issue in self.examples if issue.reason not in removing]
+        parts = [f"{what} ({self.total_issues} problems"]
+        if first:
+            parts.append(f"; first problem: {first[0]}")
+        if notes:
+            parts.append(f"; also noted: {notes[0]}")
+        return "".join(parts) + ")"
+
     def merge(self, other: LoadReport) -> LoadReport:
         """Add another report's counts into this one (per-file reports into the corpus report)."""
         self.records_read += other.records_read

@@ -1,24 +1,24 @@
 """Stepwise training records (docs/definitions.md#stepwise-records): rollouts -> TRL "stepwise supervision" plus images and MC scores.
 
-A record is `{"id", "source", "images", "prompt", "completions", "labels", "mc_scores"}`: the prompt is
+A record is `{"id", "source", "images", "prompt", "completions", "labels", "mc_scores"}`, made by the one
+conversion rule (`mprm_hf.data.rollout.to_rollout`) that `mprm-hf select` writes with too: the prompt is
 `question_orig` (else `question`), stripped; each completion is a step, stripped; a step's hard label
 is `mc_score > threshold` (threshold 0.0: only steps no MC continuation finished correctly are
 negative) and its soft label is the MC score itself.
 
 Drop rule (docs/definitions.md#step-labels asks for one): a rollout is dropped **whole** when it has no image, no steps, or
-any step with empty text or a missing / non-numeric (or NaN) score. Skipping only the bad step, as the
-reference's converter does, would show the model a trace with a hole in it and a label vector that no
-longer lines up with the response it was annotated on; the reference's BIS script drops the whole
-rollout too. Every dropped rollout, and the number of steps it had, is counted by reason in the
-`ConversionReport`, with its file and line.
+any step with empty text or a missing / non-numeric score, and (as for every stepwise output) when a
+score is not finite or an image entry is not a path inside the corpus folder. Skipping only the bad
+step, as the reference's converter does, would show the model a trace with a hole in it and a label
+vector that no longer lines up with the response it was annotated on; the reference's BIS script drops
+the whole rollout too. Every dropped rollout, and the number of steps it had, is counted by reason in
+the `ConversionReport`, with its file and line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mprm_hf.data import rollout as rules
 from mprm_hf.data.locate import locate_dataset
 from mprm_hf.data.report import LoadReport
 from mprm_hf.errors import MPRMError, first_line
@@ -46,15 +47,12 @@ STEPWISE_FEATURES = datasets.Features(
 )
 TRL_COLUMNS = ("prompt", "completions", "labels")
 
-# Drop reasons, worded for the report table.
-NO_IMAGE = "no image"
-NO_STEPS = "no steps"
-EMPTY_STEP_TEXT = "empty step text"
-BAD_SCORE = "missing or non-numeric score"
-
-# The reference's one-turn PRM format (docs/definitions.md#selection): "Question: {q}\nProcess: s1<prm>\n\ns2<prm>".
-REFERENCE_STEP_MARKER = "<prm>"
-REFERENCE_STEP_JOIN = "\n\n"
+# Drop reasons, worded for the report table (the conversion rule's).
+NO_IMAGE = rules.NO_IMAGE
+NO_STEPS = rules.NO_STEPS
+EMPTY_STEP_TEXT = rules.EMPTY_STEP_TEXT
+BAD_SCORE = rules.BAD_SCORE
+NON_FINITE_SCORE = rules.NON_FINITE_SCORE
 
 _DROP_COLUMN = "_drop_reason"
 _FIELD_COLUMN = "_drop_field"
@@ -66,55 +64,48 @@ class ConversionReport(LoadReport):
     SKIPPED_WORD = "dropped"
 
 
-def prompt_of(record: dict[str, Any]) -> str:
-    """docs/definitions.md#step-labels: `question_orig`, else `question`, stripped."""
-    return (record.get("question_orig") or record.get("question") or "").strip()
+def _rollout_of_row(row: dict[str, Any], allow_outside_images: bool) -> rules.Rollout | rules.Drop:
+    """The conversion rule on one row of `load_visualprm400k` (its values as the record held them)."""
+    rollout = rules.to_rollout(
+        row.get("image"), row.get("question_orig"), row.get("question"), row.get("steps") or [],
+        row.get("mc_scores") or [None] * len(row.get("steps") or []),
+    )  # fmt: skip
+    if isinstance(rollout, rules.Drop):
+        return rollout
+    return rules.stepwise_problem(rollout, allow_outside_images=allow_outside_images) or rollout
 
 
-def drop_reason(record: dict[str, Any]) -> tuple[str, str] | None:
+def drop_reason(record: dict[str, Any], *, allow_outside_images: bool = False) -> tuple[str, str] | None:
     """(reason, field) when the drop rule removes this rollout, else None."""
-    if not record.get("image"):
-        return NO_IMAGE, "image"
-    steps, scores = record.get("steps") or [], record.get("mc_scores") or []
-    if not steps:
-        return NO_STEPS, "steps"
-    for index, text in enumerate(steps):
-        if not text or not text.strip():
-            return EMPTY_STEP_TEXT, f"steps_with_score[{index}].step"
-    for index in range(len(steps)):
-        score = scores[index] if index < len(scores) else None
-        if score is None or math.isnan(score):
-            return BAD_SCORE, f"steps_with_score[{index}].score"
-    return None
+    rollout = _rollout_of_row(record, allow_outside_images)
+    return tuple(rollout) if isinstance(rollout, rules.Drop) else None  # type: ignore[return-value]
 
 
-def rollout_to_stepwise(record: dict[str, Any], *, threshold: float = 0.0) -> dict[str, Any]:
+def rollout_to_stepwise(
+    record: dict[str, Any], *, threshold: float = 0.0, allow_outside_images: bool = False
+) -> dict[str, Any]:
     """One VisualPRM400K row (as `load_visualprm400k` returns it) as a stepwise record.
 
     Raises MPRMError when the drop rule applies: callers converting a whole corpus use `to_stepwise`,
     which counts those rollouts instead.
     """
-    problem = drop_reason(record)
-    if problem is not None:
-        reason, field = problem
+    rollout = _rollout_of_row(record, allow_outside_images)
+    if isinstance(rollout, rules.Drop):
         raise MPRMError(
-            f"{record.get('id', '?')}: field '{field}': {reason}; the rollout cannot be converted"
+            f"{record.get('id', '?')}: field '{rollout.field}': {rollout.reason}; the rollout cannot be converted"
         )
-    root = Path(record.get("image_root") or ".")
-    scores = [float(s) for s in record["mc_scores"]]
-    return {
-        "id": record.get("id", ""),
-        "source": record.get("source", ""),
-        "images": [str(root / image) for image in record["image"]],
-        "prompt": prompt_of(record),
-        "completions": [text.strip() for text in record["steps"]],
-        "labels": [score > threshold for score in scores],
-        "mc_scores": scores,
-    }
+    return rules.stepwise_record(
+        rollout, id=record.get("id", ""), source=record.get("source", ""),
+        image_root=record.get("image_root") or ".", threshold=threshold,
+    )  # fmt: skip
 
 
 def to_stepwise(
-    ds: datasets.Dataset, *, threshold: float = 0.0, num_proc: int | None = None
+    ds: datasets.Dataset,
+    *,
+    threshold: float = 0.0,
+    num_proc: int | None = None,
+    allow_outside_images: bool = False,
 ) -> tuple[datasets.Dataset, ConversionReport]:
     """Convert a VisualPRM400K dataset with `Dataset.map` / `filter`; report what the drop rule removed.
 
@@ -125,6 +116,7 @@ def to_stepwise(
     marked = ds.map(
         _mark_batch,
         batched=True,
+        fn_kwargs={"allow_outside_images": allow_outside_images},
         num_proc=num_proc,
         desc="Checking rollouts",
         features=datasets.Features(
@@ -164,8 +156,8 @@ def _rows(batch: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in zip(*batch.values(), strict=True)]
 
 
-def _mark_batch(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    problems = [drop_reason(row) for row in _rows(batch)]
+def _mark_batch(batch: dict[str, list[Any]], allow_outside_images: bool) -> dict[str, list[Any]]:
+    problems = [drop_reason(row, allow_outside_images=allow_outside_images) for row in _rows(batch)]
     batch[_DROP_COLUMN] = [p[0] if p else "" for p in problems]
     batch[_FIELD_COLUMN] = [p[1] if p else "" for p in problems]
     return batch
@@ -173,8 +165,8 @@ def _mark_batch(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
 
 def _to_stepwise_batch(batch: dict[str, list[Any]], threshold: float) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {name: [] for name in STEPWISE_FEATURES}
-    for row in _rows(batch):
-        for name, value in rollout_to_stepwise(row, threshold=threshold).items():
+    for row in _rows(batch):  # the rows the filter kept pass the rule (outside images were checked there)
+        for name, value in rollout_to_stepwise(row, threshold=threshold, allow_outside_images=True).items():
             out[name].append(value)
     return out
 
@@ -194,37 +186,6 @@ def _conversion_report(marked: datasets.Dataset) -> ConversionReport:
             file, line, row[_FIELD_COLUMN], row[_DROP_COLUMN], action="dropped", steps=len(row["steps"] or [])
         )
     return report
-
-
-def reference_image_value(images: Sequence[str]) -> str | list[str]:
-    """The reference writes a record's `image` as it found it: a string, or a list (nlvr2 pairs)."""
-    return images[0] if len(images) == 1 else list(images)
-
-
-def to_reference_conversation(
-    question: str, steps: Sequence[str], labels: Sequence[float], *, image: str | list[str]
-) -> dict[str, Any]:
-    """The reference's training record (docs/definitions.md#selection), which the parity mode must reproduce byte for byte:
-
-    `{"image": img, "conversations": [{"from": "human", "value": "Question: {q}\\nProcess: s1<prm>\\n\\ns2<prm>"},
-    {"from": "gpt", "value": [1.0, 0.0, ...]}]}`; question and steps are stripped, as the reference does.
-    Serialise with `reference_json`.
-    """
-    if len(steps) != len(labels):
-        raise MPRMError(f"reference conversation: {len(steps)} steps but {len(labels)} labels")
-    process = REFERENCE_STEP_JOIN.join(step.strip() + REFERENCE_STEP_MARKER for step in steps)
-    return {
-        "image": image,
-        "conversations": [
-            {"from": "human", "value": f"Question: {question.strip()}\nProcess: {process}"},
-            {"from": "gpt", "value": [float(label) for label in labels]},
-        ],
-    }
-
-
-def reference_json(record: dict[str, Any]) -> str:
-    """`json.dumps(..., ensure_ascii=False)`, the reference's serialisation."""
-    return json.dumps(record, ensure_ascii=False)
 
 
 def load_stepwise(path_or_repo: str | Path, *, split: str = "train") -> datasets.Dataset:

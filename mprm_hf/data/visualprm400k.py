@@ -25,21 +25,25 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import orjson
 import pyarrow as pa
 from datasets.builder import Key
 
-from mprm_hf.data.locate import locate_dataset, mprm_cache_dir, unpack_archive
+from mprm_hf.data import rollout as rules
+from mprm_hf.data.locate import (
+    ANNOTATIONS_DIR,
+    HUB_ANNOTATION_PATTERNS,
+    annotations_root,
+    locate_dataset,
+    mprm_cache_dir,
+    unpack_archive,
+)
 from mprm_hf.data.report import LoadReport
 from mprm_hf.errors import MPRMError
 
 logger = logging.getLogger(__name__)
 
 HUB_REPO = "OpenGVLab/VisualPRM400K-v1.1-Raw"
-ANNOTATIONS_DIR = "annotations"
 IMAGES_DIR = "VisualPRM400K-v1.1-Raw"
-# The Hub repo ships annotations.zip; an unpacked mirror ships annotations/*.jsonl. Fetch either.
-HUB_ANNOTATION_PATTERNS = ("annotations/*.jsonl", "annotations.zip", "README.md")
 # Bump when parsing rules change, so old Arrow caches are not reused.
 _FORMAT_VERSION = "1"
 
@@ -64,17 +68,17 @@ VISUALPRM400K_FEATURES = datasets.Features(
 
 # Reasons, worded for the report table.
 UNPARSEABLE = "unparseable JSON line"
-BLANK = "blank line"
-NOT_OBJECT = "record is not a JSON object"
+BLANK = rules.BLANK
+NOT_OBJECT = rules.NOT_OBJECT
 MISSING_STEPS = "missing field 'steps_with_score'"
-STEPS_NOT_LIST = "'steps_with_score' is not a list"
+STEPS_NOT_LIST = rules.STEPS_NOT_LIST
 EMPTY_STEPS = "empty 'steps_with_score'"
-NON_STANDARD_JSON = "non-standard JSON (NaN/Infinity) accepted"
+NON_STANDARD_JSON = rules.NON_STANDARD_JSON
 BOM = "UTF-8 byte-order mark before the record (the reference cannot parse it)"
 MISSING_FIELD = "missing field (default used)"
 WRONG_TYPE = "wrong type (converted)"
-STEP_NOT_OBJECT = "step is not an object"
-EMPTY_STEP_TEXT = "empty step text"
+STEP_NOT_OBJECT = rules.STEP_NOT_OBJECT
+EMPTY_STEP_TEXT = rules.EMPTY_STEP_TEXT
 MISSING_SCORE = "missing score (null)"
 NON_NUMERIC_SCORE = "non-numeric score (null)"
 TEXT_SCORE = "score given as text or boolean (converted)"
@@ -108,7 +112,7 @@ def load_visualprm400k(
         revision=revision,
         what="VisualPRM400K annotations",
     )
-    root = _annotations_root(folder, cache_dir)
+    root = annotations_root(folder, cache_dir)
     image_root = _image_root(folder, root, with_images, cache_dir)
     files = _select_files(root, sources)
     check_images = "always" if with_images else "if-present"
@@ -139,30 +143,10 @@ def load_visualprm400k(
         report.merge(LoadReport.load(part))
     report.log(logger)
     if report.records_kept == 0:
-        first = f"; first problem: {report.examples[0]}" if report.examples else ""
         raise MPRMError(
-            f"{root / ANNOTATIONS_DIR}: no usable rollout in {len(files)} file(s) "
-            f"({report.total_issues} problems{first})"
+            f"{root / ANNOTATIONS_DIR}: {report.fatal(f'no usable rollout in {len(files)} file(s)')}"
         )
     return builder.as_dataset(split=datasets.Split.TRAIN), report
-
-
-def _annotations_root(folder: Path, cache_dir: str | Path | None) -> Path:
-    """The folder that holds `annotations/`: given directly, given as `annotations/` itself, or zipped."""
-    if (folder / ANNOTATIONS_DIR).is_dir():
-        return folder
-    if folder.name == ANNOTATIONS_DIR and any(folder.glob("*.jsonl")):
-        return folder.parent
-    archive = folder / f"{ANNOTATIONS_DIR}.zip"
-    if archive.is_file():
-        unpacked = unpack_archive(archive, cache_dir)
-        for candidate in [unpacked, *sorted(p for p in unpacked.iterdir() if p.is_dir())]:
-            if (candidate / ANNOTATIONS_DIR).is_dir():
-                return candidate
-        raise MPRMError(f"{archive}: holds no '{ANNOTATIONS_DIR}/' folder")
-    raise MPRMError(
-        f"{folder}: no '{ANNOTATIONS_DIR}/' folder (nor {ANNOTATIONS_DIR}.zip) with *.jsonl files"
-    )
 
 
 def _image_root(folder: Path, root: Path, with_images: bool, cache_dir: str | Path | None) -> Path:
@@ -250,21 +234,26 @@ def _rollout_tables(
         )
         rows: list[dict[str, Any]] = []
         table_index = 0
-        with path.open("rb") as handle:
-            for line_number, raw in enumerate(handle, start=1):
-                row = parser.parse_line(raw, line_number)
-                if row is not None:
-                    rows.append(row)
-                if len(rows) == batch_size:
-                    yield file_index, table_index, parser.to_table(rows, schema)
-                    rows, table_index = [], table_index + 1
+        for line_number, (_, raw) in enumerate(rules.split_lines(path.read_bytes()), start=1):
+            row = parser.parse_line(raw, line_number)
+            if row is not None:
+                rows.append(row)
+            if len(rows) == batch_size:
+                yield file_index, table_index, parser.to_table(rows, schema)
+                rows, table_index = [], table_index + 1
         if rows:
             yield file_index, table_index, parser.to_table(rows, schema)
         parser.report.save(Path(report_dir) / f"{path.stem}.json")
 
 
 class RolloutParser:
-    """Parses the lines of one annotation file into rows, recording every defect in `self.report`."""
+    """Turns the lines of one annotation file into rows, recording every defect in `self.report`.
+
+    Lines are read by the one rollout reader (`mprm_hf.data.rollout.read_line`, the reference's rules):
+    a line it does not rank as JSON, or one the reference cannot read (a record that is not an object,
+    a step that is not an object, a score beyond float range), is skipped with its reason. A record
+    keeps its defects as null or empty values (converted to the columns' types, and reported), so that
+    `select` ranks and `to_stepwise` drops it as the reference does."""
 
     def __init__(self, *, file_label: str, source: str, image_root: Path, check_images: str = "if-present"):
         self.file_label = file_label
@@ -301,44 +290,33 @@ class RolloutParser:
             self._flag(line, "", BLANK, action="skipped")
             return None
         self.report.records_read += 1
-        record = self._decode(raw.rstrip(b"\r\n"), line)
+        try:
+            record, scores, note = rules.read_line(raw)
+        except rules.RolloutError as error:
+            self._flag(line, error.field, error.reason, error.detail or error, action="skipped")
+            return None
         if record is None:
+            bom = raw.lstrip().startswith(b"\xef\xbb\xbf")
+            self._flag(
+                line, "", BOM if bom else UNPARSEABLE if note == rules.NOT_JSON else note, action="skipped"
+            )
             return None
-        if not isinstance(record, dict):
-            self._flag(line, "", NOT_OBJECT, type(record).__name__, action="skipped")
-            return None
+        if note:
+            self._flag(line, "", note)
         if "steps_with_score" not in record:
             self._flag(line, "steps_with_score", MISSING_STEPS, action="skipped")
             return None
         raw_steps = record["steps_with_score"]
-        if not isinstance(raw_steps, list):
+        if not isinstance(raw_steps, list):  # a falsy value; any other is the reader's error
             self._flag(line, "steps_with_score", STEPS_NOT_LIST, type(raw_steps).__name__, action="skipped")
             return None
         if not raw_steps:
             self._flag(line, "steps_with_score", EMPTY_STEPS, action="skipped")
             return None
         row = self._fields(record, line)
-        self._steps(raw_steps, line, row)
+        self._steps(raw_steps, scores, line, row)
         self.report.records_kept += 1
         return row
-
-    def _decode(self, raw: bytes, line: int) -> Any:
-        if raw.lstrip().startswith(b"\xef\xbb\xbf"):
-            self._flag(line, "", BOM, action="skipped")
-            return None
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as err:
-            strict_error = err
-        # Python's json (which the reference uses) also reads NaN / Infinity; accept, but say so.
-        try:
-            record = json.loads(raw)
-            orjson.dumps(record)  # rejects lone surrogates, which Arrow could not store
-        except (ValueError, TypeError):
-            self._flag(line, "", UNPARSEABLE, strict_error, action="skipped")
-            return None
-        self._flag(line, "", NON_STANDARD_JSON, strict_error)
-        return record
 
     def _fields(self, record: dict[str, Any], line: int) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -355,6 +333,8 @@ class RolloutParser:
         return row
 
     def _text(self, record: dict[str, Any], name: str, line: int) -> str:
+        """The text as written; a value that is not text as `str()` makes it (a false one as "", which
+        the question rule, `question_orig or question`, reads the same way)."""
         value = record.get(name)
         if isinstance(value, str):
             return value
@@ -362,7 +342,7 @@ class RolloutParser:
             self._flag(line, name, MISSING_FIELD, "null" if name in record else "absent")
             return ""
         self._flag(line, name, WRONG_TYPE, f"{type(value).__name__} {value!r}")
-        return str(value)
+        return str(value) if value else ""
 
     def _int(self, value: Any, line: int, field: str) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -376,6 +356,8 @@ class RolloutParser:
         return None
 
     def _images(self, record: dict[str, Any], line: int) -> list[str]:
+        """The image paths as written. An entry that is not a path is kept as "" (and reported): the
+        conversion rule then drops the rollout, as it drops the record's own value."""
         value = record.get("image")
         if value is None:
             self._flag(line, "image", MISSING_FIELD, "null" if "image" in record else "absent")
@@ -383,16 +365,16 @@ class RolloutParser:
         if isinstance(value, str):
             images = [value] if value else []
         elif isinstance(value, list):  # nlvr2 pairs
-            images = [v if isinstance(v, str) else str(v) for v in value if v not in ("", None)]
-            if len(images) != len(value):
-                self._flag(line, "image", EMPTY_IMAGE, f"{len(value) - len(images)} empty entries dropped")
+            images = [item if isinstance(item, str) else "" for item in value]
+            if not all(images) and value:
+                self._flag(line, "image", EMPTY_IMAGE, f"{images.count('')} entries that are not paths")
         else:
-            self._flag(line, "image", WRONG_TYPE, f"{type(value).__name__} -> []")
-            return []
+            self._flag(line, "image", WRONG_TYPE, f"{type(value).__name__} {value!r}")
+            return [""] if value else []
         if not value:
             self._flag(line, "image", EMPTY_IMAGE)
         for index, image in enumerate(images):
-            if self._should_check(image) and not (self.image_root / image).is_file():
+            if image and self._should_check(image) and not (self.image_root / image).is_file():
                 field = "image" if isinstance(value, str) else f"image[{index}]"
                 self._flag(line, field, IMAGE_MISSING, image)
         return images
@@ -406,36 +388,32 @@ class RolloutParser:
             self._dir_present[top] = (self.image_root / top).is_dir()
         return self._dir_present[top]
 
-    def _steps(self, raw_steps: list[Any], line: int, row: dict[str, Any]) -> None:
+    def _steps(
+        self, raw_steps: list[dict], scores: list[float | None], line: int, row: dict[str, Any]
+    ) -> None:
+        """Texts as written, the reader's numeric scores, and the MC counts, with every oddity reported."""
         texts: list[str] = []
-        scores: list[float | None] = []
         correct: list[int | None] = []
         total: list[int | None] = []
-        for index, step in enumerate(raw_steps):
-            if isinstance(step, dict):
-                text, score = step.get("step"), step.get("score")
-                n_correct, n_total = step.get("num_mc_correct"), step.get("num_mc_total")
-                if (  # the well-formed step, read without further checks
-                    type(text) is str
-                    and text.strip()
-                    and type(score) in (float, int)
-                    and 0.0 <= score <= 1.0
-                    and type(n_correct) is int
-                    and type(n_total) is int
-                ):
-                    texts.append(text)
-                    scores.append(float(score))
-                    correct.append(n_correct)
-                    total.append(n_total)
-                    continue
-            where = f"steps_with_score[{index}]"
-            if not isinstance(step, dict):
-                self._flag(line, where, STEP_NOT_OBJECT, f"{type(step).__name__} {step!r}")
-                step = {}
-            texts.append(self._step_text(step, line, where))
-            scores.append(self._score(step, line, f"{where}.score"))
-            correct.append(self._count(step, "num_mc_correct", line, where))
-            total.append(self._count(step, "num_mc_total", line, where))
+        for index, (step, score) in enumerate(zip(raw_steps, scores, strict=True)):
+            text, value = step.get("step"), step.get("score")
+            n_correct, n_total = step.get("num_mc_correct"), step.get("num_mc_total")
+            if not (  # the well-formed step needs no further checks
+                type(text) is str
+                and text.strip()
+                and type(value) in (float, int)
+                and 0.0 <= value <= 1.0
+                and type(n_correct) is int
+                and type(n_total) is int
+            ):
+                where = f"steps_with_score[{index}]"
+                text = self._step_text(step, line, where)
+                self._check_score(value, score, "score" in step, line, f"{where}.score")
+                n_correct = self._count(step, "num_mc_correct", line, where)
+                n_total = self._count(step, "num_mc_total", line, where)
+            texts.append(text)
+            correct.append(n_correct)
+            total.append(n_total)
         row["steps"] = texts
         row["mc_scores"] = scores
         row["num_mc_correct"] = correct
@@ -443,35 +421,29 @@ class RolloutParser:
 
     def _step_text(self, step: dict[str, Any], line: int, where: str) -> str:
         text = step.get("step")
-        if not isinstance(text, str):
+        if not isinstance(text, str):  # as the reference reads `step or ""`: a false value is empty text
             if text is not None:
                 self._flag(line, f"{where}.step", WRONG_TYPE, f"{type(text).__name__} {text!r}")
-            text = "" if text is None else str(text)
+            text = str(text) if text else ""
         if not text.strip():
             self._flag(line, f"{where}.step", EMPTY_STEP_TEXT, repr(text))
         return text
 
-    def _score(self, step: dict[str, Any], line: int, field: str) -> float | None:
-        """Python's float() semantics (the reference's), with anything beyond plain numbers reported."""
-        value = step.get("score")
+    def _check_score(self, value: Any, score: float | None, present: bool, line: int, field: str) -> None:
+        """Report how the reader took a score that is not a plain number in [0, 1]."""
         if value is None:
-            self._flag(line, field, MISSING_SCORE, "null" if "score" in step else "absent")
-            return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            score = float(value)
+            self._flag(line, field, MISSING_SCORE, "null" if present else "absent")
+        elif score is None:
+            self._flag(
+                line,
+                field,
+                NON_NUMERIC_SCORE,
+                f"{type(value).__name__} {value!r}" if not isinstance(value, str) else repr(value),
+            )
         elif isinstance(value, (str, bool)):
-            try:
-                score = float(value)
-            except ValueError:
-                self._flag(line, field, NON_NUMERIC_SCORE, repr(value))
-                return None
             self._flag(line, field, TEXT_SCORE, repr(value))
-        else:
-            self._flag(line, field, NON_NUMERIC_SCORE, f"{type(value).__name__} {value!r}")
-            return None
-        if not 0.0 <= score <= 1.0 or math.isnan(score):
+        if score is not None and (not 0.0 <= score <= 1.0 or math.isnan(score)):
             self._flag(line, field, SCORE_OUT_OF_RANGE, repr(value))
-        return score
 
     def _count(self, step: dict[str, Any], name: str, line: int, where: str) -> int | None:
         if name not in step:

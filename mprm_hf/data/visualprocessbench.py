@@ -88,8 +88,7 @@ def load_visualprocessbench(
             if row is not None:
                 rows.append(row)
     if not rows:
-        first = f"; first problem: {report.examples[0]}" if report.examples else ""
-        raise MPRMError(f"{annotation}: no usable record ({report.total_issues} problems{first})")
+        raise MPRMError(f"{annotation}: {report.fatal('no usable record')}")
     ds = datasets.Dataset.from_list(rows, features=VISUALPROCESSBENCH_FEATURES)
     report.log(logger)
     return ds, report

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from mprm_hf.fileio import save_figure_atomic
+from mprm_hf.selection import scores as scoring
 
 
 def label_balance(steps: int, positive: int) -> dict[str, Any]:
@@ -44,13 +45,25 @@ class SelectionReport:
     selector: str
     params: dict[str, Any]
     rows: list[SourceRow]
-    p_pos: np.ndarray = field(repr=False)
-    reliability: np.ndarray = field(repr=False)
-    bis: np.ndarray = field(repr=False)
+    n_scored: np.ndarray = field(repr=False)  # the score table's columns, for the histogram
+    n_pos: np.ndarray = field(repr=False)
+    sum_pos: np.ndarray = field(repr=False)
     bis_alpha: float = 0.05
     kept_mask: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=bool))
     order_note: str = "file order"
     notes: list[str] = field(default_factory=list)  # skipped lines and dropped rollouts, by reason and place
+
+    @property
+    def p_pos(self) -> np.ndarray:
+        return scoring.p_pos(self.n_pos, self.n_scored)
+
+    @property
+    def reliability(self) -> np.ndarray:
+        return scoring.reliability(self.sum_pos, self.n_pos)
+
+    @property
+    def bis(self) -> np.ndarray:
+        return scoring.bis(self.n_scored, self.n_pos, self.sum_pos, self.bis_alpha)
 
     @property
     def n_total(self) -> int:

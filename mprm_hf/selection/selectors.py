@@ -30,8 +30,8 @@ from mprm_hf.selection import scores as scoring
 
 SELECTORS: dict[str, type[Selector]] = {}
 Columns = dict[str, np.ndarray]
-"""The score table as numpy: source (an integer per file), n_scored, n_pos, sum_pos, p_pos,
-reliability, and entropy when the entropy selector computed it."""
+"""The score table as numpy: source (an integer per file), n_scored, n_pos, sum_pos, and entropy when
+the table has it."""
 
 
 def register(name: str) -> Callable[[type[Selector]], type[Selector]]:
@@ -122,7 +122,7 @@ class ReliableSelector(Selector):
     """Highest R first (R = 1.0 for an all-negative rollout, as in BIS)."""
 
     def priority(self, table):
-        return table["reliability"]
+        return scoring.reliability(table["sum_pos"], table["n_pos"])
 
 
 @register("low-mc")
@@ -130,7 +130,7 @@ class LowMCSelector(Selector):
     """Lowest R first: the rollouts whose positive steps the MC estimate trusts least."""
 
     def priority(self, table):
-        return -table["reliability"]
+        return -scoring.reliability(table["sum_pos"], table["n_pos"])
 
 
 @register("full")
@@ -150,8 +150,8 @@ class EntropySelector(Selector):
     entropy = mean over steps of the binary entropy (bits) of the model's positive-reward probability;
     the `drop` fraction of highest-entropy rollouts of each source is removed (likely label noise),
     a budget then keeps the lowest-entropy rest, and `curriculum=True` orders the output from low to
-    high entropy. The entropies come from a scoring pass of `model` (a path or Hub id, through
-    `mprm_hf.scoring.score_traces`) over the rollouts, or from an `entropy` column given to `select`."""
+    high entropy. The entropies are the score table's `entropy` column, which the scan computes with
+    `model` (a path or Hub id, through `mprm_hf.scoring.score_traces`), or a `Dataset`'s own column."""
 
     params = {"model": None, "drop": 0.1, "curriculum": False, "step_format": "prm-token", "batch_size": 8}
 
@@ -159,6 +159,10 @@ class EntropySelector(Selector):
         drop = float(self.values["drop"])
         if not 0.0 <= drop < 1.0:
             raise MPRMError(f"--entropy-drop must be in [0, 1), got {drop!r}")
+        if "entropy" not in table:
+            raise MPRMError(
+                "selector 'entropy' needs --entropy-model (a PRM path or Hub id) or an 'entropy' column"
+            )
         entropy = table["entropy"]
         keep = (table["n_scored"] > 0) & np.isfinite(entropy)
         for source in np.unique(table["source"]):
@@ -211,28 +215,14 @@ def budgeted(
 
 
 def columns_of(source: np.ndarray, n_scored: np.ndarray, n_pos: np.ndarray, sum_pos: np.ndarray) -> Columns:
-    """The columns every selector reads, from the table's four."""
-    return {
-        "source": source,
-        "n_scored": n_scored,
-        "n_pos": n_pos,
-        "sum_pos": sum_pos,
-        "p_pos": scoring.p_pos(n_pos, n_scored),
-        "reliability": scoring.reliability(sum_pos, n_pos),
-    }
+    """The columns every selector reads: the table's four (p_pos and R are the selectors' to derive)."""
+    return {"source": source, "n_scored": n_scored, "n_pos": n_pos, "sum_pos": sum_pos}
 
 
-def select_rows(
-    table: Columns,
-    method: str,
-    *,
-    top_ratio: float | None = None,
-    budget: int | None = None,
-    entropy: Callable[[np.ndarray], np.ndarray] | np.ndarray | None = None,
-    **params: Any,
-) -> Selection:
-    """Run selector `method` on the columns at the budget. `entropy` is the rollouts' entropy, or a
-    function of the eligible rows that computes it (only the entropy selector asks for it)."""
+def selector_for(
+    method: str, *, top_ratio: float | None = None, budget: int | None = None, **params: Any
+) -> Selector:
+    """The selector `method` with its parameters, once they and the budget are checked (before any work)."""
     if method not in SELECTORS:
         raise MPRMError(f"unknown selection method {method!r} (one of: {', '.join(SELECTORS)})")
     selector = SELECTORS[method](**params)
@@ -241,13 +231,14 @@ def select_rows(
     check_budget(top_ratio, budget)
     if method == "bis":
         selector.values["alpha"] = scoring.check_alpha(selector.values["alpha"])
-    if method == "entropy":
-        if entropy is None:
-            raise MPRMError(
-                "selector 'entropy' needs --entropy-model (a PRM path or Hub id) or an 'entropy' column"
-            )
-        table = dict(table)
-        table["entropy"] = entropy(np.flatnonzero(table["n_scored"] > 0)) if callable(entropy) else entropy
+    return selector
+
+
+def select_rows(
+    table: Columns, method: str, *, top_ratio: float | None = None, budget: int | None = None, **params: Any
+) -> Selection:
+    """Run selector `method` on the score table's columns at the budget: a function of the table alone."""
+    selector = selector_for(method, top_ratio=top_ratio, budget=budget, **params)
     eligible = selector.eligible(table)
     priority = np.asarray(selector.priority(table), dtype=np.float64)
     if selector.uses_budget:
@@ -286,6 +277,7 @@ def select(ds: Any, method: str, **params: Any) -> Any:
     """The selected rollouts of a VisualPRM400K `Dataset`, e.g. `select(ds, "bis", alpha=0.2,
     top_ratio=0.1)` or `select(ds, "random", seed=1, budget=500)`: the same selectors and budget rule as
     `mprm-hf select`, on the dataset's rows. An `entropy` column serves the entropy selector."""
-    entropy = np.asarray(ds["entropy"], dtype=np.float64) if "entropy" in ds.column_names else None
-    selection = select_rows(dataset_columns(ds), method, entropy=entropy, **params)
-    return ds.select(selection.rows)
+    columns = dataset_columns(ds)
+    if "entropy" in ds.column_names:
+        columns["entropy"] = np.asarray(ds["entropy"], dtype=np.float64)
+    return ds.select(select_rows(columns, method, **params).rows)

@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from mprm_hf.data.locate import ANNOTATIONS_DIR
+from mprm_hf.data.rollout import DROP_REASONS
 from mprm_hf.errors import MPRMError
 from mprm_hf.selection import scores as scoring
 from mprm_hf.selection.provenance import selection_path, selection_record, write_selection
 from mprm_hf.selection.report import SelectionReport, SourceRow
-from mprm_hf.selection.scan import EXAMPLES_PER_REASON, SHARD_BYTES, ScoreTable, scan_corpus
-from mprm_hf.selection.selectors import Selection, columns_of, select_rows
-from mprm_hf.selection.writers import DROP_REASONS, WriteResult, read_rollouts, write_subset
-
-ANNOTATIONS_DIR = "annotations"
+from mprm_hf.selection.scan import EXAMPLES_PER_REASON, SHARD_BYTES, EntropySource, ScoreTable, scan_corpus
+from mprm_hf.selection.selectors import Selection, columns_of, select_rows, selector_for
+from mprm_hf.selection.writers import WriteResult, write_subset
 
 
 def resolve_annotations(path_or_repo: str | os.PathLike, revision: str | None = None) -> Path:
@@ -37,20 +37,24 @@ def resolve_annotations(path_or_repo: str | os.PathLike, revision: str | None = 
         return folder / ANNOTATIONS_DIR
     if folder.is_dir() and not (folder / f"{ANNOTATIONS_DIR}.zip").is_file():
         return folder  # the annotations folder itself (`scan_corpus` says so if it holds no *.jsonl)
-    from mprm_hf.data.visualprm400k import HUB_ANNOTATION_PATTERNS, _annotations_root, locate_dataset
+    from mprm_hf.data.locate import HUB_ANNOTATION_PATTERNS, annotations_root, locate_dataset
 
     if not folder.exists():
         folder = locate_dataset(
             str(path_or_repo), allow_patterns=HUB_ANNOTATION_PATTERNS, revision=revision,
             what="VisualPRM400K annotations",
         )  # fmt: skip
-    return _annotations_root(folder, None) / ANNOTATIONS_DIR
+    return annotations_root(folder, None) / ANNOTATIONS_DIR
 
 
 def table_columns(table: ScoreTable) -> dict[str, np.ndarray]:
-    return columns_of(
+    """The selector columns of the score table (`entropy` too, when the table has it)."""
+    columns = columns_of(
         table.column("file"), table.column("n_scored"), table.column("n_pos"), table.column("sum_pos")
     )
+    if "entropy" in table.table.column_names:
+        columns["entropy"] = table.column("entropy")
+    return columns
 
 
 @dataclass
@@ -99,46 +103,6 @@ class SubsetResult:
         ]
 
 
-def rollout_entropy(
-    table: ScoreTable,
-    rows: np.ndarray,
-    model: str,
-    *,
-    step_format: str = "prm-token",
-    batch_size: int = 8,
-    progress: bool = True,
-) -> np.ndarray:
-    """Mean step entropy under `model` of every table row (NaN outside `rows` and for a rollout the
-    conversion rule drops): one scoring pass over the rollouts, through the training input builder."""
-    from mprm_hf.modeling import load_model_and_processor
-    from mprm_hf.scoring import score_traces
-    from mprm_hf.selection.writers import Rollout, chunks_of, image_paths
-
-    root = str(table.files[0].parent.parent)
-    traces, positions = [], []
-    for chunk in chunks_of(table, rows, root):
-        for row, rollout in zip(
-            chunk.rows.tolist(), read_rollouts(Path(chunk.path), chunk.offsets, chunk.lengths), strict=True
-        ):
-            if isinstance(rollout, Rollout):
-                traces.append(
-                    {
-                        "question": rollout.question,
-                        "steps": rollout.texts,
-                        "images": image_paths(rollout, root),
-                    }
-                )
-                positions.append(row)
-    entropy = np.full(len(table), np.nan)
-    if traces:
-        model_obj, processor = load_model_and_processor(str(model))
-        probabilities = score_traces(
-            model_obj, processor, traces, batch_size=batch_size, step_format=step_format, progress=progress
-        )
-        entropy[np.asarray(positions)] = scoring.mean_step_entropy(probabilities)
-    return entropy
-
-
 def build_report(result_parts: tuple[ScoreTable, Selection, WriteResult]) -> SelectionReport:
     """Per-source rows, label balance and the skip / drop notes of one run: one definition for every
     format and selector."""
@@ -172,8 +136,9 @@ def build_report(result_parts: tuple[ScoreTable, Selection, WriteResult]) -> Sel
     ]
     notes = [f"skipped when scanning, {line}" for line in table.skipped_lines()]
     lines = table.column("line")
+    failed = np.flatnonzero(~write.written)
     for reason in DROP_REASONS:
-        dropped = np.flatnonzero(write.reasons == reason)
+        dropped = failed[write.reasons[failed] == reason]
         if len(dropped):
             where = ", ".join(
                 f"{table.files[files[rows[i]]].name}:{lines[rows[i]]}" for i in dropped[:EXAMPLES_PER_REASON]
@@ -187,9 +152,9 @@ def build_report(result_parts: tuple[ScoreTable, Selection, WriteResult]) -> Sel
         selector=selection.method,
         params={key: value for key, value in selection.params.items() if value is not None},
         rows=report_rows,
-        p_pos=scoring.p_pos(n_pos, n_scored),
-        reliability=scoring.reliability(table.column("sum_pos"), n_pos),
-        bis=scoring.bis(n_scored, n_pos, table.column("sum_pos"), alpha),
+        n_scored=n_scored,
+        n_pos=n_pos,
+        sum_pos=table.column("sum_pos"),
         bis_alpha=alpha,
         kept_mask=kept_mask,
         order_note=selection.order_note,
@@ -228,24 +193,21 @@ def build_subset(
             )
         if budget is not None or top_ratio is None:
             raise MPRMError("--format reference needs --top-ratio (the reference has no global budget)")
+    selector_for(method, top_ratio=top_ratio, budget=budget, **params)  # refused before any work
+    entropy = None
+    if method == "entropy" and params.get("model"):
+        entropy = EntropySource(
+            str(params["model"]), params.get("step_format") or "prm-token", int(params.get("batch_size") or 8)
+        )
     table = scan_corpus(
         folder, num_proc=num_proc, use_cache=use_cache, cache_dir=cache_dir, progress=progress,
-        shard_bytes=shard_bytes,
+        shard_bytes=shard_bytes, entropy=entropy,
     )  # fmt: skip
     if output.resolve() in {path.resolve() for path in table.files}:
         raise MPRMError(
             f"{output}: is one of the annotation files being selected from; choose another --output"
         )
-    entropy = None
-    if method == "entropy" and params.get("model"):
-        model = params["model"]
-        entropy = lambda rows: rollout_entropy(  # noqa: E731 - computed only once the budget checks pass
-            table, rows, model, step_format=params.get("step_format") or "prm-token",
-            batch_size=int(params.get("batch_size") or 8), progress=progress,
-        )  # fmt: skip
-    selection = select_rows(
-        table_columns(table), method, top_ratio=top_ratio, budget=budget, entropy=entropy, **params
-    )
+    selection = select_rows(table_columns(table), method, top_ratio=top_ratio, budget=budget, **params)
     write = write_subset(
         table, selection.rows, output, fmt=fmt, threshold=threshold, image_root=str(folder.parent),
         allow_outside_images=allow_outside_images, num_proc=num_proc, progress=progress,

@@ -1,4 +1,4 @@
-"""The Gradio demo: the reward a process reward model gives every step of a reasoning trace about an image.
+"""The Gradio Space: the reward a process reward model gives every step of a reasoning trace about an image.
 
 One app serves both `mprm-hf demo` on a laptop and the Hugging Face Space in `spaces_demo/`. The model
 comes from `--model`, else `$MPRM_MODEL` (a folder or a Hub id), else the PRM that `make demo` trains
@@ -29,15 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mprm_hf.embedded import TINY_MODEL, default_model
 from mprm_hf.errors import MPRMError
-from mprm_hf.quickstart import trained_model
 from mprm_hf.rerank import AGGREGATES, aggregate_rewards
 
 logger = logging.getLogger(__name__)
-EMBEDDED_DIR = Path("embedded")
-EMBEDDED_MODEL = EMBEDDED_DIR / "tiny-qwen2-vl"
-DEMO_TRAINED_MODEL = trained_model()  # BIS-10%'s PRM, which `make demo` (mprm-hf quickstart) trains
-EXAMPLES_DIR = EMBEDDED_DIR / "demo-examples"
+EXAMPLES_DIR = Path("embedded") / "demo-examples"
 STEP_FORMATS = ("prm-token", "visualprm")
 N_EXAMPLES = 4
 SPACE_DIR = Path(__file__).resolve().parent.parent / "spaces_demo"
@@ -94,17 +91,9 @@ def split_steps(text: str) -> list[str]:
 
 
 def resolve_model_path(model: str | os.PathLike[str] | None = None) -> str:
-    """`model`, else `$MPRM_MODEL`, else `make demo`'s trained PRM, else the embedded tiny model."""
-    chosen = model or os.environ.get("MPRM_MODEL")
-    if chosen:
-        return str(chosen)
-    if (DEMO_TRAINED_MODEL / "config.json").is_file():
-        return str(DEMO_TRAINED_MODEL)
-    if not (EMBEDDED_MODEL / "config.json").is_file():
-        from mprm_hf.modeling import build_tiny_model
-
-        build_tiny_model(EMBEDDED_MODEL, arch="qwen2_vl", seed=0)
-    return str(EMBEDDED_MODEL)
+    """`model`, else `$MPRM_MODEL`, else `mprm_hf.embedded.default_model()` (`make demo`'s trained PRM,
+    else the embedded tiny model)."""
+    return str(model or os.environ.get("MPRM_MODEL") or default_model())
 
 
 def _threshold_value(value: Any, where: str) -> float | None:
@@ -143,7 +132,7 @@ def model_warning(model: Any, model_path: str) -> str | None:
     """Why a page served by this model must not be read as a judgement, or None for a trained PRM."""
     from mprm_hf.step_format import CONFIG_KEY
 
-    if Path(model_path).expanduser().resolve() == EMBEDDED_MODEL.resolve():
+    if Path(model_path).expanduser().resolve() == TINY_MODEL.resolve():
         return (
             f"`{model_path}` is the tiny model mprm-hf builds offline. It is untrained: its rewards show "
             "how the page works, not what a trained PRM thinks."
@@ -342,7 +331,7 @@ def load_upload(path: str, max_pixels: int | None) -> tuple[Any, str | None]:
     notice saying so; a file that is not an image is an MPRMError naming the upload, not the server path."""
     from PIL import Image
 
-    from mprm_hf.step_format import MAX_IMAGE_PIXELS, _load_image
+    from mprm_hf.step_format import MAX_IMAGE_PIXELS, load_image
 
     name = Path(path).name
     try:
@@ -356,7 +345,7 @@ def load_upload(path: str, max_pixels: int | None) -> tuple[Any, str | None]:
             "downscale it first"
         )
     try:
-        image = _load_image(path, "upload")
+        image = load_image(path, "upload")
     except MPRMError:
         raise MPRMError(f"`{name}` cannot be decoded as an image: nothing was scored") from None
     if max_pixels is None or image.width * image.height <= max_pixels:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from huggingface_hub import RepoCard
 
-from mprm_hf import demo
+from mprm_hf import embedded, space
 from mprm_hf.errors import MPRMError
 from mprm_hf.rerank import aggregate_rewards
 
@@ -45,84 +45,84 @@ TIMEOUT_MS = 90_000
 
 def test_steps_are_blank_line_separated_paragraphs() -> None:
     text = "\n  First step,\nstill the first.\n\n\nSecond step.\n \t\nThird step.  \n\n"
-    assert demo.split_steps(text) == ["First step,\nstill the first.", "Second step.", "Third step."]
-    assert demo.split_steps(" \n\n ") == []
+    assert space.split_steps(text) == ["First step,\nstill the first.", "Second step.", "Third step."]
+    assert space.split_steps(" \n\n ") == []
 
 
 def test_views_mark_the_first_error_the_aggregate_and_the_human_agreement() -> None:
-    scored = demo.Scored(steps=["a", "b <i>", "c"], rewards=[[0.8, 0.25, 0.6]], labels=[1, -1, 0])
-    assert demo.first_error(scored.rewards[0], 0.5) == 2 and demo.first_error([0.9], 0.5) is None
-    assert demo.verdict(0.5, 0.5) == "likely correct"  # the metric's rule: correct iff reward >= threshold
-    assert demo.agreement(scored.rewards[0], scored.labels, 0.5) == (2, 2)  # neutral steps left out
-    table = demo.reward_table(scored, ["m"], 0.5)
+    scored = space.Scored(steps=["a", "b <i>", "c"], rewards=[[0.8, 0.25, 0.6]], labels=[1, -1, 0])
+    assert space.first_error(scored.rewards[0], 0.5) == 2 and space.first_error([0.9], 0.5) is None
+    assert space.verdict(0.5, 0.5) == "likely correct"  # the metric's rule: correct iff reward >= threshold
+    assert space.agreement(scored.rewards[0], scored.labels, 0.5) == (2, 2)  # neutral steps left out
+    table = space.reward_table(scored, ["m"], 0.5)
     assert table.count('class="prm-row') == 3 and "b &lt;i&gt;" in table  # step text is escaped
     assert 'id="step-2" class="prm-row prm-wrong" data-reward="0.25"' in table
     assert table.count("first likely error") == 1 and "Human label" in table
-    for how in demo.AGGREGATES:
-        html = demo.summary(scored, ["m"], 0.5, how)
+    for how in space.AGGREGATES:
+        html = space.summary(scored, ["m"], 0.5, how)
         assert f'data-value="{aggregate_rewards(scored.rewards[0], how)!r}"' in html
         assert 'id="first-error" data-step="2"' in html and 'data-agree="2" data-labelled="2"' in html
-    plot = demo.bars(scored.rewards[0], 0.7)
+    plot = space.bars(scored.rewards[0], 0.7)
     assert plot.to_dict("list")["verdict"] == ["likely correct", "likely wrong", "likely wrong"]
 
 
 def test_two_prms_side_by_side_and_a_cut_trace() -> None:
-    scored = demo.Scored(steps=["a", "b", "c"], rewards=[[0.9, 0.2, 0.7], [0.8, 0.6]])
-    table = demo.reward_table(scored, ["A", "B"], 0.5)
+    scored = space.Scored(steps=["a", "b", "c"], rewards=[[0.9, 0.2, 0.7], [0.8, 0.6]])
+    table = space.reward_table(scored, ["A", "B"], 0.5)
     assert "Reward A" in table and "Reward B" in table and table.count("not scored") == 1
     assert 'data-reward="0.2" data-reward2="0.6"' in table
-    html = demo.summary(scored, ["A", "B"], 0.5, "mean")
+    html = space.summary(scored, ["A", "B"], 0.5, "mean")
     assert 'id="disagreement" data-steps="2"' in html and "over the 2 scored steps" in html
 
 
 def test_human_labels_parse_in_the_benchmark_values() -> None:
-    assert demo.parse_labels("1 1 -1 0") == [1, 1, -1, 0]
-    assert demo.parse_labels("+, -, neutral") == [1, -1, 0]
-    assert demo.parse_labels("  ") == []
+    assert space.parse_labels("1 1 -1 0") == [1, 1, -1, 0]
+    assert space.parse_labels("+, -, neutral") == [1, -1, 0]
+    assert space.parse_labels("  ") == []
     with pytest.raises(MPRMError, match="'2' is not one of"):
-        demo.parse_labels("1 2")
+        space.parse_labels("1 2")
 
 
 def test_calibrated_threshold_comes_from_the_card_then_the_config(tmp_path: Path) -> None:
     folder = tmp_path / "prm"
     folder.mkdir()
-    assert demo.calibrated_threshold(folder) is None
+    assert space.calibrated_threshold(folder) is None
     (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_vl", "prm_threshold": 0.625}))
-    assert demo.calibrated_threshold(folder) == 0.625
+    assert space.calibrated_threshold(folder) == 0.625
     (folder / "README.md").write_text("---\nlicense: apache-2.0\nprm_threshold: 0.375\n---\n# A PRM\n")
-    assert demo.calibrated_threshold(folder) == 0.375  # the card wins over the config
+    assert space.calibrated_threshold(folder) == 0.375  # the card wins over the config
     (folder / "README.md").write_text("---\nprm_threshold: high\n---\n")
     with pytest.raises(MPRMError, match="prm_threshold must be a number between 0 and 1"):
-        demo.calibrated_threshold(folder)
-    assert demo.calibrated_threshold("nobody/no-such-prm") is None  # offline: the default stands
+        space.calibrated_threshold(folder)
+    assert space.calibrated_threshold("nobody/no-such-prm") is None  # offline: the default stands
 
 
 def test_untrained_models_get_a_warning(tiny_model_dir: Path) -> None:
     from mprm_hf.modeling import load_model_and_processor
 
     model, _ = load_model_and_processor(tiny_model_dir)
-    assert "never trained as a PRM" in demo.model_warning(model, str(tiny_model_dir))
-    assert "tiny model" in demo.model_warning(model, str(demo.EMBEDDED_MODEL))
+    assert "never trained as a PRM" in space.model_warning(model, str(tiny_model_dir))
+    assert "tiny model" in space.model_warning(model, str(embedded.TINY_MODEL))
     model.config.prm_step_format = "prm-token"  # what training records in a PRM's config
-    assert demo.model_warning(model, str(tiny_model_dir)) is None
+    assert space.model_warning(model, str(tiny_model_dir)) is None
 
 
 def test_traces_are_read_by_the_project_loaders(tmp_path: Path) -> None:
     bench = json.loads((FIXTURES / "visualprocessbench_real_12" / "test.jsonl").read_text().splitlines()[1])
     (tmp_path / "bench.json").write_text(json.dumps({**bench, "image": ["images/x.png"]}))
-    trace = demo.read_trace(tmp_path / "bench.json")
+    trace = space.read_trace(tmp_path / "bench.json")
     assert trace.steps == bench["response"]["steps"]
     assert trace.labels == bench["response"]["process_correctness"]
     assert "VisualProcessBench" in trace.note and trace.images == ["x.png"]  # named, never opened
     (tmp_path / "outside.json").write_text(json.dumps({**bench, "image": ["../../etc/passwd"]}))
     with pytest.raises(MPRMError, match=r"outside.json:1: field 'image\[0\]': image path outside"):
-        demo.read_trace(tmp_path / "outside.json")
+        space.read_trace(tmp_path / "outside.json")
     rows = [
         {"prompt": "Q?", "completions": ["s1", "s2"], "labels": [True, False], "images": ["a/b.png"]},
         {"prompt": "R?", "completions": ["t1"], "labels": [True]},
     ]
     (tmp_path / "steps.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    trace = demo.read_trace(tmp_path / "steps.jsonl")
+    trace = space.read_trace(tmp_path / "steps.jsonl")
     assert (trace.question, trace.steps, trace.labels, trace.images) == (
         "Q?",
         ["s1", "s2"],
@@ -132,10 +132,10 @@ def test_traces_are_read_by_the_project_loaders(tmp_path: Path) -> None:
     assert "the first of 2 records" in trace.note and "upload them under Images" in trace.note
     (tmp_path / "broken.json").write_text('{"prompt": "Q", "completions": [')
     with pytest.raises(MPRMError, match=r"broken.json: not valid JSON \(line 1"):
-        demo.read_trace(tmp_path / "broken.json")
+        space.read_trace(tmp_path / "broken.json")
     (tmp_path / "nosteps.json").write_text(json.dumps({"response": {"steps": [], "process_correctness": []}}))
     with pytest.raises(MPRMError, match="nosteps.json: no usable record") as error:
-        demo.read_trace(tmp_path / "nosteps.json")
+        space.read_trace(tmp_path / "nosteps.json")
     assert str(tmp_path) not in str(error.value).replace(str(tmp_path / "nosteps.json"), "")
 
 
@@ -144,30 +144,30 @@ def test_space_folder_has_a_valid_header_and_stages_with_the_package(tmp_path: P
     assert header["sdk"] == "gradio" and header["app_file"] == "app.py"
     assert (REPO_ROOT / "spaces_demo" / header["app_file"]).is_file()
     assert len(header["short_description"]) <= 60
-    staged = demo.stage_space(tmp_path / "space")
+    staged = space.stage_space(tmp_path / "space")
     assert {"README.md", "app.py", "requirements.txt", "mprm_hf", "examples"} <= {
         p.name for p in staged.iterdir()
     }
-    assert (staged / "mprm_hf" / "demo.py").is_file() and not list(staged.rglob("__pycache__"))
+    assert (staged / "mprm_hf" / "space.py").is_file() and not list(staged.rglob("__pycache__"))
     assert (staged / "examples" / "VisualProcessBench" / "test.jsonl").is_file()
     assert RepoCard.load(staged / "README.md").data.to_dict() == header
 
 
 def test_model_path_falls_back_from_flag_to_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MPRM_MODEL", "someone/trained-prm")
-    assert demo.resolve_model_path("local/folder") == "local/folder"
-    assert demo.resolve_model_path() == "someone/trained-prm"
+    assert space.resolve_model_path("local/folder") == "local/folder"
+    assert space.resolve_model_path() == "someone/trained-prm"
 
 
 def test_model_path_prefers_the_demo_trained_prm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("MPRM_MODEL", raising=False)
     monkeypatch.chdir(tmp_path)
     trained = (
-        tmp_path / demo.DEMO_TRAINED_MODEL
+        tmp_path / embedded.trained_model()
     )  # where `make demo` (mprm-hf quickstart) leaves BIS-10%'s PRM
     trained.mkdir(parents=True)
     (trained / "config.json").write_text("{}")
-    assert demo.resolve_model_path() == str(demo.DEMO_TRAINED_MODEL)
+    assert space.resolve_model_path() == str(embedded.trained_model())
 
 
 def _free_port() -> int:
@@ -179,7 +179,7 @@ def _free_port() -> int:
 @dataclass
 class Served:
     url: str
-    prm: demo.Prm
+    prm: space.Prm
     root: Path
 
 
@@ -191,13 +191,13 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     (model_dir / "README.md").write_text(f"---\nprm_threshold: {CALIBRATED}\n---\n# The tiny PRM\n")
     previous = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(root / "uploads")  # this worker's uploads, apart from the other's
-    prm = demo.load_prm(model_dir)
+    prm = space.load_prm(model_dir)
     examples = root / "examples"
-    app = demo.build_app(
-        [prm], examples=demo.synthetic_examples(examples, n_examples=2), real=demo.real_examples(examples)
+    app = space.build_app(
+        [prm], examples=space.synthetic_examples(examples, n_examples=2), real=space.real_examples(examples)
     )
     port = _free_port()
-    demo.launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    space.launch(app, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield Served(f"http://127.0.0.1:{port}/", prm, root)
     finally:
@@ -339,14 +339,14 @@ def test_real_example_shows_its_human_labels_beside_the_verdicts(page: Any, serv
     page.get_by_text("Real VisualProcessBench records").scroll_into_view_if_needed()
     page.locator(".gallery-item, tbody tr", has_text=record["question"][:30]).first.click()
     expect(page.locator("#labels textarea")).to_have_value(
-        demo.format_labels(record["response"]["process_correctness"])
+        space.format_labels(record["response"]["process_correctness"])
     )
     _score(page)
     labels = record["response"]["process_correctness"]
     rewards = _rewards(page)
     cells = page.locator("#rewards tr.prm-row td.prm-label").all_inner_texts()
-    assert cells == [demo.HUMAN_LABELS[label] for label in labels]
-    agree, labelled = demo.agreement(rewards, labels, CALIBRATED)
+    assert cells == [space.HUMAN_LABELS[label] for label in labels]
+    agree, labelled = space.agreement(rewards, labels, CALIBRATED)
     expect(page.locator("#agreement")).to_contain_text(f"{agree} of {labelled}")
 
 
@@ -406,8 +406,8 @@ def test_a_file_over_the_size_limit_is_refused(page: Any, served: Served, tmp_pa
     with big.open("wb") as handle:  # sparse: 21 MB on paper, nothing on disk
         handle.truncate(21 * 1024 * 1024)
     page.locator("#images input[type=file]").set_input_files(str(big))
-    expect(page.locator("#upload-limits")).to_contain_text(f"at most {demo.MAX_FILE_SIZE_MB} MB per file")
-    told = page.get_by_text(f'exceed the maximum allowed size of {demo.MAX_FILE_SIZE_MB}.0 Mb: "big.png"')
+    expect(page.locator("#upload-limits")).to_contain_text(f"at most {space.MAX_FILE_SIZE_MB} MB per file")
+    told = page.get_by_text(f'exceed the maximum allowed size of {space.MAX_FILE_SIZE_MB}.0 Mb: "big.png"')
     expect(told.first).to_be_visible(timeout=TIMEOUT_MS)  # Gradio's notice, before any byte is stored
     expect(page.locator("#images").get_by_text("Error", exact=True)).to_be_hidden()  # no bare badge
     page.screenshot(path=str(tmp_path / "too-large.png"))
