@@ -1,8 +1,10 @@
 """The embedded default: everything the offline pipeline needs, built on first use under one folder.
 
-`ensure_embedded(root)` makes (only what is missing) a synthetic VisualPRM400K corpus and benchmark, a
-BIS-10% stepwise subset of it and the tiny Qwen2-VL, and returns their paths. Recipes and the demo call it so
-that `mprm-hf train recipes/tiny-cpu/config.yaml` runs on a fresh checkout with no network.
+`ensure_embedded(root)` makes (only what is missing) a synthetic VisualPRM400K corpus and benchmark and a
+BIS-10% stepwise subset of it, and returns their paths with the base model's: the pretrained tiny base that
+ships with the package (`mprm_hf/assets/tiny-base`, made by `mprm-hf pretrain recipes/tiny-base/config.yaml`),
+or, as the ablation, the same tiny Qwen2-VL from random weights, built under `root`. Recipes and the demo call
+it so that `mprm-hf train recipes/tiny-cpu/config.yaml` runs on a fresh checkout with no network.
 """
 
 from __future__ import annotations
@@ -19,14 +21,48 @@ BIS_TOP_RATIO = 0.1
 BIS_ALPHA = 0.2
 
 
-def ensure_embedded(root: str | os.PathLike = "embedded") -> dict[str, Path]:
+# The pretrained base every tiny PRM fine-tunes from: package data, so a fresh install has it offline.
+TINY_BASE = Path(__file__).resolve().parent / "assets" / "tiny-base"
+TINY_BASE_RECIPE = "recipes/tiny-base/config.yaml"
+# The base a tiny PRM starts from: the shipped pretrained one, or random weights (the ablation).
+EMBEDDED_BASES = ("pretrained", "random")
+RANDOM_BASE_DIR = "tiny-qwen2-vl"
+
+
+def embedded_base(base: str = "pretrained", root: str | os.PathLike = "embedded") -> Path:
+    """The folder of the tiny base model: the shipped pretrained base, or the same shape from random weights
+    (built under `root` on first use)."""
+    if base not in EMBEDDED_BASES:
+        from mprm_hf.errors import MPRMError
+
+        raise MPRMError(f"embedded base must be one of {', '.join(EMBEDDED_BASES)}, got {base!r}")
+    if base == "pretrained":
+        if not (TINY_BASE / "model.safetensors").is_file():
+            from mprm_hf.errors import MPRMError
+
+            raise MPRMError(
+                f"{TINY_BASE}: the shipped pretrained base is missing from this installation; rebuild it with "
+                f"`mprm-hf pretrain {TINY_BASE_RECIPE} --output_dir {TINY_BASE}`"
+            )
+        return TINY_BASE
+    folder = Path(root) / RANDOM_BASE_DIR
+    if not (folder / "config.json").is_file():
+        from mprm_hf.modeling import build_tiny_model
+        from mprm_hf.pretrain import BASE_SHAPE
+
+        logger.info("embedded default: building the random-init tiny base in %s", folder)
+        build_tiny_model(folder, arch="qwen2_vl", seed=EMBEDDED_SEED, **BASE_SHAPE)
+    return folder
+
+
+def ensure_embedded(root: str | os.PathLike = "embedded", base: str = "pretrained") -> dict[str, Path]:
     """Build what is missing under `root`; return {root, synthetic, benchmark, model, train}."""
     root = Path(root)
     paths = {
         "root": root,
         "synthetic": root / "synthetic",
         "benchmark": root / "synthetic" / "VisualProcessBench",
-        "model": root / "tiny-qwen2-vl",
+        "model": embedded_base(base, root),
         "train": root / "bis-10",
     }
     if not (paths["synthetic"] / "annotations").is_dir() or not (paths["benchmark"] / "test.jsonl").is_file():
@@ -40,11 +76,6 @@ def ensure_embedded(root: str | os.PathLike = "embedded") -> dict[str, Path]:
             seed=EMBEDDED_SEED,
             images=True,
         )
-    if not (paths["model"] / "config.json").is_file():
-        from mprm_hf.modeling import build_tiny_model
-
-        logger.info("embedded default: building the tiny Qwen2-VL in %s", paths["model"])
-        build_tiny_model(paths["model"], arch="qwen2_vl", seed=EMBEDDED_SEED)
     if not (paths["train"] / "dataset_info.json").is_file():
         write_bis_subset(paths["synthetic"], paths["train"])
     return paths
@@ -68,8 +99,6 @@ def write_bis_subset(corpus: Path, out: Path) -> None:
 # The default PRM to show (the Space, `mprm-hf demo`): found or built here, below the quickstart and the Space.
 QUICKSTART_OUTPUT = Path("outputs/quickstart")
 """Where `mprm-hf quickstart` (`make demo`) writes its runs."""
-TINY_MODEL = Path("embedded") / "tiny-qwen2-vl"
-"""The untrained tiny Qwen2-VL that `default_model` builds when nothing is trained yet."""
 
 
 def run_folder_name(selector: str, fraction: float, seed: int, compute: str = "single_pass") -> str:
@@ -87,12 +116,7 @@ def trained_model(
 
 def default_model() -> Path:
     """The PRM to show when none is named: the quickstart's BIS-10% PRM once `make demo` has trained it,
-    else the embedded tiny model, built offline on first use (untrained: the page says so)."""
+    else the shipped tiny base (pretrained, but never trained as a PRM: the page says so)."""
     if (trained_model() / "config.json").is_file():
         return trained_model()
-    if not (TINY_MODEL / "config.json").is_file():
-        from mprm_hf.modeling import build_tiny_model
-
-        logger.info("embedded default: building the tiny Qwen2-VL in %s", TINY_MODEL)
-        build_tiny_model(TINY_MODEL, arch="qwen2_vl", seed=EMBEDDED_SEED)
-    return TINY_MODEL
+    return embedded_base("pretrained")

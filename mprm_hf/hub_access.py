@@ -43,12 +43,16 @@ def hub_repo_id(value: str | os.PathLike[str] | None) -> str | None:
 
 
 def portable_path(value: str | os.PathLike[str]) -> str:
-    """A path as it may be published: a Hub id as it is, a path under the working folder relative to
-    it, any other path of this disk by its last part only."""
+    """A path as it may be published: a Hub id as it is, package data (the shipped tiny base) as
+    `mprm_hf/...`, a path under the working folder relative to it, any other path of this disk by its last
+    part only."""
     text = str(value)
     if hub_repo_id(text) or not os.path.isabs(text):
         return text
     resolved = Path(text).resolve()
+    package = Path(__file__).resolve().parent
+    if resolved.is_relative_to(package):
+        return (Path(package.name) / resolved.relative_to(package)).as_posix()
     if resolved.is_relative_to(Path.cwd().resolve()):
         return resolved.relative_to(Path.cwd().resolve()).as_posix() or "."
     return resolved.name

@@ -361,13 +361,16 @@ def create_tiny_model(
     return model.eval(), processor
 
 
-def build_tiny_model(out_dir: str | os.PathLike, *, arch: Arch = "qwen2_vl", seed: int = 0) -> Path:
+def build_tiny_model(
+    out_dir: str | os.PathLike, *, arch: Arch = "qwen2_vl", seed: int = 0, **shape: Any
+) -> Path:
     """Build the tiny model offline, save model + processor to `out_dir`, return that folder.
 
-    Deterministic under `seed`: the same seed gives the same tokenizer and the same weights.
+    Deterministic under `seed`: the same seed gives the same tokenizer and the same weights. `shape` as in
+    `create_tiny_model`.
     """
     out = Path(out_dir)
-    model, processor = create_tiny_model(arch=arch, seed=seed)
+    model, processor = create_tiny_model(arch=arch, seed=seed, **shape)
     with atomic_output(out, folder=True) as staging:  # a killed build leaves no half model behind
         model.save_pretrained(staging)
         processor.save_pretrained(staging)

@@ -49,6 +49,12 @@ CELL = "cell"  # "What is in the top left cell?": "a red circle" or "nothing"
 # The world's own question kinds (mprm_hf.data.synthetic.make_question), answered as the world answers them.
 WORLD_KINDS = ("count_colour", "count_all", "colour_of", "place_of", "exists", "choice")
 QUESTION_KINDS = (VERIFY, CELL, *WORLD_KINDS)
+# Of the verification questions, the share that ask about a question's concluding claim ("there are three
+# shapes in all", "the circle is blue, which is option B"), the rest about the world's step claims.
+CONCLUSION_SHARE = 0.25
+# The shape of the shipped base (`tiny_model_config` keywords): PretrainConfig's defaults, and the shape of
+# the random-init ablation (`embedded_base("random")`), so the two differ in their weights only.
+BASE_SHAPE = {"text_layers": 4, "width": 128, "kv_heads": None, "vision_depth": 1}
 DEFAULT_MIX = {
     VERIFY: 0.45,
     CELL: 0.15,
@@ -91,7 +97,13 @@ def ask(kind: str, scene: Sequence[int], rng: random.Random) -> tuple[str, str]:
 
     if kind == VERIFY:
         truth = rng.random() < 0.5
-        return f"Is it true that {synthetic.make_claim(tuple(scene), truth, rng)}?", "Yes" if truth else "No"
+        if rng.random() < CONCLUSION_SHARE:  # the claim that concludes a question (a final step's claim)
+            question = synthetic.make_question(rng.choice(WORLD_KINDS), [tuple(scene)], rng)
+            stated = question.answer if truth else rng.choice(question.wrong_answers)
+            claim = question.conclusions[stated]
+        else:
+            claim = synthetic.make_claim(tuple(scene), truth, rng)
+        return f"Is it true that {claim}?", "Yes" if truth else "No"
     if kind == CELL:
         position = int(rng.random() * len(synthetic.POSITIONS))
         code = scene[position]
@@ -261,22 +273,63 @@ def argmax_logits(logits: Any, labels: torch.Tensor) -> torch.Tensor:
     return (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
 
 
+@torch.no_grad()
+def yes_probability(
+    model: Any,
+    processor: Any,
+    pictures: Sequence[Sequence[Any]],
+    questions: Sequence[str],
+    batch_size: int = 64,
+) -> list[float]:
+    """The base's P(Yes) against P(No) as its answer to each yes/no question about its pictures (PIL images):
+    how the base alone scores a claim, with no PRM training."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    yes, no = (tokenizer.convert_tokens_to_ids(word) for word in ("Yes", "No"))
+    model.eval()
+    scores: list[float] = []
+    for start in range(0, len(questions), batch_size):
+        chunk = range(start, min(start + batch_size, len(questions)))
+        texts = []
+        for index in chunk:
+            images = [{"type": "image"} for _ in pictures[index]]
+            message = [{"role": "user", "content": [*images, {"type": "text", "text": questions[index]}]}]
+            texts.append(processor.apply_chat_template(message, tokenize=False, add_generation_prompt=True))
+        batch = processor(
+            text=texts,
+            images=[image for index in chunk for image in pictures[index]] or None,
+            padding="longest",
+            padding_side="right",
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
+        last = batch["attention_mask"].sum(-1) - 1
+        logits = model(**batch).logits[torch.arange(len(texts)), last][:, [yes, no]]
+        scores += logits.float().softmax(-1)[:, 0].tolist()
+    return scores
+
+
 @dataclass
 class PretrainConfig(TrainingArguments):
     """Arguments for `PretrainTrainer`: the base model's shape, the VQA data, and `TrainingArguments`
     (defaults changed below for a small model trained from scratch on a CPU)."""
 
     # ---- the model -------------------------------------------------------------------------------------
-    text_layers: int = field(default=4, metadata={"help": "Decoder layers of the language model."})
+    text_layers: int = field(
+        default=BASE_SHAPE["text_layers"], metadata={"help": "Decoder layers of the language model."}
+    )
     width: int = field(
-        default=128, metadata={"help": "Hidden size of the language model (a multiple of the 32-wide heads)."}
+        default=BASE_SHAPE["width"],
+        metadata={"help": "Hidden size of the language model (a multiple of the 32-wide heads)."},
     )
     kv_heads: int | None = field(
         default=None, metadata={"help": "Key/value heads (grouped-query attention). None: half the heads."}
     )
-    vision_depth: int = field(default=1, metadata={"help": "Blocks of the vision encoder."})
+    vision_depth: int = field(
+        default=BASE_SHAPE["vision_depth"], metadata={"help": "Blocks of the vision encoder."}
+    )
     freeze_vision_tower: bool = field(
-        default=False, metadata={"help": "Freeze the vision encoder (its projector still trains)."}
+        default=True,
+        metadata={"help": "Freeze the random vision encoder (its projector still trains): measured better."},
     )
     vision_learning_rate: float | None = field(
         default=None,
@@ -295,7 +348,7 @@ class PretrainConfig(TrainingArguments):
     output_dir: str | None = field(
         default="outputs/tiny-base", metadata={"help": "Where the base is written."}
     )
-    max_steps: int = field(default=12000, metadata={"help": "Optimizer steps (the data is generated)."})
+    max_steps: int = field(default=6000, metadata={"help": "Optimizer steps (the data is generated)."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     warmup_steps: float = field(default=200, metadata={"help": "Linear warmup steps (or a ratio in [0, 1))."})
@@ -425,13 +478,14 @@ def vqa_report(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
 
 
 def learning_curve(log_history: list[dict[str, Any]]) -> dict[str, list[list[float]]]:
-    """[step, value] series of the training loss and of each held-out accuracy, from the Trainer's log."""
-    curves: dict[str, list[list[float]]] = {}
+    """[step, value] series of the training loss and of each held-out accuracy, from the Trainer's log (one
+    value per step: the final evaluation repeats the last scheduled one)."""
+    curves: dict[str, dict[int, float]] = {}
     for entry in log_history:
         for key, value in entry.items():
             if key == "loss" or key.startswith(("eval_vqa_accuracy", "eval_vqa_shuffled_accuracy")):
-                curves.setdefault(key, []).append([entry["step"], value])
-    return curves
+                curves.setdefault(key, {})[entry["step"]] = value
+    return {key: [[step, value] for step, value in series.items()] for key, series in curves.items()}
 
 
 def plot_learning_curve(curves: dict[str, list[list[float]]], path: Path) -> None:

@@ -2,8 +2,8 @@
 
 One app serves both `mprm-hf demo` on a laptop and the Hugging Face Space in `spaces_demo/`. The model
 comes from `--model`, else `$MPRM_MODEL` (a folder or a Hub id), else the PRM that `make demo` trains
-(BIS-10%'s, under `outputs/quickstart`), else the untrained embedded tiny model, built offline on first
-use so that the demo always starts, even without a trained checkpoint. `--model2` (`$MPRM_MODEL2`) adds a
+(BIS-10%'s, under `outputs/quickstart`), else the tiny base model that ships with the package (pretrained,
+never trained as a PRM), so that the demo always starts, even without a trained checkpoint. `--model2` (`$MPRM_MODEL2`) adds a
 second PRM, scored side by side with the first.
 
 The page marks every step likely correct or likely wrong at a threshold (the model card's calibrated
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mprm_hf.embedded import TINY_MODEL, default_model
+from mprm_hf.embedded import TINY_BASE, default_model
 from mprm_hf.errors import MPRMError
 from mprm_hf.rerank import AGGREGATES, aggregate_rewards
 
@@ -92,7 +92,7 @@ def split_steps(text: str) -> list[str]:
 
 def resolve_model_path(model: str | os.PathLike[str] | None = None) -> str:
     """`model`, else `$MPRM_MODEL`, else `mprm_hf.embedded.default_model()` (`make demo`'s trained PRM,
-    else the embedded tiny model)."""
+    else the shipped tiny base)."""
     return str(model or os.environ.get("MPRM_MODEL") or default_model())
 
 
@@ -132,10 +132,10 @@ def model_warning(model: Any, model_path: str) -> str | None:
     """Why a page served by this model must not be read as a judgement, or None for a trained PRM."""
     from mprm_hf.step_format import CONFIG_KEY
 
-    if Path(model_path).expanduser().resolve() == TINY_MODEL.resolve():
+    if Path(model_path).expanduser().resolve() == TINY_BASE.resolve():
         return (
-            f"`{model_path}` is the tiny model mprm-hf builds offline. It is untrained: its rewards show "
-            "how the page works, not what a trained PRM thinks."
+            f"`{model_path}` is the tiny base model mprm-hf ships. It answers questions about pictures but "
+            "was never trained as a PRM: its rewards show how the page works, not what a trained PRM thinks."
         )
     if getattr(getattr(model, "config", None), CONFIG_KEY, None) is None:
         return (
@@ -749,8 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--model",
-        help="model folder or Hub id (default: $MPRM_MODEL, else make demo's BIS-10%% PRM, else the embedded "
-        "tiny model)",
+        help="model folder or Hub id (default: $MPRM_MODEL, else make demo's BIS-10%% PRM, else the shipped "
+        "tiny base)",
     )
     parser.add_argument("--model2", help="a second PRM scored side by side (default: $MPRM_MODEL2)")
     parser.add_argument(

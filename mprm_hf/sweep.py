@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from mprm_hf.embedded import run_folder_name
 from mprm_hf.errors import MPRMError
@@ -210,21 +209,6 @@ def save_subset(
     return result.n_written, int(steps.sum())
 
 
-def base_model(config: SweepConfig, world_dir: Path) -> list[str]:
-    """`--model_name_or_path` of the runs: none when the training recipe names its model, else the embedded
-    tiny model, built once per world (so no run builds the rest of the embedded default beside it)."""
-    recipe = yaml.safe_load(Path(config.train_recipe).read_text(encoding="utf-8")) or {}
-    if recipe.get("model_name_or_path"):
-        return []
-    from mprm_hf.embedded import EMBEDDED_SEED
-    from mprm_hf.modeling import build_tiny_model
-
-    folder = world_dir / "tiny-qwen2-vl"
-    if not (folder / "config.json").is_file():
-        build_tiny_model(folder, arch="qwen2_vl", seed=EMBEDDED_SEED)
-    return ["--model_name_or_path", str(folder)]
-
-
 def train(
     dataset: Path, model: Path, config: SweepConfig, seed: int, max_steps: int | None, world_dir: Path
 ) -> float:
@@ -233,7 +217,9 @@ def train(
     started = time.perf_counter()
     argv = [
         config.train_recipe,
-        *base_model(config, world_dir),
+        # a recipe without a model fine-tunes the embedded tiny base; a random-init one is built per world
+        "--embedded_root",
+        str(world_dir),
         "--dataset_name",
         str(dataset),
         "--output_dir",

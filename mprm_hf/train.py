@@ -6,8 +6,9 @@ environment that `accelerate launch` prepares:
     accelerate launch --config_file recipes/accelerate_configs/zero3.yaml -m mprm_hf.train --config RECIPE.yaml
 
 A recipe is a YAML mapping of `ScriptArguments` and `PRMConfig` fields; command-line flags override it
-(TRL's `TrlParser`). Without a model or dataset, the embedded default (synthetic corpus, BIS-10% subset, tiny
-Qwen2-VL) is built under `embedded_root` and used, so a recipe runs offline on a CPU.
+(TRL's `TrlParser`). Without a model, the tiny base that ships with mprm-hf is fine-tuned (`--embedded_base
+random`: the same model from random weights); without a dataset, the embedded BIS-10% subset of a synthetic
+corpus is built under `embedded_root` and used, so a recipe runs offline on a CPU.
 
 Publishing: every save writes the model card (README.md) beside the weights (`PRMTrainer.create_model_card`).
 With `push_to_hub`, the Trainer pushes `output_dir` (checkpoints left out) the Trainer way; when the Hub is
@@ -40,7 +41,17 @@ class ScriptArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Base vision-language model: Hub id or folder. None: the embedded tiny Qwen2-VL."},
+        metadata={
+            "help": "Base vision-language model: Hub id or folder. None: the embedded tiny base (embedded_base)."
+        },
+    )
+    embedded_base: str = field(
+        default="pretrained",
+        metadata={
+            "help": "The tiny base when model_name_or_path is None: 'pretrained' (shipped with mprm-hf, "
+            "mprm_hf/assets/tiny-base) or 'random' (the same tiny Qwen2-VL from random weights: the ablation).",
+            "choices": ["pretrained", "random"],
+        },
     )
     dataset_name: str | None = field(
         default=None,
@@ -155,13 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     script_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
-    if script_args.model_name_or_path is None or script_args.dataset_name is None:
+    if script_args.model_name_or_path is None:
+        from mprm_hf.embedded import embedded_base
+
+        with training_args.main_process_first(desc="building the embedded base"):
+            script_args.model_name_or_path = str(
+                embedded_base(script_args.embedded_base, script_args.embedded_root)
+            )
+    if script_args.dataset_name is None:
         from mprm_hf.embedded import ensure_embedded
 
         with training_args.main_process_first(desc="building the embedded default"):
-            paths = ensure_embedded(script_args.embedded_root)
-        script_args.model_name_or_path = script_args.model_name_or_path or str(paths["model"])
-        script_args.dataset_name = script_args.dataset_name or str(paths["train"])
+            paths = ensure_embedded(script_args.embedded_root, script_args.embedded_base)
+        script_args.dataset_name = str(paths["train"])
 
     # Before any data or model is loaded: a missing checkpoint fails at once, a finished run does nothing,
     # and a push that cannot happen (offline, logged out) is one line now, not after training.

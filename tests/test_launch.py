@@ -165,6 +165,9 @@ def test_tiny_cpu_recipe_builds_the_embedded_default(tmp_path: Path, monkeypatch
     assert selection["selector_params"] == {"top_ratio": 0.1, "alpha": 0.2, "threshold": 0.0}
     assert 0 < selection["counts"]["rollouts_selected"] < selection["counts"]["rollouts_total"]
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "eval_results.json").is_file()
+    # fine-tuned from the shipped pretrained base, which its card names; the embedded root holds no model
+    assert "fine-tuned from `mprm_hf/assets/tiny-base`" in (output_dir / "README.md").read_text()
+    assert json.loads((output_dir / "config.json").read_text())["prm_step_format"] == "visualprm"
     built = sorted(path.name for path in root.iterdir())
     assert main(argv) == 0  # a second run reuses what is there
     assert sorted(path.name for path in root.iterdir()) == built

@@ -102,7 +102,7 @@ def test_untrained_models_get_a_warning(tiny_model_dir: Path) -> None:
 
     model, _ = load_model_and_processor(tiny_model_dir)
     assert "never trained as a PRM" in space.model_warning(model, str(tiny_model_dir))
-    assert "tiny model" in space.model_warning(model, str(embedded.TINY_MODEL))
+    assert "tiny base model" in space.model_warning(model, str(embedded.TINY_BASE))
     model.config.prm_step_format = "prm-token"  # what training records in a PRM's config
     assert space.model_warning(model, str(tiny_model_dir)) is None
 

@@ -83,8 +83,10 @@ def test_shipped_sweep_recipes_parse() -> None:
 
     root = Path(__file__).resolve().parent.parent / "recipes" / "sweeps"
     tiny = SweepConfig.from_yaml(root / "tiny.yaml")
-    assert set(tiny.selectors) == {"bis", "random", "mixed", "reliable", "low-mc", "entropy"}
-    assert len(plan(tiny, "default")) == len(tiny.seeds) * (1 + len(tiny.fractions) * len(tiny.selectors))
+    assert set(tiny.selectors) == {"bis", "random"} and tiny.fractions == [0.1]
+    assert tiny.compute == ["single_pass", "equal_steps"]  # the claim, at equal epochs and at equal steps
+    runs_per_policy = len(tiny.fractions) * len(tiny.selectors)
+    assert len(plan(tiny, "default")) == len(tiny.seeds) * (1 + 2 * runs_per_policy)
     pseudo = SweepConfig.from_yaml(root / "pseudo-positive.yaml")
     assert [name for name, _ in worlds(pseudo)] == [
         "pseudo_positive=0.0",

@@ -343,6 +343,19 @@ def final_step(question: Question, stated_answer: str, rng: random.Random) -> st
     )
 
 
+def step_claim(step: str) -> str | None:
+    """The claim a step of the world makes, as a lowercase clause (the inverse of `body_step` and
+    `final_step`), or None for a step that makes none (a restatement)."""
+    text = step.strip()
+    for lead in sorted(BODY_LEADS + FINAL_LEADS, key=len, reverse=True):
+        capitalised = lead[0].upper() + lead[1:]
+        if text.startswith(capitalised + " "):
+            clause = text[len(capitalised) + 1 :].rstrip(".")
+            clause = clause.split(", so the answer is ")[0] if lead in FINAL_LEADS else clause
+            return clause[0].lower() + clause[1:] if clause else None
+    return None
+
+
 def _claim_for(scenes: Sequence[Scene], truth: bool, rng: random.Random) -> str:
     if len(scenes) == 1:
         return make_claim(scenes[0], truth, rng)
