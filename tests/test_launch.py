@@ -130,7 +130,9 @@ def test_cli_recipe_with_overrides_writes_the_model_card(
 
 @pytest.mark.parametrize(
     "recipe",
-    sorted(path for path in (REPO_ROOT / "recipes").glob("*/**/config.yaml") if path.parent.name != "tiny-base"),
+    sorted(
+        path for path in (REPO_ROOT / "recipes").glob("*/**/config.yaml") if path.parent.name != "tiny-base"
+    ),
     ids=lambda path: str(path.parent.relative_to(REPO_ROOT / "recipes")),
 )
 def test_shipped_recipes_parse(recipe: Path) -> None:
