@@ -154,7 +154,9 @@ def test_the_embedded_base_is_the_shipped_one_and_random_weights_are_one_flag_aw
     assert random_base == tmp_path / "tiny-qwen2-vl" and (random_base / "config.json").is_file()
     shipped, _ = load_model_and_processor(TINY_BASE)
     untrained, _ = load_model_and_processor(random_base)
-    shapes = [{k: v for k, v in m.config.to_dict().items() if k != "_name_or_path"} for m in (shipped, untrained)]
+    shapes = [
+        {k: v for k, v in m.config.to_dict().items() if k != "_name_or_path"} for m in (shipped, untrained)
+    ]
     assert shapes[0] == shapes[1]  # the ablation differs in its weights only
     assert not torch.equal(shipped.get_input_embeddings().weight, untrained.get_input_embeddings().weight)
     with pytest.raises(MPRMError, match="embedded base must be one of pretrained, random"):
