@@ -68,8 +68,8 @@ def test_evaluate_and_sweep_recipes_parse(tmp_path: Path) -> None:
     assert evaluate_args([str(EVALUATE_RECIPE), "--model", str(tmp_path), "--update-card"]).update_card
     config = sweep_args(["--config", str(SWEEP_RECIPE), "--seeds", "0", "--selectors", "bis", "random",
                          "--output-dir", str(tmp_path / "sweep")])  # fmt: skip
-    assert config.seeds == [0] and config.fractions == [0.05, 0.1, 0.25]
-    assert config.selectors == {"bis": {"alpha": {0.05: 0.2, 0.1: 0.2, 0.25: 0.05}}, "random": {}}
+    assert config.seeds == [0] and config.fractions == [0.1]
+    assert config.selectors == {"bis": {"alpha": 0.2}, "random": {}}
     assert config.output_dir == str(tmp_path / "sweep")
 
 
