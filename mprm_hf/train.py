@@ -225,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     if training_args.push_to_hub:
         trainer.push_to_hub(**card)
         print(f"Pushed {training_args.output_dir} to the Hub ({trainer.hub_model_id})")
+    # Every process leaves together and closes its process group: a rank that exits while another still
+    # writes kills gloo's threads mid-flight ("terminate called without an active exception", SIGABRT).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return 0
 
 
