@@ -27,6 +27,7 @@ from mprm_hf.step_format import (
     forward_step_reward_logits,
     model_step_format,
     reward_token_ids,
+    split_steps,
 )
 
 
@@ -141,16 +142,7 @@ def read_steps_file(path: str | Path) -> list[str]:
             if not step:
                 raise MPRMError(f"{path}: step {index + 1} is empty")
     else:
-        blocks, current = [], []
-        for line in text.splitlines():
-            if line.strip():
-                current.append(line.rstrip())
-            elif current:
-                blocks.append("\n".join(current))
-                current = []
-        if current:
-            blocks.append("\n".join(current))
-        steps = blocks
+        steps = split_steps(text.replace("\r\n", "\n"))
     if not steps:
         raise MPRMError(f"{path}: no steps (write one step per blank-line-separated block, or a JSON list)")
     return steps

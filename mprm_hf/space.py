@@ -85,11 +85,6 @@ CSS = """
 """
 
 
-def split_steps(text: str) -> list[str]:
-    """Steps are paragraphs: a blank line ends a step, so one step may span several lines."""
-    return [step.strip() for step in re.split(r"\n\s*\n", text.strip()) if step.strip()]
-
-
 def resolve_model_path(model: str | os.PathLike[str] | None = None) -> str:
     """`model`, else `$MPRM_MODEL`, else `mprm_hf.embedded.default_model()` (`make demo`'s trained PRM,
     else the shipped tiny base)."""
@@ -483,6 +478,8 @@ def build_app(
 ) -> Any:
     """The `gr.Blocks` UI around one or two loaded PRMs: the form on the left, the rewards on the right."""
     import gradio as gr
+
+    from mprm_hf.step_format import split_steps
 
     if not 1 <= len(prms) <= 2:
         raise MPRMError(f"the page shows one PRM or two side by side, not {len(prms)}")

@@ -29,6 +29,7 @@ batch stays valid and the caller counts and reports it; `steps_that_fit` finds s
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from collections.abc import Sequence
@@ -96,6 +97,22 @@ STEP_FORMATS: dict[str, StepFormat] = {
         name="visualprm", positive_token="+", negative_token="-", system_prompt=VISUALPRM_SYSTEM_PROMPT
     ),
 }
+
+
+PARAGRAPH = "\n\n"
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
+
+
+def split_steps(text: str, separator: str = PARAGRAPH) -> list[str]:
+    """The steps of a free-text solution, stripped, empty ones left out.
+
+    With the default separator, steps are paragraphs: a blank line (whitespace allowed on it) ends a step, so
+    one step may span several lines, the layout every step format renders and policies are asked to write.
+    Any other separator is split on literally (e.g. `"Step"` markers or `"\n"`)."""
+    if not separator:
+        raise MPRMError("the step separator must not be empty")
+    parts = _BLANK_LINE.split(text) if separator == PARAGRAPH else text.split(separator)
+    return [part.strip() for part in parts if part.strip()]
 
 
 def get_step_format(name: str | StepFormat) -> StepFormat:
@@ -185,22 +202,29 @@ MAX_IMAGE_SIDE = 2048
 
 
 def load_image(image: Any, where: str) -> Image.Image:
-    """An image (a PIL image or a path) as RGB, at most MAX_IMAGE_SIDE a side; one-line errors name `where`."""
+    """An image (a PIL image, a path, or an undecoded `datasets.Image` value `{"bytes", "path"}`) as RGB, at
+    most MAX_IMAGE_SIDE a side; one-line errors name `where`."""
+    if isinstance(image, dict) and ("bytes" in image or "path" in image):
+        encoded = image.get("bytes")
+        image = io.BytesIO(encoded) if isinstance(encoded, (bytes, bytearray)) else image.get("path")
+        if image is None:
+            raise MPRMError(f"{where}: an image value with neither bytes nor a path")
     if isinstance(image, Image.Image):
         return _bounded(image.convert("RGB") if image.mode != "RGB" else image)
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, Path, io.BytesIO)):
+        shown = "<bytes>" if isinstance(image, io.BytesIO) else str(image)
         try:
             with Image.open(image) as opened:
                 width, height = opened.size
                 if width * height > MAX_IMAGE_PIXELS:
                     raise MPRMError(
-                        f"{where}: image {str(image)!r} is {width} x {height} pixels, over the limit of "
+                        f"{where}: image {shown!r} is {width} x {height} pixels, over the limit of "
                         f"{MAX_IMAGE_PIXELS:,} (mprm_hf.step_format.MAX_IMAGE_PIXELS); downscale it first"
                     )
                 opened.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))  # JPEG decodes at a reduced size
                 return _bounded(opened.convert("RGB"))
         except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise MPRMError(f"{where}: cannot read image {str(image)!r}: {first_line(error)}") from None
+            raise MPRMError(f"{where}: cannot read image {shown!r}: {first_line(error)}") from None
     raise MPRMError(f"{where}: field 'images' holds a {type(image).__name__}, not an image or a path")
 
 

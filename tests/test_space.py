@@ -24,6 +24,7 @@ from huggingface_hub import RepoCard
 from mprm_hf import embedded, space
 from mprm_hf.errors import MPRMError
 from mprm_hf.rerank import aggregate_rewards
+from mprm_hf.step_format import split_steps
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -45,8 +46,8 @@ TIMEOUT_MS = 90_000
 
 def test_steps_are_blank_line_separated_paragraphs() -> None:
     text = "\n  First step,\nstill the first.\n\n\nSecond step.\n \t\nThird step.  \n\n"
-    assert space.split_steps(text) == ["First step,\nstill the first.", "Second step.", "Third step."]
-    assert space.split_steps(" \n\n ") == []
+    assert split_steps(text) == ["First step,\nstill the first.", "Second step.", "Third step."]
+    assert split_steps(" \n\n ") == []
 
 
 def test_views_mark_the_first_error_the_aggregate_and_the_human_agreement() -> None:
