@@ -15,6 +15,7 @@ _PUBLIC = {
     "MPRMError": "mprm_hf.errors",
     "PRMConfig": "mprm_hf.prm_config",
     "PRMTrainer": "mprm_hf.prm_trainer",
+    "PRMReward": "mprm_hf.reward",
     "score_steps": "mprm_hf.scoring",
     "score_traces": "mprm_hf.scoring",
     "metrics_from_scores": "mprm_hf.evaluation",

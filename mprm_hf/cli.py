@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "select": ("mprm_hf.selection.cli", "score rollouts (BIS and baselines) and write or push a subset"),
     "pretrain": ("mprm_hf.pretrain", "pretrain the tiny base VLM by dense VQA over fresh synthetic scenes"),
     "train": ("mprm_hf.train", "train a process reward model from a YAML recipe"),
+    "grpo": ("mprm_hf.grpo", "GRPO on a vision-language policy with a trained PRM as its reward (TRL)"),
     "evaluate": ("mprm_hf.evaluation", "score a checkpoint on VisualProcessBench"),
     "score": ("mprm_hf.scoring", "print the reward of every step of one reasoning trace"),
     "rerank": ("mprm_hf.rerank", "pick the best of N candidate traces per question"),
@@ -38,7 +39,7 @@ def usage() -> str:
     rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
     return (
         f"usage: mprm-hf [--version] <command> [options]\n\ncommands:\n{rows}\n\n"
-        "Run `mprm-hf <command> --help` for its options; select, train, evaluate and sweep also read them "
+        "Run `mprm-hf <command> --help` for its options; select, train, grpo, evaluate and sweep also read them "
         "from a YAML recipe (`--config RECIPE.yaml`, see recipes/)."
     )
 

@@ -55,7 +55,8 @@ def _subcommand_argv(argv: list[str]) -> list[str]:
         config = argv[argv.index("--config_file") + 1]
         assert (REPO_ROOT / config).is_file(), f"{config} does not exist"
         module, rest = argv[argv.index("-m") + 1], argv[argv.index("-m") + 2 :]
-        return ["train", *rest] if module == "mprm_hf.train" else rest
+        commands = {entry: name for name, (entry, _) in COMMANDS.items()}
+        return [commands[module], *rest] if module in commands else rest
     return argv[3:] if argv[:3] == ["python", "-m", "mprm_hf"] else argv[1:]
 
 

@@ -313,3 +313,20 @@ def test_resume_latest_passes_over_a_half_written_checkpoint_and_keeps_the_total
     )  # fmt: skip
     assert fresh.returncode == 1
     assert "no complete checkpoint to resume from" in fresh.stderr and "Traceback" not in fresh.stderr
+
+
+@pytest.mark.slow
+def test_grpo_under_accelerate_launch_two_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`accelerate launch -m mprm_hf.grpo` with 2 processes on the CPU: the questions are built once, both
+    ranks train, the main one writes the policy folder once."""
+    out = tmp_path / "policy"
+    accelerate = [str(ACCELERATE), "launch", "--config_file", str(ACCELERATE_CONFIGS / "ddp.yaml")]
+    argv = ["--num_processes", "2", "-m", "mprm_hf.grpo", "--config", str(REPO_ROOT / "recipes/tiny-cpu/grpo.yaml"),
+            "--reward_model", str(tiny_model_dir), "--output_dir", str(out), "--embedded_root", str(tmp_path / "e"),
+            "--questions", "16", "--eval_questions", "4", "--max_steps", "3", "--per_device_train_batch_size", "4",
+            "--num_generations", "2", "--logging_steps", "1", "--disable_tqdm", "true"]  # fmt: skip
+    result = run([*accelerate, *argv], timeout=300)
+    assert result.stdout.count("policy written to") == 1
+    record = json.loads((out / "grpo.json").read_text())
+    assert record["steps"] == 3 and len(record["learning_curve"]["prm_reward"]) == 3
+    assert record["reward_fallbacks"] == {}
