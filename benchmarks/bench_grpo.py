@@ -22,6 +22,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from mprm_hf.fileio import write_text_atomic  # noqa: E402 - after the environment is set
+
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-cpu" / "grpo.yaml"
 REWARDS = {"PRM (min of step rewards)": ["--reward_weights", "1.0", "0.0"],
            "control: answer correctness": ["--reward_weights", "0.0", "1.0"]}  # fmt: skip
@@ -87,7 +89,7 @@ def main() -> None:
         )
     summary = {name: [{k: r[k] for k in ("seed", "before", "after", "learning_curve")} for r in records]
                for name, records in rows.items()}  # fmt: skip
-    (args.work / "grpo-bench.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(args.work / "grpo-bench.json", json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -84,6 +84,24 @@ def atomic_output(path: str | os.PathLike, *, folder: bool = False) -> Iterator[
         raise
 
 
+@contextlib.contextmanager
+def atomic_files_into(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder inside `folder`; when the block ends normally, every entry written there
+    replaces its namesake in `folder` by a rename, and whatever else `folder` holds (a Trainer's
+    checkpoints) stays. When the block raises, nothing in `folder` changes."""
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    marker = target / ".staging"
+    remove_stale_temporaries(marker)
+    staging = _temporary(marker, folder=True)
+    try:
+        yield staging
+        for entry in sorted(staging.iterdir()):
+            replace_atomically(entry, target / entry.name)
+    finally:
+        _remove(staging)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file in the same folder, then rename it into place."""
     with atomic_output(path) as temporary:

@@ -98,6 +98,15 @@ class GRPOScriptArguments:
         default="embedded", metadata={"help": "Where the embedded questions and the default PRM are built."}
     )
 
+    def __post_init__(self) -> None:
+        for name in ("questions", "eval_questions", "reward_batch_size"):
+            if getattr(self, name) < 1:
+                raise MPRMError(
+                    f"GRPOScriptArguments: field {name!r} must be at least 1, got {getattr(self, name)}"
+                )
+        if not self.step_separator:
+            raise MPRMError("GRPOScriptArguments: field 'step_separator' must not be empty")
+
 
 def parse_args(argv: list[str]) -> tuple[GRPOScriptArguments, Any]:
     from trl import GRPOConfig
@@ -115,18 +124,23 @@ _ANSWER_IS = re.compile(r"answer is\s*:?\s*", re.IGNORECASE)
 
 
 def normalise_answer(text: str) -> str:
-    """An answer as compared: lower case, outer spaces, quotes, a final full stop and `(B)` brackets gone."""
-    text = text.strip().strip("\"'`").strip().rstrip(".").strip().lower()
+    """An answer as compared: lower case, without outer spaces, quotes, final full stops or `(B)` brackets."""
+    text = text.strip().lower()
+    previous = None
+    while text != previous:  # '"Red".' -> 'red'
+        previous, text = text, text.strip().strip("\"'`").rstrip(".")
     return text[1:-1].strip() if re.fullmatch(r"\(\s*\w+\s*\)", text) else text
 
 
 def final_answer(text: str) -> str:
-    """The answer a free-text solution gives: what follows the last "the answer is", else its last step."""
+    """The answer a free-text solution gives: what follows its last "the answer is" up to the end of that
+    step, else its last step."""
     steps = split_steps(text)
-    if not steps:
-        return ""
-    matches = list(_ANSWER_IS.finditer(steps[-1]))
-    return normalise_answer(steps[-1][matches[-1].end() :] if matches else steps[-1])
+    for step in reversed(steps):
+        matches = list(_ANSWER_IS.finditer(step))
+        if matches:
+            return normalise_answer(step[matches[-1].end() :])
+    return normalise_answer(steps[-1]) if steps else ""
 
 
 def answer_accuracy(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
@@ -185,14 +199,13 @@ def load_questions(script_args: GRPOScriptArguments, seed: int) -> tuple[Any, An
         source = str(folder / BON_DIR)
     else:
         source = script_args.dataset_name
-    pool = load_pool(source)
-    if pool.skipped:
-        logger.warning(
-            "%s: %d questions skipped (%s)", source, sum(pool.skipped.values()), dict(pool.skipped)
+    pool = load_pool(source, candidates=False)
+    n_eval = script_args.eval_questions
+    if len(pool.records) <= n_eval:
+        raise MPRMError(
+            f"{source}: {len(pool.records)} questions, but eval_questions={n_eval} are held out: nothing is "
+            "left to train on"
         )
-    n_eval = min(script_args.eval_questions, len(pool.records) - 1)
-    if n_eval < 0 or len(pool.records) < 2:
-        raise MPRMError(f"{source}: GRPO needs at least 2 questions, found {len(pool.records)}")
     order = np.random.default_rng(seed).permutation(len(pool.records))
     held_out = [pool.records[i] for i in sorted(order[:n_eval])]
     train = [pool.records[i] for i in sorted(order[n_eval:])]
@@ -320,11 +333,16 @@ def plot_learning_curve(curves: dict[str, list[list[float]]], path: Path) -> Non
     plt.close(figure)
 
 
-def render_card(record: dict[str, Any]) -> str:
+def render_card(record: dict[str, Any], policy: str) -> str:
+    """The policy's card: what it was trained from, by which reward, on what, and the before/after table.
+    Local paths stay in the text (portable), never in the metadata."""
     from huggingface_hub import ModelCard, ModelCardData
 
+    from mprm_hf.hub import ensure_no_secrets
+    from mprm_hf.hub_access import hub_repo_id
+
     data = ModelCardData(
-        base_model=record["policy"],
+        base_model=hub_repo_id(policy),
         library_name="transformers",
         pipeline_tag="image-text-to-text",
         tags=["mprm-hf", "grpo", "trl", "process-reward-model"],
@@ -340,19 +358,21 @@ def render_card(record: dict[str, Any]) -> str:
         f"| PRM reward (mean) | {before['prm_reward']:.3f} | {after['prm_reward']:.3f} |\n\n"
         f"Made by `{record['command']}` in {record['wall_time_s']:.0f} s on {record['machine']}.\n"
     )
+    ensure_no_secrets(text, where="model card")
     return str(ModelCard(text))
 
 
-def write_policy(trainer: Any, out: Path, record: dict[str, Any]) -> Path:
-    """The policy, its processor, `grpo.json`, the learning curve and the card, as one folder swap."""
-    from mprm_hf.fileio import atomic_output
+def write_policy(trainer: Any, out: Path, record: dict[str, Any], policy: str) -> Path:
+    """The policy, its processor, `grpo.json`, the learning curve and the card, each file renamed into `out`
+    from a staging folder, beside the Trainer's checkpoints (which stay)."""
+    from mprm_hf.fileio import atomic_files_into
 
-    with atomic_output(out, folder=True) as staging:
+    with atomic_files_into(out) as staging:
         trainer.model.save_pretrained(staging)
         trainer.processing_class.save_pretrained(staging)
         (staging / RESULTS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         plot_learning_curve(record["learning_curve"], staging / CURVE_FILE)
-        (staging / "README.md").write_text(render_card(record), encoding="utf-8")
+        (staging / "README.md").write_text(render_card(record, policy), encoding="utf-8")
     return out
 
 
@@ -365,9 +385,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from mprm_hf.embedded import embedded_base
     from mprm_hf.hub import portable_command
+    from mprm_hf.hub_access import portable_path
     from mprm_hf.modeling import load_model_and_processor
     from mprm_hf.pretrain import machine
     from mprm_hf.reward import PRMReward
+    from mprm_hf.train import resume_checkpoint
 
     # A push that cannot happen (offline, logged out) is one line now, not after training; the folder is
     # pushed whole at the end (mprm_hf.hub.push_folder), not by the Trainer on every save.
@@ -379,18 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         ensure_hub_access(push_to, token=training_args.hub_token)
         training_args.push_to_hub = False
 
-    policy_path = script_args.model_name_or_path or str(
-        embedded_base("pretrained", script_args.embedded_root)
-    )
-    with training_args.main_process_first(desc="building the questions and the reward PRM"):
+    resume = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    with training_args.main_process_first(desc="building the reward PRM"):
         reward_path = script_args.reward_model or str(default_reward_model(script_args.embedded_root))
-        train_dataset, eval_dataset, source = load_questions(script_args, training_args.seed)
-    policy, processor = load_model_and_processor(policy_path)
-    if script_args.freeze_vision_tower:
-        from mprm_hf.prm_trainer import vision_tower_parameters
-
-        for _, parameter in vision_tower_parameters(policy):
-            parameter.requires_grad_(False)
     reward = PRMReward(
         reward_path,
         aggregation=script_args.aggregation,
@@ -399,6 +412,17 @@ def main(argv: list[str] | None = None) -> int:
         device=script_args.reward_device,
         dtype=script_args.reward_dtype,
     )
+    with training_args.main_process_first(desc="building the questions"):
+        train_dataset, eval_dataset, source = load_questions(script_args, training_args.seed)
+    policy_path = script_args.model_name_or_path or str(
+        embedded_base("pretrained", script_args.embedded_root)
+    )
+    policy, processor = load_model_and_processor(policy_path)
+    if script_args.freeze_vision_tower:
+        from mprm_hf.prm_trainer import vision_tower_parameters
+
+        for _, parameter in vision_tower_parameters(policy):
+            parameter.requires_grad_(False)
     if training_args.reward_weights is None:
         training_args.reward_weights = [1.0, 0.0]  # accuracy is logged, never rewarded
     tokens = training_args.max_completion_length
@@ -415,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         train_dataset=train_dataset,
         processing_class=processor,
     )
-    trainer.train()
+    reward.fallbacks.clear()  # count the training's fallbacks only
+    trainer.train(resume_from_checkpoint=resume)
+    fallbacks = dict(reward.fallbacks)
     after = evaluate_policy(trainer.model, processor, eval_dataset, reward, tokens)
     wall_s = time.perf_counter() - started
 
@@ -423,10 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "name": out.resolve().name,
         "command": portable_command(["mprm-hf", "grpo", *argv]),
-        "policy": policy_path,
-        "reward_model": reward_path,
+        "policy": portable_path(policy_path),
+        "reward_model": portable_path(reward_path),
         "aggregation": script_args.aggregation,
-        "questions": source,
+        "questions": portable_path(source),
         "train_questions": len(train_dataset),
         "steps": trainer.state.global_step,
         "num_generations": training_args.num_generations,
@@ -436,11 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "before": before,
         "after": after,
-        "reward_fallbacks": dict(reward.fallbacks),
+        "reward_fallbacks": fallbacks,  # during training, on this process
         "learning_curve": learning_curve(trainer.state.log_history, reward.__name__),
     }
     if trainer.is_world_process_zero():
-        write_policy(trainer, out, record)
+        write_policy(trainer, out, record, policy_path)
         print(
             f"\nheld-out accuracy (greedy, {after['questions']} questions): {before['accuracy']:.3f} before, "
             f"{after['accuracy']:.3f} after {record['steps']} GRPO steps; PRM reward "
@@ -457,9 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # `accelerate launch -m mprm_hf.grpo RECIPE.yaml`
-    try:
-        sys.exit(main())
-    except MPRMError as error:
-        print(f"mprm_hf.grpo: error: {error}", file=sys.stderr)
-        sys.exit(1)
+if __name__ == "__main__":  # `accelerate launch -m mprm_hf.grpo RECIPE.yaml`: the CLI's one-line errors
+    from mprm_hf.cli import main as cli_main
+
+    sys.exit(cli_main(["grpo", *sys.argv[1:]]))

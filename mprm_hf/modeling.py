@@ -430,6 +430,10 @@ def load_model_and_processor(
 
     try:
         model, processor = load({}) if local.exists() else from_hub(name, "model", load)
+    except MPRMError:
+        raise
+    except ValueError as error:  # a config.json without a model type transformers knows
+        raise MPRMError(f"{name}: not a model transformers can load: {first_line(error)}") from error
     except OSError as error:
         where = (
             "cannot load a model from this folder"

@@ -21,6 +21,7 @@ without gradients, on the device and in the dtype the PRM was loaded with, whate
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ import torch
 from mprm_hf.errors import MPRMError, first_line
 from mprm_hf.rerank import AGGREGATES, aggregate_rewards
 from mprm_hf.scoring import score_traces
-from mprm_hf.step_format import PARAGRAPH, load_image, split_steps
+from mprm_hf.step_format import PARAGRAPH, get_step_format, load_image, split_steps
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +148,22 @@ class PRMReward:
     ) -> None:
         if aggregation not in AGGREGATES:
             raise MPRMError(f"unknown aggregation {aggregation!r} (choose one of: {', '.join(AGGREGATES)})")
-        if not step_separator:
-            raise MPRMError("step_separator must not be empty")
-        if batch_size < 1:
-            raise MPRMError(f"batch_size must be at least 1 (got {batch_size})")
+        if not isinstance(step_separator, str) or not step_separator:
+            raise MPRMError("step_separator must be a non-empty string")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise MPRMError(f"batch_size must be an integer of at least 1 (got {batch_size!r})")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+            raise MPRMError(f"max_length must be a positive integer or None (got {max_length!r})")
+        if isinstance(fallback_reward, bool) or not isinstance(fallback_reward, (int, float)):
+            raise MPRMError(f"fallback_reward must be a number (got {fallback_reward!r})")
+        if not math.isfinite(fallback_reward):
+            raise MPRMError(f"fallback_reward must be finite (got {fallback_reward!r})")
+        if step_format is not None:
+            get_step_format(step_format)  # an unknown name fails now, not as a fallback on every call
+        try:
+            self.device = torch.device(device) if device is not None else default_device()
+        except (RuntimeError, TypeError) as error:
+            raise MPRMError(f"PRMReward: device {device!r}: {first_line(error)}") from None
         if isinstance(model, (str, os.PathLike)):
             from mprm_hf.modeling import load_model_and_processor
 
@@ -162,8 +175,10 @@ class PRMReward:
             if dtype is not None or adapter is not None:
                 raise MPRMError("PRMReward: dtype and adapter apply to a PRM loaded from a folder or Hub id")
             self.source = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
-        self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device).eval()
+        try:
+            self.model = model.to(self.device).eval()
+        except (RuntimeError, AssertionError) as error:  # e.g. cuda on a machine without it
+            raise MPRMError(f"PRMReward: device {str(self.device)!r}: {first_line(error)}") from None
         self.model.requires_grad_(False)
         self.processor = processor
         self.aggregation = aggregation
@@ -241,13 +256,13 @@ class PRMReward:
         with torch.autocast(self.device.type, enabled=False):
             try:
                 return list(self._score_batch(traces))
-            except MPRMError:
+            except ValueError:  # an MPRMError, or the processor refusing a text by its own checks
                 pass
             results: list[list[float] | None] = []
             for index, trace in zip(owners, traces, strict=True):
                 try:
                     results.append(self._score_batch([trace])[0])
-                except MPRMError as error:
+                except ValueError as error:
                     _note(problems, first_problem, UNSCORABLE, f"completion {index}: {first_line(error)}")
                     results.append(None)
             return results

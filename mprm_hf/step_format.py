@@ -210,7 +210,11 @@ def load_image(image: Any, where: str) -> Image.Image:
         if image is None:
             raise MPRMError(f"{where}: an image value with neither bytes nor a path")
     if isinstance(image, Image.Image):
-        return _bounded(image.convert("RGB") if image.mode != "RGB" else image)
+        try:  # a lazily opened image decodes here (load), so a truncated file fails now
+            image.load()
+            return _bounded(image.convert("RGB") if image.mode != "RGB" else image)
+        except (OSError, ValueError) as error:
+            raise MPRMError(f"{where}: cannot read an image: {first_line(error)}") from None
     if isinstance(image, (str, Path, io.BytesIO)):
         shown = "<bytes>" if isinstance(image, io.BytesIO) else str(image)
         try:
@@ -304,9 +308,35 @@ def _tokenize(processor: Any, texts: list[str], images: list[list[Image.Image]])
     )
 
 
+def special_tokens(processor: Any) -> list[str]:
+    """The texts the tokenizer reads as special tokens (chat turns, image and video placeholders, the step
+    marker): a trace's own text may not contain them, or its layout would shift."""
+    added = getattr(_tokenizer(processor), "added_tokens_decoder", {}) or {}
+    return sorted({token.content for token in added.values() if getattr(token, "special", False)}, key=len)
+
+
+def _refuse_special_tokens(processor: Any, traces: Sequence[dict[str, Any]]) -> None:
+    tokens = special_tokens(processor)
+    if not tokens:
+        return
+    pattern = re.compile("|".join(map(re.escape, reversed(tokens))))
+    for index, trace in enumerate(traces):
+        fields = [("prompt", trace["prompt"])] + [
+            (f"steps[{j}]", step) for j, step in enumerate(trace["steps"])
+        ]
+        for name, text in fields:
+            found = pattern.search(text)
+            if found:
+                raise MPRMError(
+                    f"trace {index}: field '{name}' holds the special token {found.group()!r} (a trace's text "
+                    "may not contain the chat template's, the processor's or the step marker's own tokens)"
+                )
+
+
 def _plan(processor: Any, fmt: StepFormat, traces: Sequence[dict[str, Any]], max_length: int | None):
     """Render and tokenize every trace, find its score positions, and apply the truncation rule."""
     checked = _validated(traces)
+    _refuse_special_tokens(processor, [{"prompt": clean_question(p), "steps": st} for p, st, _ in checked])
     tokenizer = _tokenizer(processor)
     positive, _ = reward_token_ids(processor, fmt)
     marker_id = None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mprm_hf.fileio import atomic_output, folder_fingerprint, write_text_atomic
+from mprm_hf.fileio import atomic_files_into, atomic_output, folder_fingerprint, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +35,23 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
         (staging / "c").write_text("3")
     assert sorted(p.name for p in folder.iterdir()) == ["c"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.arrow", "out.json"]
+
+
+def test_files_written_into_a_folder_keep_what_else_it_holds(tmp_path: Path) -> None:
+    """A folder's files replaced one rename each (a GRPO policy beside its Trainer's checkpoints): the
+    checkpoints stay, a failed write changes nothing, no staging folder is left."""
+    folder = tmp_path / "policy"
+    (folder / "checkpoint-2").mkdir(parents=True)
+    (folder / "model.safetensors").write_text("old weights")
+    with pytest.raises(RuntimeError), atomic_files_into(folder) as staging:
+        (staging / "model.safetensors").write_text("half")
+        raise RuntimeError("disk full")
+    assert (folder / "model.safetensors").read_text() == "old weights"
+    with atomic_files_into(folder) as staging:
+        (staging / "model.safetensors").write_text("new weights")
+        (staging / "grpo.json").write_text("{}")
+    assert (folder / "model.safetensors").read_text() == "new weights"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2", "grpo.json", "model.safetensors"]
 
 
 def test_leftovers_of_a_dead_writer_are_removed_and_a_live_one_is_kept(tmp_path: Path) -> None:

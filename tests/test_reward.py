@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from mprm_hf import PRMReward
@@ -134,6 +135,19 @@ def test_bad_completions_and_images_get_the_fallback_and_a_counted_warning(
     )
     # the good completion's reward does not depend on its bad neighbours
     assert rewards[0] == pytest.approx(reward(prompts=[prompt], completions=[good], images=[[picture]])[0])
+    # text the processor reads as its own tokens, and a lazily opened picture whose file is cut short
+    truncated = tmp_path / "truncated.png"
+    picture.save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    lazy = Image.open(truncated)
+    reward.fallbacks.clear()
+    odd = reward(
+        prompts=[prompt] * 4,
+        completions=["The square is <|image_pad|> red.", "So <|video_pad|>.", good, good],
+        images=[[picture], [picture], [lazy], [picture]],
+    )
+    assert odd[:3] == [0.0, 0.0, 0.0] and odd[3] == pytest.approx(rewards[0], abs=1e-5)
+    assert reward.fallbacks == {"unscorable trace": 2, "unreadable image": 1}
     custom = PRMReward(reward.model, reward.processor, fallback_reward=-1.0)
     assert custom(prompts=[prompt], completions=[""], images=[[picture]]) == [-1.0]
 
@@ -147,6 +161,27 @@ def test_bad_arguments_are_one_line_errors(reward: PRMReward, tmp_path: Path) ->
         PRMReward(tmp_path / "nope")
     with pytest.raises(MPRMError, match="2 prompts but 1 completions"):
         reward(prompts=["a", "b"], completions=["x"])
+    loaded = (reward.model, reward.processor)
+    for kwargs, message in [
+        ({"device": "bogus"}, "device 'bogus'"),
+        ({"step_format": "nope"}, "unknown step format 'nope'"),
+        ({"fallback_reward": float("nan")}, "fallback_reward must be finite"),
+        ({"fallback_reward": "x"}, "fallback_reward must be a number"),
+        ({"max_length": 0}, "max_length must be a positive integer"),
+        ({"batch_size": "8"}, "batch_size must be an integer"),
+        ({"step_separator": ""}, "step_separator must be a non-empty string"),
+        ({"dtype": "bfloat16"}, "dtype and adapter apply to a PRM loaded from a folder"),
+    ]:
+        with pytest.raises(MPRMError, match=message):
+            PRMReward(*loaded, **kwargs)
+    if not torch.cuda.is_available():
+        with pytest.raises(MPRMError, match="device 'cuda'"):
+            PRMReward(*loaded, device="cuda")
+    not_a_model = tmp_path / "run"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text("{}")
+    with pytest.raises(MPRMError, match="not a model transformers can load"):
+        PRMReward(not_a_model)
 
 
 def test_images_come_from_the_image_column_or_the_prompt(reward: PRMReward) -> None:
@@ -172,6 +207,8 @@ def test_step_rule_and_final_answers() -> None:
         split_steps("a", "")
     assert final_answer("The circle is red.\n\nSo the circle is red, so the answer is Red.") == "red"
     assert final_answer("(B)") == "b" and final_answer("  2. ") == "2" and final_answer("") == ""
+    assert final_answer('"Red".') == "red"
+    assert final_answer("So the answer is red.\n\nI hope this helps.") == "red"
     completions = [[{"role": "assistant", "content": "top left"}], "So the answer is 3.", "blue"]
     assert answer_accuracy(completions, ["top left", "3", "red"]) == [1.0, 1.0, 0.0]
 
@@ -234,27 +271,52 @@ def test_grpo_trainer_trains_the_tiny_vlm_with_the_prm_as_its_only_reward(
     assert changed, "GRPO did not update the policy"
 
 
-def test_grpo_command_writes_a_policy_with_its_results(learned_prm: Path, tmp_path: Path) -> None:
-    """`mprm-hf grpo recipes/tiny-cpu/grpo.yaml` end to end, short: a folder plain transformers loads, with
-    grpo.json (before and after), the learning curve and a card naming the base and the reward model."""
+def test_grpo_command_writes_a_policy_with_its_results(learned_prm: Path, tmp_path: Path, capsys) -> None:
+    """`mprm-hf grpo recipes/tiny-cpu/grpo.yaml` end to end, short, on a pool of questions alone: a folder
+    plain transformers loads, with grpo.json (before and after), the learning curve and a card, written
+    beside the Trainer's checkpoints, which stay; a second run resumes from the last one."""
     from transformers import AutoModelForImageTextToText
 
     from mprm_hf.cli import main
 
+    pool = tmp_path / "questions"
+    (pool / "pictures").mkdir(parents=True)
+    lines = []
+    for index, question in enumerate(pool_questions(24, seed=8)[:16]):
+        synthetic.save_png(synthetic.draw_scene(question.scenes[0]), pool / "pictures" / f"{index}.png")
+        lines.append(json.dumps({"question": question.question.text, "images": [f"pictures/{index}.png"],
+                                 "answer": question.question.answer}))  # fmt: skip
+    (pool / "pool.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "policy"
     argv = ["grpo", str(GRPO_RECIPE), "--reward_model", str(learned_prm), "--output_dir", str(out),
-            "--embedded_root", str(tmp_path / "embedded"), "--questions", "12", "--eval_questions", "6",
-            "--max_steps", "2", "--per_device_train_batch_size", "4", "--num_generations", "2",
-            "--logging_steps", "1", "--disable_tqdm", "true"]  # fmt: skip
+            "--dataset_name", str(pool), "--eval_questions", "4", "--max_steps", "2",
+            "--per_device_train_batch_size", "4", "--num_generations", "2", "--logging_steps", "1",
+            "--save_strategy", "steps", "--save_steps", "1", "--disable_tqdm", "true"]  # fmt: skip
     assert main(argv) == 0
     record = json.loads((out / "grpo.json").read_text())
     assert record["steps"] == 2 and record["train_questions"] == 12
-    assert record["before"]["questions"] == record["after"]["questions"] == 6
-    assert 0.0 <= record["after"]["accuracy"] <= 1.0
+    assert record["before"]["questions"] == record["after"]["questions"] == 4
+    assert len(record["after"]["answers"]) == 4 and 0.0 <= record["after"]["accuracy"] <= 1.0
     assert [point[0] for point in record["learning_curve"]["prm_reward"]] == [1, 2]
     assert len(record["learning_curve"]["accuracy"]) == 2
-    assert (out / "learning_curve.png").stat().st_size > 0
-    card = (out / "README.md").read_text()
-    assert "base_model:" in card and str(learned_prm) in card
-    AutoModelForImageTextToText.from_pretrained(out)
+    assert (out / "checkpoint-1").is_dir() and (out / "checkpoint-2").is_dir()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left behind
     assert Image.open(out / "learning_curve.png").size[0] > 0
+    card = (out / "README.md").read_text()
+    assert "GRPO" in card and str(tmp_path) not in card and str(tmp_path) not in json.dumps(record)
+    AutoModelForImageTextToText.from_pretrained(out)
+
+    assert main([*argv[:-8], "--max_steps", "3", "--resume_from_checkpoint", "true", "--logging_steps", "1",
+                 "--disable_tqdm", "true"]) == 0  # fmt: skip
+    resumed = json.loads((out / "grpo.json").read_text())
+    assert resumed["steps"] == 3 and [p[0] for p in resumed["learning_curve"]["prm_reward"]][-1] == 3
+
+    capsys.readouterr()
+    for extra, message in [
+        (["--reward_model", str(pool)], "not a model transformers can load"),
+        (["--eval_questions", "0"], "field 'eval_questions' must be at least 1"),
+        (["--eval_questions", "16"], "16 questions, but eval_questions=16 are held out"),
+    ]:
+        assert main([*argv, *extra]) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]  # after any loading progress bars
+        assert error.startswith("mprm-hf grpo: error: ") and message in error

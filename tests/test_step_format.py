@@ -189,7 +189,12 @@ def test_trace_without_images_and_long_unicode_steps(tiny, name: str) -> None:
         ({"prompt": "q", "steps": ["ok", "  "]}, r"field 'steps\[1\]' is empty"),
         ({"prompt": None, "steps": ["ok"]}, "field 'prompt' is not a string"),
         ({"prompt": "q", "steps": ["ok"], "images": ["/no/such.png"]}, "cannot read image '/no/such.png'"),
-        ({"prompt": "q", "steps": ["a <prm> b"]}, "1 steps but 2 reward positions"),
+        ({"prompt": "q", "steps": ["a <prm> b"]}, r"field 'steps\[0\]' holds the special token '<prm>'"),
+        (
+            {"prompt": "q <|image_pad|>", "steps": ["a"]},
+            "field 'prompt' holds the special token '<|image_pad|>'",
+        ),
+        ({"prompt": "q", "steps": ["a", "b<|im_start|>assistant"]}, r"'steps\[1\]' holds the special token"),
         ({"prompt": "q", "steps": ["a", "b"], "labels": [True]}, "1 labels for 2 steps"),
     ],
 )

@@ -50,10 +50,11 @@ class Pool:
 
 
 def check_record(
-    record: Any, where: str, root: Path, *, graded: bool, allow_empty: bool = False
+    record: Any, where: str, root: Path, *, graded: bool, allow_empty: bool = False, candidates: bool = True
 ) -> dict[str, Any] | None:
     """A validated record (a single image path becomes a list), or None for a question without candidates
-    when `allow_empty`; anything else wrong is an MPRMError naming `where` and the field."""
+    when `allow_empty`; anything else wrong is an MPRMError naming `where` and the field. Without
+    `candidates`, the question alone is read (question, images, answer) and candidates are not looked at."""
     if not isinstance(record, dict):
         raise MPRMError(f"{where}: a line must be a JSON object")
     if not isinstance(record.get("question"), str) or not record["question"].strip():
@@ -68,6 +69,8 @@ def check_record(
             raise MPRMError(f"{where}: field 'images[{index}]': file not found ({image})")
     if graded and not isinstance(record.get("answer"), str):
         raise MPRMError(f"{where}: field 'answer' (the reference answer) is missing or not a string")
+    if not candidates:
+        return {**record, "images": images}
     options = record.get("candidates")
     if not isinstance(options, list):
         raise MPRMError(f"{where}: field 'candidates' must be a non-empty list")
@@ -94,7 +97,12 @@ def check_record(
 
 
 def read_records(
-    path: str | Path, *, graded: bool, allow_empty: bool = False, what: str = "candidates file"
+    path: str | Path,
+    *,
+    graded: bool,
+    allow_empty: bool = False,
+    candidates: bool = True,
+    what: str = "candidates file",
 ) -> tuple[list[dict[str, Any]], Counter]:
     """Every record of a jsonl pool or candidates file, checked line by line; errors name file, line and
     field. Returns the records and the questions skipped, by reason."""
@@ -118,7 +126,9 @@ def read_records(
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise MPRMError(f"{where}: not valid JSON: {error.msg}") from error
-            checked = check_record(record, where, root, graded=graded, allow_empty=allow_empty)
+            checked = check_record(
+                record, where, root, graded=graded, allow_empty=allow_empty, candidates=candidates
+            )
             if checked is None:
                 skipped[SKIP_NO_CANDIDATES] += 1
                 continue
@@ -159,11 +169,14 @@ def locate_pool(source: str | Path) -> Path:
     return folder / POOL_FILE
 
 
-def load_pool(source: str | Path) -> Pool:
+def load_pool(source: str | Path, *, candidates: bool = True) -> Pool:
     """A pool from a local file or folder, or a Hub dataset id; questions without candidates are
-    skipped and counted, every other fault is an error naming file, line and field."""
+    skipped and counted, every other fault is an error naming file, line and field. Without `candidates`,
+    its questions alone (question, images, answer: what GRPO practises on), candidates or not."""
     path = locate_pool(source)
-    records, skipped = read_records(path, graded=True, allow_empty=True, what="pool file")
+    records, skipped = read_records(
+        path, graded=True, allow_empty=True, candidates=candidates, what="pool file"
+    )
     return Pool(path, records, skipped)
 
 
