@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from mprm_hf.errors import MPRMError
+from mprm_hf.rerank import AGGREGATES
+from mprm_hf.reward import PRMReward, check_reward_options, completion_text
 from mprm_hf.step_format import PARAGRAPH, clean_question, split_steps
 
 logger = logging.getLogger(__name__)
@@ -58,8 +60,8 @@ class GRPOScriptArguments:
     aggregation: str = field(
         default="min",
         metadata={
-            "help": "How step rewards become one reward (min, mean, last, product).",
-            "choices": ["min", "mean", "last", "product"],
+            "help": f"How step rewards become one reward ({', '.join(AGGREGATES)}).",
+            "choices": list(AGGREGATES),
         },
     )
     step_separator: str = field(
@@ -99,13 +101,15 @@ class GRPOScriptArguments:
     )
 
     def __post_init__(self) -> None:
-        for name in ("questions", "eval_questions", "reward_batch_size"):
+        for name in ("questions", "eval_questions"):
             if getattr(self, name) < 1:
                 raise MPRMError(
                     f"GRPOScriptArguments: field {name!r} must be at least 1, got {getattr(self, name)}"
                 )
-        if not self.step_separator:
-            raise MPRMError("GRPOScriptArguments: field 'step_separator' must not be empty")
+        try:  # PRMReward's own checks, before a default PRM is trained or any model loaded
+            check_reward_options(self.aggregation, self.step_separator, self.reward_batch_size)
+        except MPRMError as error:
+            raise MPRMError(f"GRPOScriptArguments: {error}") from None
 
 
 def parse_args(argv: list[str]) -> tuple[GRPOScriptArguments, Any]:
@@ -145,8 +149,6 @@ def final_answer(text: str) -> str:
 
 def answer_accuracy(completions: list[Any], answer: list[str], **_: Any) -> list[float]:
     """1.0 when a completion's final answer is the reference answer, else 0.0 (a TRL reward function)."""
-    from mprm_hf.reward import completion_text
-
     rewards = []
     for completion, reference in zip(completions, answer, strict=True):
         try:
@@ -388,7 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     from mprm_hf.hub_access import portable_path
     from mprm_hf.modeling import load_model_and_processor
     from mprm_hf.pretrain import machine
-    from mprm_hf.reward import PRMReward
     from mprm_hf.train import resume_checkpoint
 
     # A push that cannot happen (offline, logged out) is one line now, not after training; the folder is

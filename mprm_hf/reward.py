@@ -104,6 +104,17 @@ def _images_of(index: int, prompt: Any, columns: dict[str, Any]) -> list[Any]:
     return prompt_images(prompt)
 
 
+def check_reward_options(aggregation: str, step_separator: str, batch_size: int) -> None:
+    """The options of a `PRMReward` that can be checked before any model is loaded (`mprm-hf grpo` checks
+    them while parsing its recipe)."""
+    if aggregation not in AGGREGATES:
+        raise MPRMError(f"unknown aggregation {aggregation!r} (choose one of: {', '.join(AGGREGATES)})")
+    if not isinstance(step_separator, str) or not step_separator:
+        raise MPRMError("step_separator must be a non-empty string")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MPRMError(f"batch_size must be an integer of at least 1 (got {batch_size!r})")
+
+
 def default_device() -> torch.device:
     """This process's accelerator (its `LOCAL_RANK` under `accelerate launch`), else the CPU."""
     if torch.cuda.is_available():
@@ -146,12 +157,7 @@ class PRMReward:
         fallback_reward: float = 0.0,
         name: str = "prm",
     ) -> None:
-        if aggregation not in AGGREGATES:
-            raise MPRMError(f"unknown aggregation {aggregation!r} (choose one of: {', '.join(AGGREGATES)})")
-        if not isinstance(step_separator, str) or not step_separator:
-            raise MPRMError("step_separator must be a non-empty string")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise MPRMError(f"batch_size must be an integer of at least 1 (got {batch_size!r})")
+        check_reward_options(aggregation, step_separator, batch_size)
         if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
             raise MPRMError(f"max_length must be a positive integer or None (got {max_length!r})")
         if isinstance(fallback_reward, bool) or not isinstance(fallback_reward, (int, float)):
@@ -287,10 +293,10 @@ class PRMReward:
         columns: dict[str, Any],
     ) -> None:
         """Count the fallbacks, warn once per call that had any, and hand TRL its metrics and table column."""
-        self.calls += 1
-        self.completions_scored += n_completions - sum(problems.values())
-        self.fallbacks.update(problems)
         fallen = sum(problems.values())
+        self.calls += 1
+        self.completions_scored += n_completions - fallen
+        self.fallbacks.update(problems)
         if fallen:
             reasons = ", ".join(f"{reason} ({count})" for reason, count in problems.most_common())
             first = first_problem[problems.most_common(1)[0][0]]
