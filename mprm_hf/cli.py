@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
+from typing import NoReturn
 
 from mprm_hf.errors import MPRMError
 
@@ -67,6 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mprm-hf {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def launched(name: str) -> NoReturn:
+    """`python -m mprm_hf.<module>` under `accelerate launch`: the subcommand `name` with the CLI's one-line
+    errors, then an exit that skips the interpreter's teardown. Once a rank's work is done and written, the
+    teardown of the C++ threads of its distributed stack (gloo, DeepSpeed's CPU ops) now and then aborts it
+    ("terminate called without an active exception", SIGABRT: seen on 2 of about 40 two-process CPU
+    launches), which the launcher reports as a failed run."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    code = main([name, *sys.argv[1:]])
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

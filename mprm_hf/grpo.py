@@ -485,6 +485,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # `accelerate launch -m mprm_hf.grpo RECIPE.yaml`: the CLI's one-line errors
-    from mprm_hf.cli import main as cli_main
+    from mprm_hf.cli import launched
 
-    sys.exit(cli_main(["grpo", *sys.argv[1:]]))
+    launched("grpo")

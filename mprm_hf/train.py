@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,17 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     if training_args.push_to_hub:
         trainer.push_to_hub(**card)
         print(f"Pushed {training_args.output_dir} to the Hub ({trainer.hub_model_id})")
-    # Every process leaves together and closes its process group: a rank that exits while another still
-    # writes kills gloo's threads mid-flight ("terminate called without an active exception", SIGABRT).
+    # Every process leaves together and closes its process group (a rank no longer exits while another
+    # still writes; the teardown after that is mprm_hf.cli.launched's).
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     return 0
 
 
 if __name__ == "__main__":  # `accelerate launch -m mprm_hf.train ...`: the same one-line errors as the CLI
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        sys.exit(main())
-    except MPRMError as error:
-        print(f"mprm_hf.train: error: {error}", file=sys.stderr)
-        sys.exit(1)
+    from mprm_hf.cli import launched
+
+    launched("train")

@@ -330,3 +330,17 @@ def test_grpo_under_accelerate_launch_two_processes(tiny_model_dir: Path, tmp_pa
     record = json.loads((out / "grpo.json").read_text())
     assert record["steps"] == 3 and len(record["learning_curve"]["prm_reward"]) == 3
     assert record["reward_fallbacks"] == {}
+
+
+@pytest.mark.parametrize("module", ["mprm_hf.train", "mprm_hf.grpo"])
+def test_a_launched_module_fails_in_one_line(module: str, tmp_path: Path) -> None:
+    """`python -m mprm_hf.train` / `mprm_hf.grpo` (what `accelerate launch -m` runs) exit through the CLI:
+    exit code 1 and its one-line error, even though they leave without the interpreter's teardown."""
+    missing = tmp_path / "missing.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--config", str(missing)],
+        cwd=REPO_ROOT, env=launch_env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    command = module.split(".")[-1]
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"mprm-hf {command}: error: {missing}: recipe not found"
