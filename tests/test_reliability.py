@@ -117,12 +117,15 @@ def test_a_killed_select_leaves_the_old_output_whole(corpus: Path, tmp_path: Pat
     output = tmp_path / "x.jsonl"
     whole = {}
     for ratio in ("0.1", "1.0"):
+        started = time.perf_counter()
         run = _select(corpus, tmp_path / f"whole_{ratio}.jsonl", ratio, env)
         assert run.wait() == 0
+        duration = time.perf_counter() - started  # the last: a run on the cached score table, as below
         whole[ratio] = (tmp_path / f"whole_{ratio}.jsonl").read_bytes()
     assert _select(corpus, output, "0.1", env).wait() == 0
     killed = 0
-    for delay in (0.5, 0.8, 1.1, 1.5, 2.0):
+    # moments spread over a run as long as this machine takes (a fixed delay can outlast a quick run)
+    for delay in (0.2 * duration, 0.4 * duration, 0.6 * duration, 0.8 * duration, 0.95 * duration):
         run = _select(corpus, output, "1.0", env)
         time.sleep(delay)
         if run.poll() is None:
